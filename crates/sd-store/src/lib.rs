@@ -1,0 +1,449 @@
+//! The local object store of one sheep (PROTOCOL.md §11, plain store).
+//!
+//! Objects are plain files named by their oid under `<base>/obj/`, stale
+//! copies under `<base>/obj/.stale/` with an epoch suffix, the cluster config
+//! and the epoch log beside them. Every change that must survive a crash goes
+//! through write-temp-then-rename (creates, config, epochs) or an in-place
+//! write followed by `fdatasync` (object writes), unless the operator chose
+//! `nosync`. All calls are blocking; the daemon runs them on its blocking
+//! pool.
+
+use sd_proto::*;
+use sha1::{Digest, Sha1};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors of the store, each mapped to one wire result code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such object")]
+    NoObj,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("I/O error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            ErrorKind::NotFound => StoreError::NoObj,
+            _ if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => StoreError::NoSpace,
+            _ => StoreError::Io(e),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn res(&self) -> SdRes {
+        match self {
+            StoreError::NoObj => SdRes::NO_OBJ,
+            StoreError::NoSpace => SdRes::NO_SPACE,
+            StoreError::Io(_) => SdRes::EIO,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Identifies one stored file: an object, or one strip of an EC object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub oid: u64,
+    /// Strip index for erasure-coded objects, None for replicas.
+    pub ec_index: Option<u8>,
+}
+
+impl ObjKey {
+    pub fn replica(oid: u64) -> Self {
+        ObjKey { oid, ec_index: None }
+    }
+    /// `<oid as 16 hex>` or `<oid>_<idx>`.
+    pub fn file_name(&self) -> String {
+        match self.ec_index {
+            None => format!("{:016x}", self.oid),
+            Some(i) => format!("{:016x}_{}", self.oid, i),
+        }
+    }
+    /// Parses a file name of the object directory; None for anything else
+    /// (temporaries, dot files, foreign files).
+    pub fn parse(name: &str) -> Option<Self> {
+        let (hex, idx) = match name.split_once('_') {
+            Some((h, i)) => (h, Some(i.parse::<u8>().ok()?)),
+            None => (name, None),
+        };
+        if hex.len() != 16 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(ObjKey { oid: u64::from_str_radix(hex, 16).ok()?, ec_index: idx })
+    }
+}
+
+/// One node's store.
+pub struct Store {
+    base: PathBuf,
+    obj_dir: PathBuf,
+    stale_dir: PathBuf,
+    epoch_dir: PathBuf,
+    nosync: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `base` and removes
+    /// temporaries left by a crash.
+    pub fn open(base: &Path, nosync: bool) -> Result<Store> {
+        let obj_dir = base.join("obj");
+        let stale_dir = obj_dir.join(".stale");
+        let epoch_dir = base.join("epoch");
+        for d in [&obj_dir, &stale_dir, &epoch_dir] {
+            fs::create_dir_all(d)?;
+        }
+        for d in [&obj_dir, &stale_dir, &epoch_dir] {
+            for e in fs::read_dir(d)? {
+                let e = e?;
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Store { base: base.to_path_buf(), obj_dir, stale_dir, epoch_dir, nosync })
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+    pub fn obj_dir(&self) -> &Path {
+        &self.obj_dir
+    }
+
+    fn path(&self, k: &ObjKey) -> PathBuf {
+        self.obj_dir.join(k.file_name())
+    }
+    fn stale_path(&self, k: &ObjKey, epoch: u32) -> PathBuf {
+        self.stale_dir.join(format!("{}.{}", k.file_name(), epoch))
+    }
+
+    fn sync_file(&self, f: &File) -> Result<()> {
+        if !self.nosync {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+    fn sync_dir(&self, d: &Path) -> Result<()> {
+        if !self.nosync {
+            File::open(d)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
+    fn atomic_write(&self, path: &Path, size: Option<u64>, offset: u64, data: &[u8]) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let f = OpenOptions::new().write(true).create_new(true).mode(0o640).open(&tmp)?;
+        let res = (|| {
+            if let Some(sz) = size {
+                f.set_len(sz)?;
+            }
+            f.write_all_at(data, offset)?;
+            self.sync_file(&f)?;
+            fs::rename(&tmp, path)?;
+            self.sync_dir(path.parent().unwrap())
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    pub fn exists(&self, k: &ObjKey) -> bool {
+        self.path(k).exists()
+    }
+
+    /// Size of the stored file.
+    pub fn size(&self, k: &ObjKey) -> Result<u64> {
+        Ok(fs::metadata(self.path(k))?.len())
+    }
+
+    /// Reads `len` bytes at `offset`; bytes past the end of the file read as
+    /// zeros (objects are sparse).
+    pub fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
+        read_at(&self.path(k), offset, len)
+    }
+
+    /// Reads the whole file.
+    pub fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
+        Ok(fs::read(self.path(k))?)
+    }
+
+    /// Writes into an existing object and makes it durable.
+    pub fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
+        let f = OpenOptions::new().write(true).open(self.path(k))?;
+        f.write_all_at(data, offset)?;
+        self.sync_file(&f)
+    }
+
+    /// Creates (or replaces) an object of `size` bytes, zero-filled, with
+    /// `data` at `offset`, atomically.
+    pub fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let size = size.max(offset + data.len() as u64);
+        self.atomic_write(&self.path(k), Some(size), offset, data)
+    }
+
+    pub fn remove(&self, k: &ObjKey) -> Result<()> {
+        fs::remove_file(self.path(k))?;
+        Ok(())
+    }
+
+    /// Every object in the working directory.
+    pub fn list(&self) -> Result<Vec<ObjKey>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.obj_dir)? {
+            if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
+                v.push(k);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Every stale copy as (key, epoch).
+    pub fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.stale_dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some((obj, ep)) = name.rsplit_once('.') {
+                if let (Some(k), Ok(ep)) = (ObjKey::parse(obj), ep.parse::<u32>()) {
+                    v.push((k, ep));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Moves the working copy into `.stale/` tagged with `epoch`.
+    pub fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
+        fs::rename(self.path(k), self.stale_path(k, epoch))?;
+        Ok(())
+    }
+
+    /// Reads a stale copy of `epoch`.
+    pub fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        read_at(&self.stale_path(k, epoch), offset, len)
+    }
+
+    /// The newest stale copy's epoch, if any (used by wildcard reads).
+    pub fn newest_stale(&self, k: &ObjKey) -> Option<u32> {
+        let prefix = format!("{}.", k.file_name());
+        fs::read_dir(&self.stale_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse::<u32>().ok())
+            .max()
+    }
+
+    /// Brings a stale copy back as the working copy (a hard link, so the
+    /// stale copy stays until stale data is purged).
+    pub fn restore_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
+        let dst = self.path(k);
+        let tmp = dst.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        fs::hard_link(self.stale_path(k, epoch), &tmp)?;
+        fs::rename(&tmp, &dst)?;
+        self.sync_dir(&self.obj_dir)
+    }
+
+    /// Removes every stale copy.
+    pub fn purge_stale(&self) -> Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(&self.stale_dir)? {
+            fs::remove_file(e?.path())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes every object, stale copy and epoch file (cluster format).
+    pub fn wipe(&self) -> Result<()> {
+        for d in [&self.obj_dir, &self.stale_dir, &self.epoch_dir] {
+            for e in fs::read_dir(d)? {
+                let e = e?;
+                if e.file_type()?.is_file() {
+                    fs::remove_file(e.path())?;
+                }
+            }
+        }
+        self.sync_dir(&self.obj_dir)
+    }
+
+    /// SHA-1 of the working copy, or of the stale copy of `epoch`.
+    pub fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {
+        let p = match stale_epoch {
+            None => self.path(k),
+            Some(e) => self.stale_path(k, e),
+        };
+        let mut f = File::open(p)?;
+        let mut h = Sha1::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().into())
+    }
+
+    // ---- config and epochs -------------------------------------------------
+
+    pub fn read_config(&self) -> Result<Option<SheepdogConfig>> {
+        match fs::read(self.base.join("config")) {
+            Ok(b) => Ok(SheepdogConfig::decode(&b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
+        self.atomic_write(&self.base.join("config"), None, 0, &c.encode())
+    }
+
+    /// Writes epoch file `epoch` (nodes in node order + LE time_t).
+    pub fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
+        let mut sorted = nodes.to_vec();
+        sorted.sort_by(|a, b| a.nid.cmp(&b.nid));
+        let mut b = encode_nodes(&sorted);
+        b.extend_from_slice(&time.to_le_bytes());
+        self.atomic_write(&self.epoch_dir.join(format!("{epoch:08}")), None, 0, &b)
+    }
+
+    /// Reads epoch file `epoch`: (nodes, creation time).
+    pub fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
+        match fs::read(self.epoch_dir.join(format!("{epoch:08}"))) {
+            Ok(b) if b.len() >= 8 => {
+                let (n, t) = b.split_at(b.len() - 8);
+                Ok(Some((decode_nodes(n), u64::from_le_bytes(t.try_into().unwrap()))))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The largest epoch with a file, 0 if none.
+    pub fn latest_epoch(&self) -> Result<u32> {
+        let mut max = 0;
+        for e in fs::read_dir(&self.epoch_dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if name.len() == 8 {
+                if let Ok(n) = name.parse::<u32>() {
+                    max = max.max(n);
+                }
+            }
+        }
+        Ok(max)
+    }
+
+    /// (total, free) bytes of the filesystem holding the objects.
+    pub fn fs_space(&self) -> Result<(u64, u64)> {
+        let c = std::ffi::CString::new(self.obj_dir.as_os_str().as_encoded_bytes()).unwrap();
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok((s.f_blocks as u64 * s.f_frsize as u64, s.f_bavail as u64 * s.f_frsize as u64))
+    }
+
+    /// Bytes used by working objects (allocated blocks).
+    pub fn used_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::read_dir(&self.obj_dir)
+            .map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.blocks() * 512).sum())
+            .unwrap_or(0)
+    }
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break; // past EOF: the rest stays zero
+        }
+        done += n;
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn create_write_read_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), false).unwrap();
+        let k = ObjKey::replica(0x007c2b2500000001);
+        assert!(matches!(s.read(&k, 0, 4), Err(StoreError::NoObj)));
+        assert!(matches!(s.write(&k, 0, b"x"), Err(StoreError::NoObj)));
+        s.create_and_write(&k, 4 << 20, 10, b"hello").unwrap();
+        assert_eq!(s.size(&k).unwrap(), 4 << 20);
+        assert_eq!(s.read(&k, 8, 9).unwrap(), b"\0\0hello\0\0");
+        s.write(&k, 12, b"LL").unwrap();
+        assert_eq!(s.read(&k, 10, 5).unwrap(), b"heLLo");
+        assert_eq!(s.list().unwrap(), vec![k]);
+        let sum = s.sha1(&k, None).unwrap();
+        s.move_to_stale(&k, 3).unwrap();
+        assert!(!s.exists(&k));
+        assert_eq!(s.list_stale().unwrap(), vec![(k, 3)]);
+        assert_eq!(s.newest_stale(&k), Some(3));
+        assert_eq!(s.sha1(&k, Some(3)).unwrap(), sum);
+        s.restore_stale(&k, 3).unwrap();
+        assert_eq!(s.read(&k, 10, 5).unwrap(), b"heLLo");
+        assert_eq!(s.purge_stale().unwrap(), 1);
+        assert!(s.exists(&k));
+    }
+
+    #[test]
+    fn config_and_epochs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        assert!(s.read_config().unwrap().is_none());
+        let c = SheepdogConfig { ctime: 5, copies: 3, version: SD_FORMAT_VERSION, ..Default::default() };
+        s.write_config(&c).unwrap();
+        assert_eq!(s.read_config().unwrap().unwrap(), c);
+        let n = SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000), nr_vnodes: 128, zone: 1, space: 2 };
+        s.write_epoch(1, &[n], 99).unwrap();
+        s.write_epoch(12, &[n, n], 100).unwrap();
+        assert_eq!(s.latest_epoch().unwrap(), 12);
+        assert_eq!(s.read_epoch(1).unwrap().unwrap(), (vec![n], 99));
+        assert_eq!(fs::metadata(d.path().join("epoch/00000012")).unwrap().len(), 168);
+        s.wipe().unwrap();
+        assert_eq!(s.latest_epoch().unwrap(), 0);
+    }
+
+    #[test]
+    fn ec_names() {
+        let k = ObjKey { oid: 0x7c2b2500000001, ec_index: Some(4) };
+        assert_eq!(k.file_name(), "007c2b2500000001_4");
+        assert_eq!(ObjKey::parse("007c2b2500000001_4"), Some(k));
+        assert_eq!(ObjKey::parse("007c2b2500000001.tmp"), None);
+        assert_eq!(ObjKey::parse(".stale"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_any_name(s in ".{0,40}") {
+            if let Some(k) = ObjKey::parse(&s) {
+                prop_assert_eq!(ObjKey::parse(&k.file_name()), Some(k));
+            }
+        }
+    }
+}
