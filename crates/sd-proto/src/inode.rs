@@ -12,7 +12,8 @@ pub const SD_INODE_HEADER_SIZE: usize = 4664;
 pub const DATA_VDI_ID_OFFSET: usize = 4664;
 /// Offset of `gref[0]`; also the size of the legacy (QEMU/tgt) inode.
 pub const GREF_OFFSET: usize = 4_198_968;
-pub const SD_INODE_DATA_INDEX: usize = 1 << 20;
+/// Entries of `data_vdi_id` as a length.
+const NR_ENTRIES: usize = crate::consts::SD_INODE_DATA_INDEX as usize;
 /// Bytes of the header fields that carry meaning (the rest up to 4664 is
 /// the unused former child array).
 pub const INODE_FIELDS_SIZE: usize = 572;
