@@ -165,8 +165,8 @@ impl Inode {
     pub fn new(header: InodeHeader) -> Self {
         Inode {
             header,
-            data_vdi_id: vec![0; SD_INODE_DATA_INDEX],
-            gref: vec![Gref::default(); SD_INODE_DATA_INDEX],
+            data_vdi_id: vec![0; NR_ENTRIES],
+            gref: vec![Gref::default(); NR_ENTRIES],
         }
     }
 
