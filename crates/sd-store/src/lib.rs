@@ -30,7 +30,11 @@ impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         match e.kind() {
             ErrorKind::NotFound => StoreError::NoObj,
-            _ if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => StoreError::NoSpace,
+            _ if e.raw_os_error() == Some(libc::ENOSPC)
+                || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                StoreError::NoSpace
+            }
             _ => StoreError::Io(e),
         }
     }
@@ -58,7 +62,10 @@ pub struct ObjKey {
 
 impl ObjKey {
     pub fn replica(oid: u64) -> Self {
-        ObjKey { oid, ec_index: None }
+        ObjKey {
+            oid,
+            ec_index: None,
+        }
     }
     /// `<oid as 16 hex>` or `<oid>_<idx>`.
     pub fn file_name(&self) -> String {
@@ -77,7 +84,10 @@ impl ObjKey {
         if hex.len() != 16 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
-        Some(ObjKey { oid: u64::from_str_radix(hex, 16).ok()?, ec_index: idx })
+        Some(ObjKey {
+            oid: u64::from_str_radix(hex, 16).ok()?,
+            ec_index: idx,
+        })
     }
 }
 
@@ -108,7 +118,13 @@ impl Store {
                 }
             }
         }
-        Ok(Store { base: base.to_path_buf(), obj_dir, stale_dir, epoch_dir, nosync })
+        Ok(Store {
+            base: base.to_path_buf(),
+            obj_dir,
+            stale_dir,
+            epoch_dir,
+            nosync,
+        })
     }
 
     pub fn base(&self) -> &Path {
@@ -142,7 +158,11 @@ impl Store {
     fn atomic_write(&self, path: &Path, size: Option<u64>, offset: u64, data: &[u8]) -> Result<()> {
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
-        let f = OpenOptions::new().write(true).create_new(true).mode(0o640).open(&tmp)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&tmp)?;
         let res = (|| {
             if let Some(sz) = size {
                 f.set_len(sz)?;
@@ -239,7 +259,13 @@ impl Store {
         fs::read_dir(&self.stale_dir)
             .ok()?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse::<u32>().ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix(&prefix)?
+                    .parse::<u32>()
+                    .ok()
+            })
             .max()
     }
 
@@ -324,7 +350,10 @@ impl Store {
         match fs::read(self.epoch_dir.join(format!("{epoch:08}"))) {
             Ok(b) if b.len() >= 8 => {
                 let (n, t) = b.split_at(b.len() - 8);
-                Ok(Some((decode_nodes(n), u64::from_le_bytes(t.try_into().unwrap()))))
+                Ok(Some((
+                    decode_nodes(n),
+                    u64::from_le_bytes(t.try_into().unwrap()),
+                )))
             }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -355,14 +384,22 @@ impl Store {
         if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        Ok((s.f_blocks as u64 * s.f_frsize as u64, s.f_bavail as u64 * s.f_frsize as u64))
+        Ok((
+            s.f_blocks as u64 * s.f_frsize as u64,
+            s.f_bavail as u64 * s.f_frsize as u64,
+        ))
     }
 
     /// Bytes used by working objects (allocated blocks).
     pub fn used_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         fs::read_dir(&self.obj_dir)
-            .map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.blocks() * 512).sum())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
             .unwrap_or(0)
     }
 }
@@ -416,22 +453,38 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
         assert!(s.read_config().unwrap().is_none());
-        let c = SheepdogConfig { ctime: 5, copies: 3, version: SD_FORMAT_VERSION, ..Default::default() };
+        let c = SheepdogConfig {
+            ctime: 5,
+            copies: 3,
+            version: SD_FORMAT_VERSION,
+            ..Default::default()
+        };
         s.write_config(&c).unwrap();
         assert_eq!(s.read_config().unwrap().unwrap(), c);
-        let n = SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000), nr_vnodes: 128, zone: 1, space: 2 };
+        let n = SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000),
+            nr_vnodes: 128,
+            zone: 1,
+            space: 2,
+        };
         s.write_epoch(1, &[n], 99).unwrap();
         s.write_epoch(12, &[n, n], 100).unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 12);
         assert_eq!(s.read_epoch(1).unwrap().unwrap(), (vec![n], 99));
-        assert_eq!(fs::metadata(d.path().join("epoch/00000012")).unwrap().len(), 168);
+        assert_eq!(
+            fs::metadata(d.path().join("epoch/00000012")).unwrap().len(),
+            168
+        );
         s.wipe().unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 0);
     }
 
     #[test]
     fn ec_names() {
-        let k = ObjKey { oid: 0x7c2b2500000001, ec_index: Some(4) };
+        let k = ObjKey {
+            oid: 0x7c2b2500000001,
+            ec_index: Some(4),
+        };
         assert_eq!(k.file_name(), "007c2b2500000001_4");
         assert_eq!(ObjKey::parse("007c2b2500000001_4"), Some(k));
         assert_eq!(ObjKey::parse("007c2b2500000001.tmp"), None);
