@@ -3,5 +3,6 @@
 //! read/write path with copy-on-write that dog, the NBD server and tests share.
 
 pub mod conn;
+pub mod vdi;
 
 pub use conn::*;
