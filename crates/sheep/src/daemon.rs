@@ -1,0 +1,352 @@
+//! The daemon: one [`Sheep`] shared by every connection and worker.
+
+use crate::opts::{ClusterOpt, Opts};
+use crate::recovery::Recovery;
+use crate::state::{ClusterState, Effect, JoinInfo, OpMessage, Status};
+use anyhow::Context;
+use sd_cluster::{Delivered, LocalDriver};
+use sd_proto::*;
+use sd_ring::Ring;
+use sd_store::Store;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A read-only snapshot of what requests need from the cluster state:
+/// published on every change so the hot path never takes the state lock.
+#[derive(Clone)]
+pub struct View {
+    pub epoch: u32,
+    pub status: Status,
+    pub ring: Arc<Ring>,
+    pub default_copies: u8,
+    pub default_policy: u8,
+    pub block_size_shift: u8,
+    pub flags: u16,
+}
+
+/// The daemon's shared state.
+///
+/// `state` is the single owner of membership, epochs and VDI bookkeeping
+/// and changes only in the event loop; everything on the request path
+/// reads the published [`View`] instead.
+pub struct Sheep {
+    pub opts: Opts,
+    pub this: SdNode,
+    pub store: Store,
+    pub driver: Arc<LocalDriver>,
+    pub state: Mutex<ClusterState>,
+    pub view: watch::Sender<View>,
+    pub applied: watch::Sender<u64>,
+    pub peers: crate::peer::PeerPool,
+    pub recovery: Recovery,
+    pub throttle: Mutex<RecoveryThrottling>,
+    pub exit: watch::Sender<Option<i32>>,
+}
+
+impl Sheep {
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.view.borrow().epoch
+    }
+
+    /// Waits until the local epoch reaches `epoch` (or `timeout` passes).
+    pub async fn wait_epoch(&self, epoch: u32, timeout: Duration) -> bool {
+        let mut rx = self.view.subscribe();
+        let ok = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|v| v.epoch.wrapping_sub(epoch) as i32 >= 0),
+        )
+        .await
+        .is_ok();
+        ok
+    }
+
+    /// Waits until the event loop has applied the stream up to `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|&a| a >= seq).await;
+    }
+
+    /// Size of the file that holds `oid` (full object size).
+    pub fn object_size(&self, oid: u64) -> u64 {
+        if is_vdi_obj(oid) {
+            SD_INODE_SIZE as u64
+        } else if is_attr_obj(oid) {
+            VDI_ATTR_SIZE as u64
+        } else if is_btree_obj(oid) || is_ledger_obj(oid) {
+            SD_DATA_OBJ_SIZE
+        } else {
+            let st = self.state.lock().unwrap();
+            let shift = st
+                .vdis
+                .states
+                .get(&oid_to_vid(oid))
+                .map(|s| s.block_size_shift)
+                .filter(|&s| s != 0)
+                .unwrap_or(st.config.block_size_shift);
+            1u64 << if shift == 0 {
+                SD_DEFAULT_BLOCK_SIZE_SHIFT
+            } else {
+                shift
+            }
+        }
+    }
+
+    /// Copies to keep of `oid` when the client did not say.
+    pub fn copies_of(&self, oid: u64) -> usize {
+        self.state.lock().unwrap().vdi_redundancy(oid_to_vid(oid)).0 as usize
+    }
+
+    /// Broadcasts a cluster operation's main phase and waits until this
+    /// node has applied it.
+    pub async fn broadcast(&self, m: OpMessage) -> anyhow::Result<()> {
+        let seq = self.driver.notify(m.encode()).await?;
+        self.wait_applied(seq).await;
+        Ok(())
+    }
+
+    /// Schedules a clean exit (after the current response is sent).
+    pub fn request_exit(&self, code: i32) {
+        let _ = self.exit.send(Some(code));
+    }
+
+    fn publish(&self, st: &ClusterState) {
+        let ring = Arc::new(Ring::new(&st.nodes()));
+        self.view.send_replace(View {
+            epoch: st.epoch,
+            status: st.status,
+            ring,
+            default_copies: st.config.copies,
+            default_policy: st.config.copy_policy,
+            block_size_shift: st.config.block_size_shift,
+            flags: st.config.flags,
+        });
+    }
+
+    fn persisted_config(&self, st: &ClusterState) -> SheepdogConfig {
+        SheepdogConfig {
+            space: self.this.space,
+            version: SD_FORMAT_VERSION,
+            ..st.config.clone()
+        }
+    }
+
+    /// Executes the effects of one applied event.
+    async fn execute(self: &Arc<Self>, fx: Vec<Effect>) -> anyhow::Result<()> {
+        for f in fx {
+            match f {
+                Effect::Joined => {
+                    let (cfg, history, cluster_epoch) = {
+                        let st = self.state.lock().unwrap();
+                        (self.persisted_config(&st), st.history.clone(), st.epoch)
+                    };
+                    let my_epoch = self.store.latest_epoch()?;
+                    if cfg.ctime != 0 {
+                        // Rejoining a running cluster after missing epochs:
+                        // what we hold may be outdated, so it only serves
+                        // as stale copies until recovery proves otherwise.
+                        if my_epoch != 0
+                            && my_epoch < cluster_epoch
+                            && !history.iter().any(|h| h.0 == my_epoch)
+                        {
+                            for k in self.store.list()? {
+                                self.store.move_to_stale(&k, my_epoch)?;
+                            }
+                        }
+                        self.store.write_config(&cfg)?;
+                        for (e, nodes, t) in &history {
+                            self.store.write_epoch(*e, nodes, *t)?;
+                        }
+                    }
+                    let others: Vec<SdNode> = self
+                        .state
+                        .lock()
+                        .unwrap()
+                        .nodes()
+                        .into_iter()
+                        .filter(|n| n.nid != self.this.nid)
+                        .collect();
+                    for n in others {
+                        let me = self.clone();
+                        tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &n).await });
+                    }
+                    tracing::info!("joined the cluster at epoch {cluster_epoch}");
+                }
+                Effect::JoinRefused(r) => {
+                    tracing::error!("the cluster refused our join: {}", r.describe());
+                    self.request_exit(1);
+                }
+                Effect::Formatted => {
+                    if self.state.lock().unwrap().joined {
+                        self.store.wipe()?;
+                        let cfg = self.persisted_config(&self.state.lock().unwrap());
+                        self.store.write_config(&cfg)?;
+                        tracing::info!("cluster formatted");
+                    }
+                }
+                Effect::ConfigChanged => {
+                    if self.state.lock().unwrap().joined {
+                        let cfg = self.persisted_config(&self.state.lock().unwrap());
+                        self.store.write_config(&cfg)?;
+                    }
+                }
+                Effect::NewEpoch { epoch, nodes, time } => {
+                    if self.state.lock().unwrap().joined {
+                        self.store.write_epoch(epoch, &nodes, time)?;
+                        tracing::info!("epoch {epoch}: {} nodes", nodes.len());
+                        self.recovery.start(self, epoch);
+                    }
+                }
+                Effect::RecoveryGathered(epoch) => {
+                    if self.state.lock().unwrap().joined && !self.recovery.busy() {
+                        let n = self.store.purge_stale()?;
+                        tracing::info!("recovery of epoch {epoch} complete on all nodes; purged {n} stale objects");
+                    }
+                }
+                Effect::RecoveryEnabled => self.recovery.wake(),
+                Effect::Shutdown => {
+                    if self.state.lock().unwrap().joined {
+                        let mut cfg = self.persisted_config(&self.state.lock().unwrap());
+                        cfg.shutdown = true;
+                        if cfg.ctime != 0 {
+                            self.store.write_config(&cfg)?;
+                        }
+                        self.request_exit(0);
+                    }
+                }
+                Effect::PeerJoined(node) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &node).await });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn event_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivered>) {
+        while let Some(d) = rx.recv().await {
+            let seq = d.seq;
+            let fx = {
+                let mut st = self.state.lock().unwrap();
+                let fx = st.apply(&d);
+                self.publish(&st);
+                fx
+            };
+            if let Err(e) = self.execute(fx).await {
+                tracing::error!("failed to apply cluster event: {e:#}");
+            }
+            self.applied.send_replace(seq);
+        }
+    }
+}
+
+/// Advertised address: `-y`, else the bind address, else 127.0.0.1 (the
+/// local driver's address).
+fn advertised(o: &Opts) -> IpAddr {
+    o.myaddr
+        .or(o.bind.filter(|b| !b.is_unspecified()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
+    let store = Store::open(&dir, o.nosync).context("opening the store")?;
+    let mut config = store.read_config()?.unwrap_or_default();
+    if config.space == 0 && !o.gateway {
+        let (_, free) = store.fs_space()?;
+        config.space = free + store.used_bytes();
+    }
+    let mut nid = NodeId::new(advertised(&o), o.port);
+    if let Some((a, p)) = o.io_addr {
+        nid.io_addr = ip_to_bytes(a);
+        nid.io_port = p;
+    }
+    let this = SdNode {
+        nid,
+        nr_vnodes: if o.gateway {
+            0
+        } else {
+            o.vnodes.unwrap_or(SD_DEFAULT_VNODES)
+        },
+        zone: o.zone.unwrap_or_else(|| nid.default_zone()),
+        space: if o.gateway { 0 } else { config.space },
+    };
+    let ClusterOpt::Local(path) = &o.cluster;
+    let driver = Arc::new(LocalDriver::new(path)?);
+    let my_epoch = store.latest_epoch()?;
+    let epoch_nodes = if my_epoch > 0 {
+        store.read_epoch(my_epoch)?.map(|e| e.0).unwrap_or_default()
+    } else {
+        vec![]
+    };
+    let mut state = ClusterState::new(nid, config.clone());
+    crate::vdi::scan_local_inodes(&store, &mut state.vdis);
+    let initial = View {
+        epoch: 0,
+        status: Status::WaitForFormat,
+        ring: Arc::new(Ring::new(&[])),
+        default_copies: SD_DEFAULT_COPIES,
+        default_policy: 0,
+        block_size_shift: SD_DEFAULT_BLOCK_SIZE_SHIFT,
+        flags: 0,
+    };
+    let sheep = Arc::new(Sheep {
+        opts: o.clone(),
+        this,
+        store,
+        driver: driver.clone(),
+        state: Mutex::new(state),
+        view: watch::Sender::new(initial),
+        applied: watch::Sender::new(0),
+        peers: crate::peer::PeerPool::default(),
+        recovery: Recovery::default(),
+        throttle: Mutex::new(RecoveryThrottling::default()),
+        exit: watch::Sender::new(None),
+    });
+
+    let listeners = crate::server::listen(&sheep, &dir).await?;
+    let join = JoinInfo {
+        config: SheepdogConfig {
+            shutdown: false,
+            ..config
+        },
+        epoch: my_epoch,
+        epoch_nodes,
+    };
+    let rx = driver
+        .join(this, join.encode())
+        .await
+        .context("joining the cluster")?;
+    tokio::spawn(sheep.clone().event_loop(rx));
+    for l in listeners {
+        tokio::spawn(l);
+    }
+    if let Some(p) = &o.pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("failed to pid file '{p}'"))?;
+    }
+    tracing::info!("sheepdog daemon (version {}) started", crate::opts::VERSION);
+
+    let mut exit = sheep.exit.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let code = tokio::select! {
+        r = exit.wait_for(|c| c.is_some()) => r.map(|c| c.unwrap_or(0)).unwrap_or(0),
+        _ = term.recv() => 0,
+        _ = int.recv() => 0,
+    };
+    // Let in-flight responses (e.g. to KILL_NODE) reach their clients.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = driver.leave().await;
+    let _ = std::fs::remove_file(dir.join("sock"));
+    tracing::info!("shutdown");
+    if code != 0 {
+        anyhow::bail!("exiting with status {code}");
+    }
+    Ok(())
+}

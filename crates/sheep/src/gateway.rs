@@ -1,0 +1,315 @@
+//! The gateway: client object I/O, placed by the ring and fanned out to
+//! every target (PROTOCOL.md §7.5).
+//!
+//! A write is acknowledged only when every target has it on stable storage.
+//! Transient failures (a target died, the epoch moved) are retried against
+//! the new view until [`RETRY_FOR`] has passed, so a node loss is invisible
+//! to clients beyond a short stall.
+
+use crate::daemon::Sheep;
+use crate::server::{reply, reply_data, Reply};
+use futures::future::join_all;
+use sd_proto::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a request keeps retrying transient failures.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+fn transient(r: SdRes) -> bool {
+    matches!(
+        r,
+        SdRes::NETWORK_ERROR
+            | SdRes::OLD_NODE_VER
+            | SdRes::NEW_NODE_VER
+            | SdRes::WAIT_FOR_JOIN
+            | SdRes::KILLED
+    )
+}
+
+/// Executes a client object request (0x01–0x04).
+pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let o = req.obj();
+    if req.opcode == op::WRITE_OBJ && is_vdi_obj(o.oid) {
+        return write_inode(sheep, req, payload).await;
+    }
+    if req.opcode == op::CREATE_AND_WRITE_OBJ && req.flags & flag::CMD_COW != 0 && o.cow_oid != 0 {
+        let size = sheep.object_size(o.oid) as usize;
+        if payload.len() < size {
+            let mut full = match read(sheep, o.cow_oid, 0, size, 0).await {
+                Ok(d) => d,
+                Err(r) => return reply(&req, r),
+            };
+            let off = o.offset as usize;
+            if off + payload.len() > size {
+                return reply(&req, SdRes::INVALID_PARMS);
+            }
+            full[off..off + payload.len()].copy_from_slice(&payload);
+            let mut r2 = req;
+            r2.data_length = size as u32;
+            r2.flags &= !flag::CMD_COW;
+            r2.set_obj(ObjArgs {
+                offset: 0,
+                cow_oid: 0,
+                ..o
+            });
+            return io(sheep, r2, full).await;
+        }
+    }
+    io(sheep, req, payload).await
+}
+
+/// Placement, fan-out and retry of one object request.
+async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let o = req.obj();
+    let copies = if o.copies != 0 {
+        o.copies as usize
+    } else {
+        sheep.copies_of(o.oid)
+    };
+    let peer_op = op::gateway_to_peer(req.opcode).expect("gateway opcode");
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        let view = sheep.view();
+        if let Some(r) = view.status.refusal() {
+            return reply(&req, r);
+        }
+        let targets: Vec<SdNode> = view
+            .ring
+            .targets(o.oid, copies)
+            .into_iter()
+            .copied()
+            .collect();
+        if targets.is_empty() {
+            return reply(&req, SdRes::HALT);
+        }
+        let is_write = req.opcode != op::READ_OBJ;
+        if is_write && view.flags & cluster_flag::STRICT != 0 && view.ring.nr_zones() < copies {
+            return reply(&req, SdRes::HALT);
+        }
+        let mut preq = req;
+        preq.opcode = peer_op;
+        preq.proto_ver = SD_SHEEP_PROTO_VER;
+        preq.epoch = view.epoch;
+        preq.flags &= !(flag::CMD_COW | flag::CMD_TGT);
+        let r = if is_write {
+            fan_out(sheep, &targets, preq, &payload).await
+        } else {
+            read_any(sheep, &targets, preq).await
+        };
+        if transient(r.0.result) && Instant::now() < deadline {
+            let _ = sheep
+                .wait_epoch(view.epoch.wrapping_add(1), Duration::from_millis(500))
+                .await;
+            continue;
+        }
+        if req.opcode == op::READ_OBJ && r.0.result == SdRes::SUCCESS {
+            return reply_data(&req, r.1);
+        }
+        return reply(&req, r.0.result);
+    }
+}
+
+async fn send(sheep: &Arc<Sheep>, node: &SdNode, req: SdReq, payload: &[u8]) -> Reply {
+    if node.nid == sheep.this.nid {
+        crate::peer::handle(sheep, req, payload.to_vec()).await
+    } else {
+        sheep
+            .peers
+            .exec(node.nid.io_socket_addr(), &req, payload)
+            .await
+    }
+}
+
+/// Sends to every target; the first failure decides the result.
+async fn fan_out(sheep: &Arc<Sheep>, targets: &[SdNode], req: SdReq, payload: &[u8]) -> Reply {
+    let sends = targets.iter().enumerate().map(|(i, n)| {
+        let mut r = req;
+        let mut o = r.obj();
+        o.ec_index = i as u8;
+        r.set_obj(o);
+        send(sheep, n, r, payload)
+    });
+    let results = join_all(sends).await;
+    let removing = req.opcode == op::REMOVE_PEER;
+    let mut out = reply(&req, SdRes::SUCCESS);
+    for r in results {
+        if r.0.result != SdRes::SUCCESS {
+            // Removing: a replica already gone is reported, the rest removed.
+            if out.0.result == SdRes::SUCCESS || (removing && out.0.result == SdRes::NO_OBJ) {
+                out = r;
+            }
+        }
+    }
+    out
+}
+
+/// Reads from this node if it is a target, else from the others starting
+/// at a random one; the first success wins.
+async fn read_any(sheep: &Arc<Sheep>, targets: &[SdNode], req: SdReq) -> Reply {
+    let start = targets
+        .iter()
+        .position(|n| n.nid == sheep.this.nid)
+        .unwrap_or_else(|| rand::random::<usize>() % targets.len());
+    let mut last = reply(&req, SdRes::NO_OBJ);
+    for k in 0..targets.len() {
+        let n = &targets[(start + k) % targets.len()];
+        let r = send(sheep, n, req, &[]).await;
+        if r.0.result == SdRes::SUCCESS {
+            return r;
+        }
+        // A transient failure must win over NO_OBJ so the caller retries.
+        if !(transient(last.0.result) && r.0.result == SdRes::NO_OBJ) {
+            last = r;
+        }
+    }
+    last
+}
+
+fn internal(opcode: u8, oid: u64, offset: u32, len: usize, copies: u8) -> SdReq {
+    let mut r = SdReq::new(opcode);
+    r.data_length = len as u32;
+    if opcode != op::READ_OBJ && opcode != op::REMOVE_OBJ {
+        r.flags = flag::CMD_WRITE;
+    }
+    r.set_obj(ObjArgs {
+        oid,
+        offset,
+        copies,
+        ..Default::default()
+    });
+    r
+}
+
+fn result(r: Reply) -> Result<Vec<u8>, SdRes> {
+    if r.0.result == SdRes::SUCCESS {
+        Ok(r.1)
+    } else {
+        Err(r.0.result)
+    }
+}
+
+/// Reads `len` bytes of `oid` through the gateway (copies 0 = the VDI's).
+pub async fn read(
+    sheep: &Arc<Sheep>,
+    oid: u64,
+    offset: u32,
+    len: usize,
+    copies: u8,
+) -> Result<Vec<u8>, SdRes> {
+    result(
+        io(
+            sheep,
+            internal(op::READ_OBJ, oid, offset, len, copies),
+            Vec::new(),
+        )
+        .await,
+    )
+}
+
+/// Writes into an existing object through the gateway.
+pub async fn write(
+    sheep: &Arc<Sheep>,
+    oid: u64,
+    offset: u32,
+    data: Vec<u8>,
+    copies: u8,
+) -> Result<(), SdRes> {
+    let req = internal(op::WRITE_OBJ, oid, offset, data.len(), copies);
+    result(handle(sheep, req, data).await).map(|_| ())
+}
+
+/// Creates (or replaces) an object through the gateway.
+pub async fn create(
+    sheep: &Arc<Sheep>,
+    oid: u64,
+    offset: u32,
+    data: Vec<u8>,
+    copies: u8,
+) -> Result<(), SdRes> {
+    result(
+        io(
+            sheep,
+            internal(op::CREATE_AND_WRITE_OBJ, oid, offset, data.len(), copies),
+            data,
+        )
+        .await,
+    )
+    .map(|_| ())
+}
+
+/// Removes every replica of an object.
+pub async fn remove(sheep: &Arc<Sheep>, oid: u64, copies: u8) -> Result<(), SdRes> {
+    result(
+        io(
+            sheep,
+            internal(op::REMOVE_OBJ, oid, 0, 0, copies),
+            Vec::new(),
+        )
+        .await,
+    )
+    .map(|_| ())
+}
+
+/// WRITE_OBJ on an inode: when the range lies inside `data_vdi_id`, drop
+/// the references the overwritten entries held (§6.4).
+async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let o = req.obj();
+    let start = o.offset as usize;
+    let end = start + payload.len();
+    let in_entries = start >= DATA_VDI_ID_OFFSET
+        && end <= GREF_OFFSET
+        && start % 4 == 0
+        && end % 4 == 0
+        && end > start;
+    if !in_entries {
+        return io(sheep, req, payload).await;
+    }
+    let first = ((start - DATA_VDI_ID_OFFSET) / 4) as u32;
+    let n = (end - start) / 4;
+    let old = match read(sheep, o.oid, o.offset, payload.len(), o.copies).await {
+        Ok(d) => d,
+        Err(r) => return reply(&req, r),
+    };
+    let grefs = match read(sheep, o.oid, gref_offset(first) as u32, n * 8, o.copies).await {
+        Ok(d) => d,
+        Err(r) => return reply(&req, r),
+    };
+    let r = io(sheep, req, payload.clone()).await;
+    if r.0.result != SdRes::SUCCESS {
+        return r;
+    }
+    if grefs.iter().any(|&b| b != 0) {
+        let zero = internal(
+            op::WRITE_OBJ,
+            o.oid,
+            gref_offset(first) as u32,
+            n * 8,
+            o.copies,
+        );
+        if let Err(e) = result(io(sheep, zero, vec![0u8; n * 8]).await) {
+            tracing::error!("failed to reset grefs of {:016x}: {}", o.oid, e.describe());
+        }
+    }
+    for i in 0..n {
+        let old_vid = u32::from_le_bytes(old[4 * i..4 * i + 4].try_into().unwrap());
+        let new_vid = u32::from_le_bytes(payload[4 * i..4 * i + 4].try_into().unwrap());
+        if old_vid == 0 || old_vid == new_vid {
+            continue;
+        }
+        let generation = u32::from_le_bytes(grefs[8 * i..8 * i + 4].try_into().unwrap());
+        let count = u32::from_le_bytes(grefs[8 * i + 4..8 * i + 8].try_into().unwrap());
+        let data_oid = vid_to_data_oid(old_vid, (first as usize + i) as u64);
+        if generation == 0 && count == 0 {
+            match remove(sheep, data_oid, 0).await {
+                Ok(()) | Err(SdRes::NO_OBJ) => {}
+                Err(e) => tracing::error!("failed to remove {data_oid:016x}: {}", e.describe()),
+            }
+        } else {
+            tracing::warn!(
+                "shared object {data_oid:016x} (generation {generation}, count {count}) kept"
+            );
+        }
+    }
+    r
+}

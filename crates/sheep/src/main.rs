@@ -1,0 +1,178 @@
+//! `sheep`: the Sheepdog storage daemon.
+//!
+//! Start-up follows the original: parse options, create and lock the base
+//! directory, daemonize (the launching command returns 0 once the lock is
+//! held), then open the store, listen and join the cluster.
+
+mod daemon;
+mod gateway;
+mod ops;
+mod opts;
+mod peer;
+mod recovery;
+mod server;
+mod state;
+mod vdi;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+fn lock_base(dir: &std::path::Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a valid descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Forks twice; the original process exits with the status the grandchild
+/// reports through a pipe (0 once it holds the base lock).
+fn daemonize(dir: &std::path::Path) -> File {
+    let mut fds = [0i32; 2];
+    // SAFETY: plain POSIX calls before any thread exists.
+    unsafe {
+        if libc::pipe(fds.as_mut_ptr()) != 0 {
+            eprintln!("failed to create a pipe");
+            std::process::exit(1);
+        }
+        match libc::fork() {
+            -1 => {
+                eprintln!("failed to fork");
+                std::process::exit(1)
+            }
+            0 => {}
+            _ => {
+                libc::close(fds[1]);
+                let mut b = [1u8];
+                let n = libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                std::process::exit(if n == 1 { b[0] as i32 } else { 1 });
+            }
+        }
+        libc::close(fds[0]);
+        libc::setsid();
+        match libc::fork() {
+            -1 => std::process::exit(1),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+    }
+    let status = |s: u8| {
+        // SAFETY: writing one byte to our end of the pipe.
+        unsafe { libc::write(fds[1], [s].as_ptr().cast(), 1) };
+    };
+    let lock = match lock_base(dir) {
+        Ok(l) => l,
+        Err(_) => {
+            eprintln!("another sheep daemon is using {}", dir.display());
+            status(1);
+            std::process::exit(1);
+        }
+    };
+    status(0);
+    // SAFETY: redirecting the standard descriptors to /dev/null.
+    unsafe {
+        libc::close(fds[1]);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        libc::dup2(null, 2);
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+    lock
+}
+
+fn init_logging(o: &opts::Opts, dir: &std::path::Path) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(o.log_level)
+        .with_ansi(false)
+        .with_target(false);
+    if o.log_stdout {
+        builder.with_writer(std::io::stderr).init();
+        return;
+    }
+    let log_dir = o
+        .log_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.to_path_buf());
+    match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("sheep.log"))
+    {
+        Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
+        Err(e) => {
+            eprintln!("failed to open log file: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match opts::parse(&args) {
+        Ok(opts::Parsed::Print(s)) => {
+            print!("{s}");
+            return;
+        }
+        Ok(opts::Parsed::Run(o)) => *o,
+        Err(e) => {
+            print!("{}", e.stdout);
+            eprintln!("{}", e.stderr);
+            std::process::exit(1);
+        }
+    };
+    let dir = PathBuf::from(&o.dir);
+    if let Err(e) = std::fs::create_dir(&dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            eprintln!("cannot create directory {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+    }
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let foreground = o.foreground || o.log_stdout;
+    let lock = if foreground {
+        match lock_base(&dir) {
+            Ok(l) => l,
+            Err(_) => {
+                eprintln!("another sheep daemon is using {}", dir.display());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        daemonize(&dir)
+    };
+    init_logging(&o, &dir);
+    // SAFETY: ignoring SIGPIPE so a dead peer socket is an error, not death.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async {
+        match daemon::run(o.clone(), dir.clone()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                1
+            }
+        }
+    });
+    if let Some(p) = &o.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(lock);
+    let _ = std::io::stderr().flush();
+    std::process::exit(code);
+}

@@ -1,0 +1,280 @@
+//! Local operations (answered by this node alone) and cluster operations
+//! (work phase here under the cluster-wide block, main phase broadcast to
+//! every node in total order).
+
+use crate::daemon::Sheep;
+use crate::server::{reply, reply_data, Reply};
+use crate::state::{OpMessage, Status};
+use sd_proto::*;
+use sd_store::ObjKey;
+use std::sync::Arc;
+
+/// Executes a local operation.
+pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    match req.opcode {
+        op::READ_VDIS | op::READ_DEL_VDIS => {
+            if req.data_length as usize != SD_VDI_BITMAP_SIZE {
+                return reply(&req, SdRes::INVALID_PARMS);
+            }
+            let st = sheep.state.lock().unwrap();
+            let bm = if req.opcode == op::READ_VDIS {
+                &st.vdis.inuse
+            } else {
+                &st.vdis.deleted
+            };
+            reply_data(&req, bm.to_bytes())
+        }
+        op::GET_CLUSTER_DEFAULT => {
+            let v = sheep.view();
+            let mut r = reply(&req, SdRes::SUCCESS);
+            r.0.set_cluster_default(v.default_copies, v.default_policy, v.block_size_shift);
+            r
+        }
+        op::FLUSH_VDI | op::DISCARD_OBJ => reply(&req, SdRes::INVALID_PARMS),
+        op::FLUSH_DEL_CACHE => reply(&req, SdRes::SUCCESS),
+        op::GET_NODE_LIST => {
+            let nodes = sheep.state.lock().unwrap().nodes();
+            let mut r = reply_data(&req, encode_nodes(&nodes));
+            r.0.set_node(nodes.len() as u32, 0, 0);
+            r
+        }
+        op::STAT_SHEEP => {
+            let mut r = reply(&req, SdRes::SUCCESS);
+            if !sheep.opts.gateway {
+                let s = sheep.clone();
+                let used = tokio::task::spawn_blocking(move || s.store.used_bytes())
+                    .await
+                    .unwrap_or(0);
+                let size = sheep.this.space;
+                r.0.set_node(0, size, size.saturating_sub(used));
+            }
+            r
+        }
+        op::STAT_CLUSTER => stat_cluster(sheep, &req).await,
+        op::GET_STORE_LIST => reply_data(&req, b"plain ".to_vec()),
+        op::KILL_NODE => {
+            sheep.request_exit(0);
+            reply(&req, SdRes::SUCCESS)
+        }
+        op::GET_VDI_COPIES => {
+            let st = sheep.state.lock().unwrap();
+            let n = st.vdis.states.len();
+            if (req.data_length as usize) < n * VDI_STATE_SIZE {
+                return reply(&req, SdRes::BUFFER_SMALL);
+            }
+            let mut b = vec![0u8; n * VDI_STATE_SIZE];
+            for (i, s) in st.vdis.states.values().enumerate() {
+                s.encode_into(&mut b[i * VDI_STATE_SIZE..]);
+            }
+            reply_data(&req, b)
+        }
+        op::CLUSTER_INFO => reply_data(&req, sheep.state.lock().unwrap().cluster_info().encode()),
+        op::GET_RECOVERY => reply_data(&req, sheep.throttle.lock().unwrap().encode().to_vec()),
+        op::SET_RECOVERY => match RecoveryThrottling::decode(&payload) {
+            Some(t) => {
+                *sheep.throttle.lock().unwrap() = t;
+                reply(&req, SdRes::SUCCESS)
+            }
+            None => reply(&req, SdRes::INVALID_PARMS),
+        },
+        op::GET_EPOCH => {
+            let e = req.obj().tgt_epoch;
+            match sheep.store.read_epoch(e) {
+                Ok(Some((nodes, time))) => {
+                    if (req.data_length as usize) < nodes.len() * SD_NODE_SIZE + 8 {
+                        return reply(&req, SdRes::BUFFER_SMALL);
+                    }
+                    let mut b = encode_nodes(&nodes);
+                    b.extend_from_slice(&time.to_le_bytes());
+                    reply_data(&req, b)
+                }
+                _ => reply(&req, SdRes::NO_TAG),
+            }
+        }
+        op::EXIST => {
+            let k = ObjKey::replica(req.obj().oid);
+            reply(
+                &req,
+                if sheep.store.exists(&k) {
+                    SdRes::SUCCESS
+                } else {
+                    SdRes::NO_OBJ
+                },
+            )
+        }
+        op::OIDS_EXIST => {
+            let missing: Vec<u8> = payload
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .filter(|&oid| !sheep.store.exists(&ObjKey::replica(oid)))
+                .flat_map(|oid| oid.to_le_bytes())
+                .collect();
+            if missing.is_empty() {
+                reply(&req, SdRes::SUCCESS)
+            } else {
+                let mut r = reply_data(&req, missing);
+                r.0.result = SdRes::NO_OBJ;
+                r
+            }
+        }
+        op::GET_LOGLEVEL => reply_data(&req, 6i32.to_le_bytes().to_vec()),
+        op::STAT_RECOVERY => reply_data(&req, sheep.recovery.state().encode().to_vec()),
+        op::GET_OBJ_LIST => {
+            let s = sheep.clone();
+            let oids = tokio::task::spawn_blocking(move || -> Vec<u64> {
+                let mut v: Vec<u64> = s
+                    .store
+                    .list()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|k| k.oid)
+                    .collect();
+                v.extend(
+                    s.store
+                        .list_stale()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|(k, _)| k.oid),
+                );
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .await
+            .unwrap_or_default();
+            if (req.data_length as usize) < oids.len() * 8 {
+                return reply(&req, SdRes::BUFFER_SMALL);
+            }
+            reply_data(&req, oids.iter().flat_map(|o| o.to_le_bytes()).collect())
+        }
+        op::GET_HASH => {
+            let o = req.obj();
+            let k = ObjKey::replica(o.oid);
+            let s = sheep.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                s.store
+                    .sha1(&k, None)
+                    .or_else(|_| s.store.sha1(&k, Some(o.tgt_epoch)))
+            })
+            .await;
+            match r {
+                Ok(Ok(d)) => {
+                    let mut r = reply(&req, SdRes::SUCCESS);
+                    r.0.set_hash_digest(&d);
+                    r
+                }
+                Ok(Err(e)) => reply(&req, e.res()),
+                Err(_) => reply(&req, SdRes::EIO),
+            }
+        }
+        _ => reply(&req, SdRes::INVALID_PARMS),
+    }
+}
+
+/// STAT_CLUSTER: the epoch history, newest first, as many records as fit.
+async fn stat_cluster(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
+    let room = req.cluster().nodes_nr as usize;
+    let rec = EPOCH_LOG_HEADER_SIZE + room * SD_NODE_SIZE;
+    let (status, epoch, cfg, disable_recovery) = {
+        let st = sheep.state.lock().unwrap();
+        (st.status, st.epoch, st.config.clone(), st.disable_recovery)
+    };
+    let mut out = Vec::new();
+    let mut e = epoch;
+    while e > 0 && out.len() + rec <= req.data_length as usize {
+        let mut log = EpochLog {
+            epoch: e,
+            ..Default::default()
+        };
+        if out.is_empty() {
+            log.ctime = cfg.ctime;
+            log.disable_recovery = disable_recovery;
+            log.nr_copies = cfg.copies;
+            log.copy_policy = cfg.copy_policy;
+            log.flags = cfg.flags;
+            log.drv_name = le::fixed_str::<16>(b"local");
+        }
+        if room > 0 {
+            let Some((nodes, time)) = crate::vdi::epoch_nodes(sheep, e).await else {
+                break;
+            };
+            if nodes.len() > room {
+                return reply(req, SdRes::BUFFER_SMALL);
+            }
+            log.nodes = nodes;
+            log.time = time;
+        }
+        out.extend_from_slice(&log.encode(room));
+        e -= 1;
+    }
+    let mut r = reply_data(req, out);
+    r.0.result = match status {
+        Status::Ok => SdRes::SUCCESS,
+        s => s.refusal().unwrap(),
+    };
+    r
+}
+
+/// Executes a cluster operation.
+pub async fn cluster(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let has_work = matches!(
+        req.opcode,
+        op::NEW_VDI
+            | op::GET_VDI_INFO
+            | op::LOCK_VDI
+            | op::RELEASE_VDI
+            | op::DEL_VDI
+            | op::FORCE_RECOVER
+    );
+    if !has_work {
+        if req.opcode == op::MAKE_FS {
+            let store = le::cstr(&payload);
+            if !store.is_empty() && store != b"plain" {
+                return reply(&req, SdRes::NO_STORE);
+            }
+        }
+        let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
+        return match sheep
+            .broadcast(OpMessage {
+                req,
+                rsp,
+                data: payload,
+            })
+            .await
+        {
+            Ok(()) => reply(&req, SdRes::SUCCESS),
+            Err(e) => {
+                tracing::error!("broadcast failed: {e:#}");
+                reply(&req, SdRes::CLUSTER_ERROR)
+            }
+        };
+    }
+    let Ok(_guard) = sheep.driver.block().await else {
+        return reply(&req, SdRes::CLUSTER_ERROR);
+    };
+    match sheep.driver.stream_end().await {
+        Ok(end) => sheep.wait_applied(end).await,
+        Err(_) => return reply(&req, SdRes::CLUSTER_ERROR),
+    }
+    let (mut rsp, data, broadcast) = crate::vdi::work(sheep, &req, &payload).await;
+    if broadcast && rsp.result == SdRes::SUCCESS {
+        if let Err(e) = sheep
+            .broadcast(OpMessage {
+                req,
+                rsp,
+                data: payload,
+            })
+            .await
+        {
+            tracing::error!("broadcast failed: {e:#}");
+            return reply(&req, SdRes::CLUSTER_ERROR);
+        }
+    }
+    // The snapshot vid rides in attr_id only inside the broadcast.
+    if req.opcode == op::NEW_VDI {
+        let (vid, copies, shift) = (rsp.vdi_id(), rsp.vdi_copies(), rsp.vdi_block_size_shift());
+        rsp.set_vdi(vid, 0, copies, shift);
+    }
+    rsp.data_length = data.len() as u32;
+    (rsp, data)
+}

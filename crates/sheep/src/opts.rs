@@ -1,0 +1,406 @@
+//! The `sheep` command line (CLI.md §3), parsed getopt-style so the
+//! original's option spellings and error messages keep working.
+
+use std::net::IpAddr;
+
+/// Parsed daemon options.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub dir: String,
+    pub port: u16,
+    pub bind: Option<IpAddr>,
+    pub cluster: ClusterOpt,
+    pub zone: Option<u32>,
+    pub nosync: bool,
+    pub gateway: bool,
+    pub foreground: bool,
+    pub log_level: tracing::Level,
+    pub log_dir: Option<String>,
+    pub log_stdout: bool,
+    pub pidfile: Option<String>,
+    pub vnodes: Option<u16>,
+    pub myaddr: Option<IpAddr>,
+    pub io_addr: Option<(IpAddr, u16)>,
+}
+
+/// The `-c` cluster driver choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterOpt {
+    Local(String),
+}
+
+/// What the command line asks for.
+pub enum Parsed {
+    Run(Box<Opts>),
+    /// Print this to stdout and exit 0 (help, version).
+    Print(String),
+}
+
+/// An option error: message for stderr (and optional stdout text), exit 1.
+#[derive(Debug)]
+pub struct OptError {
+    pub stderr: String,
+    pub stdout: String,
+}
+
+fn err(msg: impl Into<String>) -> OptError {
+    OptError {
+        stderr: msg.into(),
+        stdout: String::new(),
+    }
+}
+
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "_rust");
+
+const OPTIONS: &[(char, &str, bool, &str)] = &[
+    (
+        'b',
+        "bindaddr",
+        true,
+        "specify IP address of interface to listen on",
+    ),
+    (
+        'c',
+        "cluster",
+        true,
+        "specify the cluster driver (default: local)",
+    ),
+    ('D', "directio", false, "use direct IO for backend store"),
+    (
+        'f',
+        "foreground",
+        false,
+        "make the program run in foreground",
+    ),
+    (
+        'g',
+        "gateway",
+        false,
+        "make the program run as a gateway mode",
+    ),
+    ('h', "help", false, "display this help and exit"),
+    (
+        'i',
+        "ioaddr",
+        true,
+        "use separate network card to handle IO requests",
+    ),
+    (
+        'j',
+        "journal",
+        true,
+        "use journal file to log all the write operations",
+    ),
+    (
+        'l',
+        "log",
+        true,
+        "specify the log level, the log directory and the log format",
+    ),
+    ('n', "nosync", false, "drop O_SYNC for write of backend"),
+    (
+        'p',
+        "port",
+        true,
+        "specify the TCP port on which to listen (default: 7000)",
+    ),
+    ('P', "pidfile", true, "create a pid file"),
+    ('r', "http", true, "enable http service"),
+    (
+        'R',
+        "recovery",
+        true,
+        "specify the recovery speed throttling",
+    ),
+    ('u', "upgrade", false, "upgrade to the latest data layout"),
+    ('v', "version", false, "show the version"),
+    ('V', "vnodes", true, "set number of vnodes"),
+    (
+        'w',
+        "wq-threads",
+        true,
+        "specify the number of threads for workqueues",
+    ),
+    (
+        'W',
+        "wildcard-recovery",
+        false,
+        "wildcard recovery for first time",
+    ),
+    (
+        'x',
+        "max-dynamic-threads",
+        true,
+        "specify the maximum number of threads for dynamic workqueue",
+    ),
+    (
+        'y',
+        "myaddr",
+        true,
+        "specify the address advertised to other sheep",
+    ),
+    (
+        'z',
+        "zone",
+        true,
+        "specify the zone id (default: determined by listen address)",
+    ),
+];
+
+fn help() -> String {
+    let mut s = format!(
+        "Sheepdog daemon (version {VERSION})\nUsage: sheep [OPTION]... [PATH] (default: /tmp)\nOptions:\n"
+    );
+    for (c, long, _, desc) in OPTIONS {
+        s.push_str(&format!("  -{c}, --{long:<18}{desc}\n"));
+    }
+    s.push_str(
+        "\nTry 'sheep <option>', e.g., 'sheep -w', to get more detail about specific option\n",
+    );
+    s
+}
+
+fn version() -> String {
+    format!("Sheepdog daemon version {VERSION}\n\nSupported features:\n\tCluster drivers: local\n\tMiscellaneous: none\n")
+}
+
+/// C `strtoll` base 10 over the whole string: optional whitespace and `+`,
+/// no trailing garbage, non-negative.
+fn parse_uint(s: &str, max: u64) -> Option<u64> {
+    let t = s.trim_start();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<u64>().ok().filter(|&v| v <= max)
+}
+
+/// Parses `argv` (without the program name).
+pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
+    let mut o = Opts {
+        dir: "/tmp".into(),
+        port: sd_proto::SD_LISTEN_PORT,
+        bind: None,
+        cluster: ClusterOpt::Local(String::new()),
+        zone: None,
+        nosync: false,
+        gateway: false,
+        foreground: false,
+        log_level: tracing::Level::INFO,
+        log_dir: None,
+        log_stdout: false,
+        pidfile: None,
+        vnodes: None,
+        myaddr: None,
+        io_addr: None,
+    };
+    let mut dir: Option<String> = None;
+    let mut i = 0;
+    let mut opts_done = false;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if opts_done || a == "-" || !a.starts_with('-') {
+            if dir.is_none() {
+                dir = Some(a.clone());
+            }
+            continue;
+        }
+        if a == "--" {
+            opts_done = true;
+            continue;
+        }
+        // Collect (option char, inline argument) pairs.
+        let mut items: Vec<(char, Option<String>)> = Vec::new();
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, val) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            let m: Vec<_> = OPTIONS.iter().filter(|x| x.1.starts_with(name)).collect();
+            let exact = OPTIONS.iter().find(|x| x.1 == name);
+            let Some(opt) = exact.or(if m.len() == 1 { Some(m[0]) } else { None }) else {
+                return Err(err(format!(
+                    "sheep: unrecognized option '{a}'\nTry 'sheep --help' for more information."
+                )));
+            };
+            items.push((opt.0, val));
+        } else {
+            let chars: Vec<char> = a[1..].chars().collect();
+            let mut k = 0;
+            while k < chars.len() {
+                let c = chars[k];
+                k += 1;
+                let Some(opt) = OPTIONS.iter().find(|x| x.0 == c) else {
+                    return Err(err(format!(
+                        "sheep: invalid option -- '{c}'\nTry 'sheep --help' for more information."
+                    )));
+                };
+                if opt.2 && k < chars.len() {
+                    items.push((c, Some(chars[k..].iter().collect())));
+                    break;
+                }
+                items.push((c, None));
+            }
+        }
+        for (c, mut val) in items {
+            let opt = OPTIONS.iter().find(|x| x.0 == c).unwrap();
+            if opt.2 && val.is_none() {
+                if i < args.len() {
+                    val = Some(args[i].clone());
+                    i += 1;
+                } else {
+                    return Err(err(format!(
+                        "sheep: option requires an argument -- '{c}'\nTry 'sheep --help' for more information."
+                    )));
+                }
+            }
+            let v = val.unwrap_or_default();
+            match c {
+                'h' => return Ok(Parsed::Print(help())),
+                'v' => return Ok(Parsed::Print(version())),
+                'p' => {
+                    o.port = parse_uint(&v, 65535)
+                        .filter(|&p| p >= 1)
+                        .ok_or_else(|| err(format!("Invalid port number '{v}'")))? as u16
+                }
+                'b' => o.bind = Some(v.parse().map_err(|_| err(format!("Bad address '{v}'")))?),
+                'c' => o.cluster = parse_cluster(&v)?,
+                'z' => {
+                    o.zone = Some(parse_uint(&v, u32::MAX as u64).ok_or_else(|| {
+                        err(format!("Invalid zone id '{v}': must be an integer between 0 and 4294967295"))
+                    })? as u32)
+                }
+                'n' => o.nosync = true,
+                'g' => o.gateway = true,
+                'f' => o.foreground = true,
+                'P' => o.pidfile = Some(v),
+                'V' => {
+                    o.vnodes = Some(parse_uint(&v, 65535).filter(|&n| n >= 1).ok_or_else(|| {
+                        err(format!("Invalid number of vnodes '{v}': must be an integer between 1 and 65535"))
+                    })? as u16)
+                }
+                'y' => o.myaddr = Some(v.parse().map_err(|_| err(format!("Invalid address: '{v}'")))?),
+                'l' => parse_log(&v, &mut o)?,
+                'i' => o.io_addr = Some(parse_ioaddr(&v)?),
+                'x' => {
+                    parse_uint(&v, u32::MAX as u64).filter(|&n| n >= 1).ok_or_else(|| {
+                        err(format!("Invalid number of threads '{v}': must be an integer between 1 and 4294967295"))
+                    })?;
+                }
+                // Accepted for compatibility; our I/O model has no separate
+                // thread pools, journal, direct I/O switch or http front-end.
+                'D' | 'j' | 'r' | 'R' | 'u' | 'w' | 'W' => {}
+                _ => unreachable!(),
+            }
+        }
+    }
+    if o.gateway && o.vnodes.is_some() {
+        return Err(err("Options '-g' and '-V' can not be both specified"));
+    }
+    if let Some(d) = dir {
+        o.dir = d;
+    }
+    Ok(Parsed::Run(Box::new(o)))
+}
+
+fn parse_cluster(v: &str) -> Result<ClusterOpt, OptError> {
+    let (name, rest) = match v.split_once(':') {
+        Some((n, r)) => (n, r),
+        None => (v, ""),
+    };
+    match name {
+        "local" => Ok(ClusterOpt::Local(rest.to_string())),
+        _ => Err(OptError {
+            stderr: format!("Invalid cluster driver '{v}'"),
+            stdout: "\nSupported features:\n\tCluster drivers: local\n".into(),
+        }),
+    }
+}
+
+fn parse_log(v: &str, o: &mut Opts) -> Result<(), OptError> {
+    for item in v.split(',') {
+        if let Some(l) = item.strip_prefix("level=") {
+            o.log_level = match l {
+                "emerg" | "alert" | "crit" | "err" => tracing::Level::ERROR,
+                "warning" => tracing::Level::WARN,
+                "notice" | "info" => tracing::Level::INFO,
+                "debug" => tracing::Level::DEBUG,
+                _ => return Err(err(format!("Invalid log level '{l}'"))),
+            };
+        } else if let Some(d) = item.strip_prefix("dir=") {
+            o.log_dir = Some(d.to_string());
+        } else if let Some(d) = item.strip_prefix("dst=") {
+            match d {
+                "stdout" => o.log_stdout = true,
+                "default" | "syslog" => {}
+                _ => return Err(err(format!("invalid type of log destination: {d}"))),
+            }
+        } else if item.starts_with("format=") {
+        } else {
+            return Err(err(format!("invalid option {item}")));
+        }
+    }
+    Ok(())
+}
+
+fn parse_ioaddr(v: &str) -> Result<(IpAddr, u16), OptError> {
+    let mut addr = None;
+    let mut port = sd_proto::SD_LISTEN_PORT;
+    for item in v.split(',') {
+        if let Some(a) = item.strip_prefix("host=") {
+            addr = Some(a.parse().map_err(|_| err(format!("Bad addr: '{a}'")))?);
+        } else if let Some(p) = item.strip_prefix("port=") {
+            port = parse_uint(p, 65535)
+                .filter(|&x| x >= 1)
+                .ok_or_else(|| err(format!("Bad port '{p}'")))? as u16;
+        } else {
+            return Err(err(format!("invalid option {item}")));
+        }
+    }
+    Ok((addr.ok_or_else(|| err(format!("Bad addr: '{v}'")))?, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(a: &[&str]) -> Result<Opts, OptError> {
+        match parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {
+            Parsed::Run(o) => Ok(*o),
+            Parsed::Print(_) => panic!("print"),
+        }
+    }
+
+    #[test]
+    fn quick_start_line() {
+        let o = run(&["/tmp/store0", "-n", "-c", "local", "-z", "0", "-p", "7000"]).unwrap();
+        assert_eq!(o.dir, "/tmp/store0");
+        assert!(o.nosync);
+        assert_eq!(o.zone, Some(0));
+        assert_eq!(o.port, 7000);
+        let o = run(&["-p7001", "--zone=3", "-gf", "d"]).unwrap();
+        assert_eq!(
+            (o.port, o.zone, o.gateway, o.foreground),
+            (7001, Some(3), true, true)
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        for p in ["0", "65536", "4294967297", "-1", "a", "42a", "+", "-"] {
+            let e = run(&["-p", p, "d"]).unwrap_err();
+            assert_eq!(e.stderr, format!("Invalid port number '{p}'"), "{p}");
+        }
+        assert_eq!(run(&["-p", "+80", "d"]).unwrap().port, 80);
+        assert!(run(&["-c", "corosync", "d"])
+            .unwrap_err()
+            .stderr
+            .starts_with("Invalid cluster driver"));
+        assert!(run(&["-Q"])
+            .unwrap_err()
+            .stderr
+            .contains("invalid option -- 'Q'"));
+        assert!(run(&["-g", "-V", "5"]).is_err());
+    }
+}

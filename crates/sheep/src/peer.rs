@@ -1,0 +1,133 @@
+//! Peer operations: requests executed against this node's own store, and
+//! the connection pool used to send them to other nodes.
+
+use crate::daemon::Sheep;
+use crate::server::{reply, reply_data, Reply};
+use sd_client::{Connection, Endpoint};
+use sd_proto::*;
+use sd_store::ObjKey;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Idle connections to other sheep, reused across requests. A connection
+/// carries one request at a time; concurrency opens more connections.
+#[derive(Default)]
+pub struct PeerPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+}
+
+/// Idle connections kept per peer.
+const MAX_IDLE: usize = 32;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl PeerPool {
+    /// Sends one request to `addr`; transport failures read as NETWORK_ERROR.
+    pub async fn exec(&self, addr: SocketAddr, req: &SdReq, payload: &[u8]) -> Reply {
+        let conn = self
+            .idle
+            .lock()
+            .unwrap()
+            .get_mut(&addr)
+            .and_then(|v| v.pop());
+        let mut conn = match conn {
+            Some(c) => c,
+            None => match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Connection::connect(&Endpoint::Tcp(addr)),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                _ => return reply(req, SdRes::NETWORK_ERROR),
+            },
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, conn.exec(req, payload)).await {
+            Ok(Ok(r)) => {
+                let mut idle = self.idle.lock().unwrap();
+                let v = idle.entry(addr).or_default();
+                if v.len() < MAX_IDLE {
+                    v.push(conn);
+                }
+                r
+            }
+            _ => reply(req, SdRes::NETWORK_ERROR),
+        }
+    }
+}
+
+/// Executes a peer request on the local store.
+pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let o = req.obj();
+    // Epoch rule (§1.7): older requests are refused, newer ones wait.
+    let my = sheep.epoch();
+    if o.oid != 0 {
+        let diff = req.epoch.wrapping_sub(my) as i32;
+        if diff < 0 && req.flags & flag::CMD_RECOVERY == 0 {
+            return reply(&req, SdRes::OLD_NODE_VER);
+        }
+        if diff > 0 && !sheep.wait_epoch(req.epoch, Duration::from_secs(10)).await {
+            return reply(&req, SdRes::NEW_NODE_VER);
+        }
+    }
+    if sheep.opts.gateway {
+        return reply(&req, SdRes::NO_OBJ);
+    }
+    let key = ObjKey {
+        oid: o.oid,
+        ec_index: None,
+    };
+    let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
+    match req.opcode {
+        // A create or remove replaces whatever recovery would bring back.
+        op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER => sheep.recovery.claim(sheep, o.oid).await,
+        // An object this node should hold but has not recovered yet is
+        // recovered first, so no request ever sees a hole.
+        _ if !recovery_read => sheep.recovery.ensure(sheep, o.oid).await,
+        _ => {}
+    }
+    let s = sheep.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {
+        let st = &s.store;
+        match req.opcode {
+            op::READ_PEER if recovery_read => {
+                if st.exists(&key) {
+                    let sz = st.size(&key)?;
+                    st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+                } else {
+                    let ep = st.newest_stale(&key).ok_or(sd_store::StoreError::NoObj)?;
+                    let all = st.read_stale(&key, ep, 0, req.data_length as usize)?;
+                    Ok(all)
+                }
+            }
+            op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
+            op::WRITE_PEER => st
+                .write(&key, o.offset as u64, &payload)
+                .map(|_| Vec::new()),
+            op::CREATE_AND_WRITE_PEER => st
+                .create_and_write(&key, s.object_size(o.oid), o.offset as u64, &payload)
+                .map(|_| Vec::new()),
+            op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
+            _ => unreachable!(),
+        }
+    })
+    .await;
+    match res {
+        Ok(Ok(data)) if recovery_read => {
+            let mut r = reply_data(&req, data);
+            r.0.data_length = r.1.len() as u32;
+            r
+        }
+        Ok(Ok(data)) if req.opcode == op::READ_PEER => reply_data(&req, data),
+        Ok(Ok(_)) => reply(&req, SdRes::SUCCESS),
+        Ok(Err(e)) => {
+            if !matches!(e, sd_store::StoreError::NoObj) {
+                tracing::error!("peer op {:#x} on {:016x}: {e}", req.opcode, o.oid);
+            }
+            reply(&req, e.res())
+        }
+        Err(_) => reply(&req, SdRes::EIO),
+    }
+}

@@ -1,0 +1,377 @@
+//! Recovery (PROTOCOL.md §9): after every epoch change, each node makes
+//! sure it holds every object the new ring assigns to it, fetching from the
+//! holders of earlier epochs, and tells the cluster when it is done.
+//!
+//! One worker per node walks the list of objects it lacks. A request that
+//! touches an object still on that list recovers it first ([`Recovery::ensure`]),
+//! and a create claims it ([`Recovery::claim`]) so the worker never overwrites
+//! newer data with what it fetched. A newer epoch supersedes the running pass.
+
+use crate::daemon::Sheep;
+use crate::state::OpMessage;
+use sd_proto::*;
+use sd_ring::Ring;
+use sd_store::ObjKey;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Phases reported by STAT_RECOVERY.
+const PHASE_PREPARE: u32 = 0;
+const PHASE_RECOVER: u32 = 1;
+const PHASE_NOTIFY: u32 = 2;
+
+#[derive(Default)]
+struct Inner {
+    epoch: u32,
+    in_recovery: bool,
+    phase: u32,
+    finished: u64,
+    total: u64,
+    pending: BTreeSet<u64>,
+    /// Last epoch whose ring was used to retire objects to `.stale`.
+    marked_epoch: u32,
+}
+
+/// The recovery worker's shared state.
+pub struct Recovery {
+    inner: Mutex<Inner>,
+    /// Epoch whose object list is ready; requests wait for it.
+    prepared: watch::Sender<u32>,
+    /// Objects being fetched right now (so two fetchers never race).
+    inflight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    wake: Notify,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            inner: Mutex::default(),
+            prepared: watch::Sender::new(0),
+            inflight: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Recovery {
+    pub fn state(&self) -> RecoveryState {
+        let i = self.inner.lock().unwrap();
+        RecoveryState {
+            in_recovery: i.in_recovery,
+            state: i.phase,
+            nr_finished: i.finished,
+            nr_total: i.total,
+        }
+    }
+
+    pub fn busy(&self) -> bool {
+        self.inner.lock().unwrap().in_recovery
+    }
+
+    /// Resumes a pass suspended by DISABLE_RECOVER.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Starts (or restarts) recovery for `epoch`.
+    pub fn start(&self, sheep: &Arc<Sheep>, epoch: u32) {
+        {
+            let mut i = self.inner.lock().unwrap();
+            i.epoch = epoch;
+            i.in_recovery = true;
+            i.phase = PHASE_PREPARE;
+            i.finished = 0;
+            i.total = 0;
+            i.pending.clear();
+            if i.marked_epoch == 0 || i.marked_epoch >= epoch {
+                i.marked_epoch = epoch - 1;
+            }
+        }
+        let s = sheep.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run(&s, epoch).await {
+                tracing::error!("recovery of epoch {epoch} failed: {e:#}");
+            }
+        });
+    }
+
+    fn current(&self, epoch: u32) -> bool {
+        self.inner.lock().unwrap().epoch == epoch
+    }
+
+    async fn wait_prepared(&self, sheep: &Sheep) {
+        let epoch = sheep.epoch();
+        let mut rx = self.prepared.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|&e| e.wrapping_sub(epoch) as i32 >= 0),
+        )
+        .await;
+    }
+
+    fn slot(&self, oid: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.inflight
+            .lock()
+            .unwrap()
+            .entry(oid)
+            .or_default()
+            .clone()
+    }
+
+    /// Recovers `oid` now if this node still lacks it.
+    pub async fn ensure(&self, sheep: &Arc<Sheep>, oid: u64) {
+        if sheep.opts.gateway {
+            return;
+        }
+        self.wait_prepared(sheep).await;
+        if !self.inner.lock().unwrap().pending.contains(&oid) {
+            return;
+        }
+        let epoch = self.inner.lock().unwrap().epoch;
+        recover_one(sheep, oid, epoch).await;
+    }
+
+    /// Takes `oid` off the list because a create is about to replace it.
+    pub async fn claim(&self, sheep: &Arc<Sheep>, oid: u64) {
+        if sheep.opts.gateway {
+            return;
+        }
+        self.wait_prepared(sheep).await;
+        if !self.inner.lock().unwrap().pending.contains(&oid) {
+            return;
+        }
+        let slot = self.slot(oid);
+        let _g = slot.lock().await;
+        if self.inner.lock().unwrap().pending.remove(&oid) {
+            self.inner.lock().unwrap().finished += 1;
+        }
+    }
+}
+
+/// Fetches and stores one object unless someone else already did.
+async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
+    let rec = &sheep.recovery;
+    let slot = rec.slot(oid);
+    let _g = slot.lock().await;
+    if !rec.inner.lock().unwrap().pending.contains(&oid) {
+        return;
+    }
+    let key = ObjKey::replica(oid);
+    if !sheep.store.exists(&key) {
+        match fetch(sheep, oid, epoch).await {
+            Some(data) => {
+                let s = sheep.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    s.store.create_and_write(&key, data.len() as u64, 0, &data)
+                })
+                .await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::error!("failed to store recovered object {oid:016x}");
+                    return;
+                }
+            }
+            None => tracing::error!("object {oid:016x} could not be recovered from any node"),
+        }
+    }
+    let mut i = rec.inner.lock().unwrap();
+    if i.pending.remove(&oid) {
+        i.finished += 1;
+    }
+    rec.inflight.lock().unwrap().remove(&oid);
+}
+
+async fn read_peer(
+    sheep: &Arc<Sheep>,
+    node: &SdNode,
+    oid: u64,
+    tgt_epoch: u32,
+    flags: u16,
+) -> Option<Vec<u8>> {
+    let mut r = SdReq::new(op::READ_PEER);
+    r.flags = flag::CMD_RECOVERY | flags;
+    r.epoch = sheep.epoch();
+    r.data_length = sheep.object_size(oid) as u32;
+    r.set_obj(ObjArgs {
+        oid,
+        tgt_epoch,
+        ..Default::default()
+    });
+    let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
+    (rsp.result == SdRes::SUCCESS).then_some(data)
+}
+
+/// Walks back through the epochs' rings asking the holders of each epoch
+/// that are still alive; as a last resort asks every member for any copy.
+async fn fetch(sheep: &Arc<Sheep>, oid: u64, epoch: u32) -> Option<Vec<u8>> {
+    let copies = sheep.copies_of(oid);
+    let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
+    let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
+    for e in (1..epoch).rev() {
+        let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
+            continue;
+        };
+        let ring = Ring::new(&nodes);
+        for t in ring.targets(oid, copies) {
+            if is_alive(t) {
+                if let Some(d) = read_peer(sheep, t, oid, e, 0).await {
+                    return Some(d);
+                }
+            }
+        }
+    }
+    for n in alive.iter().filter(|n| is_alive(n)) {
+        if let Some(d) = read_peer(sheep, n, oid, epoch.saturating_sub(1), flag::CMD_WILDCARD).await
+        {
+            return Some(d);
+        }
+    }
+    None
+}
+
+async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {
+    let mut len = 4usize << 20;
+    loop {
+        let mut r = SdReq::new(op::GET_OBJ_LIST);
+        r.data_length = len as u32;
+        let (rsp, data) = if node.nid == sheep.this.nid {
+            crate::ops::local(sheep, r, Vec::new()).await
+        } else {
+            sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await
+        };
+        match rsp.result {
+            SdRes::SUCCESS => {
+                return Some(
+                    data.chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
+            }
+            SdRes::BUFFER_SMALL if len < SD_MAX_DATA_LENGTH as usize / 2 => len *= 2,
+            _ => return None,
+        }
+    }
+}
+
+async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
+    let me = sheep.this.nid;
+    let view = sheep.view();
+    if view.epoch != epoch {
+        return Ok(());
+    }
+    if !sheep.opts.gateway {
+        // Retire objects this node stopped holding in any epoch since the
+        // last marking: such copies may miss writes and must not be served.
+        let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;
+        for e in from..=epoch {
+            let ring = match e == epoch {
+                true => view.ring.clone(),
+                false => match crate::vdi::epoch_nodes(sheep, e).await {
+                    Some((n, _)) => Arc::new(Ring::new(&n)),
+                    None => continue,
+                },
+            };
+            let s = sheep.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                for k in s.store.list()? {
+                    let copies = s.copies_of(k.oid);
+                    if ring.target_index(k.oid, copies, &me).is_none() {
+                        s.store.move_to_stale(&k, e - 1)?;
+                    }
+                }
+                Ok(())
+            })
+            .await??;
+        }
+        sheep.recovery.inner.lock().unwrap().marked_epoch = epoch;
+
+        let mut wanted = BTreeSet::new();
+        for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
+            let mut list = None;
+            for _ in 0..3 {
+                list = obj_list(sheep, n).await;
+                if list.is_some() || !sheep.recovery.current(epoch) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for oid in list.unwrap_or_default() {
+                if view
+                    .ring
+                    .target_index(oid, sheep.copies_of(oid), &me)
+                    .is_some()
+                    && !sheep.store.exists(&ObjKey::replica(oid))
+                {
+                    wanted.insert(oid);
+                }
+            }
+        }
+        {
+            let mut i = sheep.recovery.inner.lock().unwrap();
+            if i.epoch != epoch {
+                return Ok(());
+            }
+            i.total = wanted.len() as u64;
+            i.pending = wanted.clone();
+            i.phase = PHASE_RECOVER;
+        }
+        sheep.recovery.prepared.send_replace(epoch);
+        let mut since_pause = 0u32;
+        for oid in wanted {
+            loop {
+                if !sheep.recovery.current(epoch) {
+                    return Ok(());
+                }
+                if !sheep.state.lock().unwrap().disable_recovery {
+                    break;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    sheep.recovery.wake.notified(),
+                )
+                .await;
+            }
+            recover_one(sheep, oid, epoch).await;
+            let t = *sheep.throttle.lock().unwrap();
+            if t.max_exec_count > 0 && t.queue_work_interval > 0 {
+                since_pause += 1;
+                if since_pause >= t.max_exec_count {
+                    since_pause = 0;
+                    tokio::time::sleep(Duration::from_millis(t.queue_work_interval)).await;
+                }
+            }
+        }
+    } else {
+        sheep.recovery.prepared.send_replace(epoch);
+    }
+    {
+        let mut i = sheep.recovery.inner.lock().unwrap();
+        if i.epoch != epoch {
+            return Ok(());
+        }
+        i.phase = PHASE_NOTIFY;
+    }
+    let mut req = SdReq::new(op::COMPLETE_RECOVERY);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = SD_NODE_SIZE as u32;
+    req.set_obj(ObjArgs {
+        tgt_epoch: epoch,
+        ..Default::default()
+    });
+    let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
+    let done = sheep.recovery.current(epoch);
+    if done {
+        let mut i = sheep.recovery.inner.lock().unwrap();
+        i.in_recovery = false;
+    }
+    sheep
+        .broadcast(OpMessage {
+            req,
+            rsp,
+            data: sheep.this.encode().to_vec(),
+        })
+        .await?;
+    tracing::info!("recovery of epoch {epoch} finished on this node");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Listeners, connection handling and request dispatch (PROTOCOL.md §1, §4).
+//!
+//! A connection is read by one task that validates each header, reads the
+//! payload (bounded by [`SD_MAX_DATA_LENGTH`]) and spawns the request; a
+//! writer task sends responses in completion order. At most
+//! [`MAX_INFLIGHT`] requests per connection run at once, which bounds the
+//! memory one client can pin.
+
+use crate::daemon::Sheep;
+use sd_proto::*;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests one connection may have in flight.
+const MAX_INFLIGHT: usize = 64;
+
+pub type Reply = (SdRsp, Vec<u8>);
+
+/// A response with no payload.
+pub fn reply(req: &SdReq, res: SdRes) -> Reply {
+    (SdRsp::for_req(req, res), Vec::new())
+}
+
+/// A successful response carrying `data`, clipped to what the client asked.
+pub fn reply_data(req: &SdReq, mut data: Vec<u8>) -> Reply {
+    data.truncate(req.data_length as usize);
+    let mut rsp = SdRsp::for_req(req, SdRes::SUCCESS);
+    rsp.data_length = data.len() as u32;
+    (rsp, data)
+}
+
+type Listener = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Binds the TCP port and `<dir>/sock`; returns the accept loops.
+pub async fn listen(sheep: &Arc<Sheep>, dir: &Path) -> anyhow::Result<Vec<Listener>> {
+    let mut out: Vec<Listener> = Vec::new();
+    let bind = sheep
+        .opts
+        .bind
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let tcp = TcpListener::bind((bind, sheep.opts.port)).await?;
+    let s = sheep.clone();
+    out.push(Box::pin(async move {
+        loop {
+            if let Ok((sock, _)) = tcp.accept().await {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(serve(s.clone(), sock));
+            }
+        }
+    }));
+    if let Some((ip, port)) = sheep.opts.io_addr {
+        let io = TcpListener::bind((ip, port)).await?;
+        let s = sheep.clone();
+        out.push(Box::pin(async move {
+            loop {
+                if let Ok((sock, _)) = io.accept().await {
+                    let _ = sock.set_nodelay(true);
+                    tokio::spawn(serve(s.clone(), sock));
+                }
+            }
+        }));
+    }
+    let sock_path = dir.join("sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let unix = UnixListener::bind(&sock_path)?;
+    let s = sheep.clone();
+    out.push(Box::pin(async move {
+        loop {
+            if let Ok((sock, _)) = unix.accept().await {
+                tokio::spawn(serve(s.clone(), sock));
+            }
+        }
+    }));
+    Ok(out)
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(sheep: Arc<Sheep>, sock: S) {
+    let (mut rd, mut wr) = tokio::io::split(sock);
+    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
+    let writer = {
+        let sheep = sheep.clone();
+        tokio::spawn(async move {
+            while let Some((mut rsp, data)) = rx.recv().await {
+                rsp.epoch = sheep.epoch();
+                let mut buf = Vec::with_capacity(SD_HEADER_SIZE + data.len());
+                buf.extend_from_slice(&rsp.encode());
+                buf.extend_from_slice(&data);
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    loop {
+        let mut hdr = [0u8; SD_HEADER_SIZE];
+        if rd.read_exact(&mut hdr).await.is_err() {
+            break;
+        }
+        let req = SdReq::decode(&hdr);
+        if req.data_length > SD_MAX_DATA_LENGTH {
+            // Never allocate what a client claims; skip its payload in
+            // bounded chunks so the connection stays usable.
+            if req.has_payload() && drain(&mut rd, req.data_length as u64).await.is_err() {
+                break;
+            }
+            tracing::warn!(
+                "refused request {:#x} with data_length {}",
+                req.opcode,
+                req.data_length
+            );
+            if tx.send(reply(&req, SdRes::INVALID_PARMS)).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let mut payload = Vec::new();
+        if req.has_payload() {
+            payload = vec![0u8; req.data_length as usize];
+            if rd.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let sheep = sheep.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = handle(&sheep, req, payload).await;
+            let _ = tx.send(r).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn drain<R: AsyncRead + Unpin>(rd: &mut R, mut n: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    while n > 0 {
+        let k = (n as usize).min(buf.len());
+        rd.read_exact(&mut buf[..k]).await?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// How an opcode is executed (§4).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Class {
+    Gateway,
+    Peer,
+    Local { force: bool },
+    Cluster { force: bool },
+}
+
+/// The class of every implemented opcode; None = unknown or unimplemented.
+pub fn class(opcode: u8) -> Option<Class> {
+    use Class::*;
+    Some(match opcode {
+        op::CREATE_AND_WRITE_OBJ | op::READ_OBJ | op::WRITE_OBJ | op::REMOVE_OBJ => Gateway,
+        op::CREATE_AND_WRITE_PEER | op::READ_PEER | op::WRITE_PEER | op::REMOVE_PEER => Peer,
+        op::READ_VDIS | op::GET_CLUSTER_DEFAULT => Local { force: true },
+        op::FLUSH_VDI | op::DISCARD_OBJ => Local { force: false },
+        op::NEW_VDI | op::LOCK_VDI | op::RELEASE_VDI | op::GET_VDI_INFO | op::DEL_VDI => {
+            Cluster { force: false }
+        }
+        op::GET_NODE_LIST
+        | op::STAT_CLUSTER
+        | op::GET_STORE_LIST
+        | op::KILL_NODE
+        | op::GET_VDI_COPIES
+        | op::CLUSTER_INFO
+        | op::READ_DEL_VDIS
+        | op::GET_RECOVERY
+        | op::SET_RECOVERY
+        | op::GET_EPOCH
+        | op::EXIST
+        | op::OIDS_EXIST
+        | op::GET_LOGLEVEL => Local { force: true },
+        op::STAT_SHEEP
+        | op::STAT_RECOVERY
+        | op::GET_OBJ_LIST
+        | op::GET_HASH
+        | op::FLUSH_DEL_CACHE => Local { force: false },
+        op::MAKE_FS
+        | op::SHUTDOWN
+        | op::FORCE_RECOVER
+        | op::COMPLETE_RECOVERY
+        | op::NOTIFY_VDI_ADD
+        | op::CLEANUP => Cluster { force: true },
+        op::ENABLE_RECOVER | op::DISABLE_RECOVER | op::ALTER_CLUSTER_COPY => {
+            Cluster { force: false }
+        }
+        _ => return None,
+    })
+}
+
+/// Validates and executes one request.
+pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    if req.opcode >= 0x80 {
+        if req.proto_ver != SD_SHEEP_PROTO_VER {
+            return reply(&req, SdRes::VER_MISMATCH);
+        }
+    } else if req.proto_ver > SD_PROTO_VER {
+        return reply(&req, SdRes::VER_MISMATCH);
+    }
+    let Some(class) = class(req.opcode) else {
+        return reply(&req, SdRes::INVALID_PARMS);
+    };
+    let force = matches!(
+        class,
+        Class::Local { force: true } | Class::Cluster { force: true }
+    );
+    if !force && !matches!(class, Class::Peer) {
+        if let Some(r) = sheep.view().status.refusal() {
+            return reply(&req, r);
+        }
+    }
+    match class {
+        Class::Gateway => crate::gateway::handle(sheep, req, payload).await,
+        Class::Peer => crate::peer::handle(sheep, req, payload).await,
+        Class::Local { .. } => crate::ops::local(sheep, req, payload).await,
+        Class::Cluster { .. } => crate::ops::cluster(sheep, req, payload).await,
+    }
+}

@@ -1,0 +1,676 @@
+//! The cluster state machine: membership, epochs, cluster status and VDI
+//! bookkeeping, advanced only by the ordered event stream of the driver.
+//!
+//! Every member applies the same events in the same order to this pure
+//! structure, so join acceptance, epoch numbers and format parameters are
+//! agreed without a master. What a node must *do* about a change (write an
+//! epoch file, start recovery, wipe its store) comes back as [`Effect`]s
+//! that the daemon executes; the state machine itself never touches disk.
+
+use sd_cluster::{Delivered, Event};
+use sd_proto::le::*;
+use sd_proto::*;
+use sd_ring::auto_vnodes;
+use std::collections::{BTreeMap, HashSet};
+
+/// Cluster status as dog sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Status {
+    WaitForFormat,
+    WaitForJoin,
+    Ok,
+    Shutdown,
+}
+
+impl Status {
+    /// The result code a non-force operation gets in this status.
+    pub fn refusal(self) -> Option<SdRes> {
+        match self {
+            Status::Ok => None,
+            Status::WaitForFormat => Some(SdRes::WAIT_FOR_FORMAT),
+            Status::WaitForJoin => Some(SdRes::WAIT_FOR_JOIN),
+            Status::Shutdown => Some(SdRes::SHUTDOWN),
+        }
+    }
+    pub fn cluster_status(self) -> ClusterStatus {
+        match self {
+            Status::Ok => ClusterStatus::Ok,
+            Status::Shutdown => ClusterStatus::Shutdown,
+            _ => ClusterStatus::Wait,
+        }
+    }
+}
+
+/// A member of the current view.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Member {
+    pub node: SdNode,
+    pub incarnation: u64,
+}
+
+/// What a joining node tells the cluster about itself (the JOIN opaque).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct JoinInfo {
+    /// Its stored config; `ctime == 0` means never formatted.
+    pub config: SheepdogConfig,
+    /// Its latest epoch and that epoch's members.
+    pub epoch: u32,
+    pub epoch_nodes: Vec<SdNode>,
+}
+
+impl JoinInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = self.config.encode().to_vec();
+        b.extend_from_slice(&self.epoch.to_le_bytes());
+        b.extend_from_slice(&encode_nodes(&self.epoch_nodes));
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < CONFIG_SIZE + 4 {
+            return None;
+        }
+        Some(JoinInfo {
+            config: SheepdogConfig::decode(&b[..CONFIG_SIZE])?,
+            epoch: u32_at(b, CONFIG_SIZE),
+            epoch_nodes: decode_nodes(&b[CONFIG_SIZE + 4..]),
+        })
+    }
+}
+
+/// A cluster operation's main phase as broadcast: request header, response
+/// header and data (the original's message layout).
+#[derive(Clone, Debug)]
+pub struct OpMessage {
+    pub req: SdReq,
+    pub rsp: SdRsp,
+    pub data: Vec<u8>,
+}
+
+impl OpMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(96 + self.data.len());
+        b.extend_from_slice(&self.req.encode());
+        b.extend_from_slice(&self.rsp.encode());
+        b.extend_from_slice(&self.data);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < 96 {
+            return None;
+        }
+        Some(OpMessage {
+            req: SdReq::decode(b[..48].try_into().unwrap()),
+            rsp: SdRsp::decode(b[48..96].try_into().unwrap()),
+            data: b[96..].to_vec(),
+        })
+    }
+}
+
+/// Something the local node must do because of an applied event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Our own JOIN was accepted; persist the cluster's config.
+    Joined,
+    /// Our own JOIN was refused.
+    JoinRefused(SdRes),
+    /// A new epoch began with these members.
+    NewEpoch {
+        epoch: u32,
+        nodes: Vec<SdNode>,
+        time: u64,
+    },
+    /// The cluster was (re)formatted: wipe the store, write the config.
+    Formatted,
+    /// The cluster shuts down: every node exits.
+    Shutdown,
+    /// Every member finished recovery of `epoch`: purge stale copies.
+    RecoveryGathered(u32),
+    /// Cluster parameters changed: rewrite the config file.
+    ConfigChanged,
+    /// Recovery was re-enabled.
+    RecoveryEnabled,
+    /// A node other than us joined; fetch its VDI state.
+    PeerJoined(SdNode),
+}
+
+/// A fixed-size bitmap over the 2^24 VDI ids.
+#[derive(Clone)]
+pub struct VidBitmap(Vec<u64>);
+
+impl Default for VidBitmap {
+    fn default() -> Self {
+        VidBitmap(vec![0; (SD_NR_VDIS / 64) as usize])
+    }
+}
+
+impl VidBitmap {
+    pub fn get(&self, vid: u32) -> bool {
+        let v = (vid & (SD_NR_VDIS - 1)) as usize;
+        self.0[v / 64] & (1 << (v % 64)) != 0
+    }
+    pub fn set(&mut self, vid: u32) {
+        let v = (vid & (SD_NR_VDIS - 1)) as usize;
+        self.0[v / 64] |= 1 << (v % 64);
+    }
+    /// The wire form of READ_VDIS: byte v/8, bit v%8.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+    /// ORs a wire bitmap into this one.
+    pub fn merge_bytes(&mut self, b: &[u8]) {
+        for (w, c) in self.0.iter_mut().zip(b.chunks_exact(8)) {
+            *w |= u64::from_le_bytes(c.try_into().unwrap());
+        }
+    }
+    /// First clear bit in `[from, SD_NR_VDIS)`.
+    pub fn first_clear_from(&self, from: u32) -> Option<u32> {
+        (from..SD_NR_VDIS).find(|&v| !self.get(v))
+    }
+}
+
+/// What every node knows about VDIs: the in-use and deleted bitmaps and the
+/// per-vid redundancy (needed to place any object of that vid).
+#[derive(Clone, Default)]
+pub struct VdiTable {
+    pub inuse: VidBitmap,
+    pub deleted: VidBitmap,
+    pub states: BTreeMap<u32, VdiState>,
+}
+
+impl VdiTable {
+    /// Records a VDI (from NEW_VDI, a scan of local inodes or a peer).
+    pub fn add(&mut self, s: VdiState) {
+        self.inuse.set(s.vid);
+        if s.deleted {
+            self.deleted.set(s.vid);
+        }
+        let e = self.states.entry(s.vid).or_insert_with(|| s.clone());
+        e.snapshot |= s.snapshot;
+        e.deleted |= s.deleted;
+        if e.nr_copies == 0 {
+            *e = s;
+        }
+    }
+    pub fn mark_snapshot(&mut self, vid: u32) {
+        if let Some(s) = self.states.get_mut(&vid) {
+            s.snapshot = true;
+        }
+    }
+    pub fn mark_deleted(&mut self, vid: u32) {
+        self.deleted.set(vid);
+        if let Some(s) = self.states.get_mut(&vid) {
+            s.deleted = true;
+        }
+    }
+}
+
+/// The agreed cluster state.
+pub struct ClusterState {
+    pub me: NodeId,
+    pub members: Vec<Member>,
+    pub joined: bool,
+    pub status: Status,
+    pub epoch: u32,
+    pub config: SheepdogConfig,
+    pub disable_recovery: bool,
+    /// Members of the last epoch, awaited in WAIT_FOR_JOIN.
+    pub last_epoch_nodes: Vec<SdNode>,
+    /// Epochs created while this stream was alive: (epoch, nodes, time).
+    pub history: Vec<(u32, Vec<SdNode>, u64)>,
+    /// Nodes that completed recovery of the current epoch.
+    pub recovered: HashSet<NodeId>,
+    pub vdis: VdiTable,
+    /// Position of the last applied event.
+    pub applied: u64,
+}
+
+impl ClusterState {
+    pub fn new(me: NodeId, config: SheepdogConfig) -> Self {
+        ClusterState {
+            me,
+            members: Vec::new(),
+            joined: false,
+            status: Status::WaitForFormat,
+            epoch: 0,
+            config,
+            disable_recovery: false,
+            last_epoch_nodes: Vec::new(),
+            history: Vec::new(),
+            recovered: HashSet::new(),
+            vdis: VdiTable::default(),
+            applied: 0,
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<SdNode> {
+        self.members.iter().map(|m| m.node).collect()
+    }
+
+    pub fn is_member(&self, nid: &NodeId) -> bool {
+        self.members.iter().any(|m| m.node.nid == *nid)
+    }
+
+    fn insert_member(&mut self, m: Member) {
+        self.members.retain(|x| x.node.nid != m.node.nid);
+        self.members.push(m);
+        self.members.sort_by(|a, b| a.node.nid.cmp(&b.node.nid));
+        self.recompute_vnodes();
+    }
+
+    fn recompute_vnodes(&mut self) {
+        if self.config.flags & cluster_flag::AUTO_VNODES != 0 {
+            let mut nodes = self.nodes();
+            auto_vnodes(&mut nodes);
+            for (m, n) in self.members.iter_mut().zip(nodes) {
+                m.node.nr_vnodes = n.nr_vnodes;
+            }
+        }
+    }
+
+    fn new_epoch(&mut self, time: u64, fx: &mut Vec<Effect>) {
+        self.epoch += 1;
+        self.enter_epoch(time, fx);
+    }
+
+    fn enter_epoch(&mut self, time: u64, fx: &mut Vec<Effect>) {
+        let nodes = self.nodes();
+        self.history.retain(|h| h.0 < self.epoch);
+        self.history.push((self.epoch, nodes.clone(), time));
+        self.last_epoch_nodes = nodes.clone();
+        self.recovered.clear();
+        fx.push(Effect::NewEpoch {
+            epoch: self.epoch,
+            nodes,
+            time,
+        });
+    }
+
+    fn all_awaited_present(&self) -> bool {
+        self.last_epoch_nodes.iter().all(|n| self.is_member(&n.nid))
+    }
+
+    /// Applies one delivered event and returns what this node must do.
+    pub fn apply(&mut self, d: &Delivered) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        self.applied = d.seq;
+        match &d.event {
+            Event::Join {
+                node,
+                incarnation,
+                opaque,
+            } => {
+                let info = JoinInfo::decode(opaque).unwrap_or_default();
+                self.apply_join(
+                    Member {
+                        node: *node,
+                        incarnation: *incarnation,
+                    },
+                    info,
+                    d.time,
+                    &mut fx,
+                )
+            }
+            Event::Leave { nid, incarnation } => {
+                let before = self.members.len();
+                self.members
+                    .retain(|m| !(m.node.nid == *nid && m.incarnation == *incarnation));
+                if self.members.len() != before {
+                    self.recompute_vnodes();
+                    if self.status == Status::Ok {
+                        self.new_epoch(d.time, &mut fx);
+                    }
+                }
+            }
+            Event::UpdateNode { node } => {
+                if let Some(m) = self.members.iter_mut().find(|m| m.node.nid == node.nid) {
+                    m.node = *node;
+                    self.recompute_vnodes();
+                    if self.status == Status::Ok {
+                        self.new_epoch(d.time, &mut fx);
+                    }
+                }
+            }
+            Event::Notify { msg, .. } => {
+                if let Some(m) = OpMessage::decode(msg) {
+                    self.apply_op(&m, d.time, &mut fx);
+                }
+            }
+        }
+        fx
+    }
+
+    fn apply_join(&mut self, m: Member, info: JoinInfo, time: u64, fx: &mut Vec<Effect>) {
+        let is_me = m.node.nid == self.me;
+        let refuse = |st: &mut Self, fx: &mut Vec<Effect>, r: SdRes| {
+            if is_me {
+                fx.push(Effect::JoinRefused(r));
+            }
+            let _ = st;
+        };
+        if self.members.is_empty() {
+            // First member of this stream: its own view seeds the cluster.
+            self.config = info.config.clone();
+            self.members.clear();
+            if info.config.ctime == 0 {
+                self.status = Status::WaitForFormat;
+                self.epoch = 0;
+                self.insert_member(m);
+            } else {
+                self.epoch = info.epoch;
+                self.last_epoch_nodes = info.epoch_nodes.clone();
+                self.insert_member(m);
+                self.status = Status::WaitForJoin;
+                self.try_leave_wait(time, fx);
+            }
+        } else {
+            match self.status {
+                Status::WaitForFormat => self.insert_member(m),
+                Status::Shutdown => return refuse(self, fx, SdRes::SHUTDOWN),
+                Status::Ok => {
+                    if info.config.ctime != 0 && info.config.ctime != self.config.ctime {
+                        return refuse(self, fx, SdRes::INVALID_CTIME);
+                    }
+                    self.insert_member(m);
+                    self.new_epoch(time, fx);
+                }
+                Status::WaitForJoin => {
+                    if info.config.ctime != 0 && info.config.ctime != self.config.ctime {
+                        return refuse(self, fx, SdRes::INVALID_CTIME);
+                    }
+                    if info.epoch > self.epoch {
+                        self.epoch = info.epoch;
+                        self.last_epoch_nodes = info.epoch_nodes.clone();
+                    }
+                    self.insert_member(m);
+                    self.try_leave_wait(time, fx);
+                }
+            }
+        }
+        if is_me {
+            self.joined = true;
+            fx.insert(0, Effect::Joined);
+        } else if self.joined {
+            fx.push(Effect::PeerJoined(m.node));
+        }
+    }
+
+    /// Leaves WAIT_FOR_JOIN once every node of the last epoch is back.
+    fn try_leave_wait(&mut self, time: u64, fx: &mut Vec<Effect>) {
+        if self.status != Status::WaitForJoin || !self.all_awaited_present() {
+            return;
+        }
+        self.status = Status::Ok;
+        let same: bool = {
+            let mut a: Vec<NodeId> = self.last_epoch_nodes.iter().map(|n| n.nid).collect();
+            let mut b: Vec<NodeId> = self.members.iter().map(|m| m.node.nid).collect();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        if same {
+            self.enter_epoch(time, fx);
+        } else {
+            self.new_epoch(time, fx);
+        }
+    }
+
+    fn apply_op(&mut self, m: &OpMessage, time: u64, fx: &mut Vec<Effect>) {
+        if m.rsp.result != SdRes::SUCCESS {
+            return;
+        }
+        match m.req.opcode {
+            op::MAKE_FS => {
+                let c = m.req.cluster();
+                let store = cstr(&m.data);
+                self.config = SheepdogConfig {
+                    ctime: c.ctime,
+                    flags: c.flags,
+                    copies: if c.copies == 0 {
+                        SD_DEFAULT_COPIES
+                    } else {
+                        c.copies
+                    },
+                    default_store: fixed_str::<16>(if store.is_empty() { b"plain" } else { store }),
+                    shutdown: false,
+                    copy_policy: c.copy_policy,
+                    block_size_shift: if c.block_size_shift == 0 {
+                        SD_DEFAULT_BLOCK_SIZE_SHIFT
+                    } else {
+                        c.block_size_shift
+                    },
+                    version: SD_FORMAT_VERSION,
+                    space: 0,
+                };
+                self.vdis = VdiTable::default();
+                self.disable_recovery = false;
+                self.history.clear();
+                self.status = Status::Ok;
+                self.epoch = 0;
+                self.recompute_vnodes();
+                fx.push(Effect::Formatted);
+                self.new_epoch(time, fx);
+            }
+            op::SHUTDOWN => {
+                self.status = Status::Shutdown;
+                fx.push(Effect::Shutdown);
+            }
+            op::ENABLE_RECOVER => {
+                self.disable_recovery = false;
+                fx.push(Effect::RecoveryEnabled);
+            }
+            op::DISABLE_RECOVER => self.disable_recovery = true,
+            op::FORCE_RECOVER => {
+                if self.status == Status::WaitForJoin {
+                    self.status = Status::Ok;
+                    self.new_epoch(time, fx);
+                }
+            }
+            op::ALTER_CLUSTER_COPY => {
+                self.config.copies = m.req.cluster().copies;
+                fx.push(Effect::ConfigChanged);
+            }
+            op::COMPLETE_RECOVERY => {
+                if m.req.obj().tgt_epoch == self.epoch && m.data.len() >= SD_NODE_SIZE {
+                    self.recovered.insert(SdNode::decode(&m.data).nid);
+                    if self
+                        .members
+                        .iter()
+                        .all(|x| self.recovered.contains(&x.node.nid))
+                    {
+                        fx.push(Effect::RecoveryGathered(self.epoch));
+                    }
+                }
+            }
+            op::CLEANUP => fx.push(Effect::RecoveryGathered(self.epoch)),
+            op::NEW_VDI => {
+                let v = m.req.vdi();
+                let new_vid = m.rsp.vdi_id();
+                // The snapshotted (or rebased-away) working VDI travels in
+                // the response's attr_id slot of our broadcast.
+                let old = m.rsp.attr_id();
+                if old != 0 {
+                    self.vdis.mark_snapshot(old);
+                }
+                self.vdis.add(VdiState {
+                    vid: new_vid,
+                    nr_copies: m.rsp.vdi_copies(),
+                    copy_policy: v.copy_policy,
+                    block_size_shift: m.rsp.vdi_block_size_shift(),
+                    parent_vid: v.base_vdi_id,
+                    ..Default::default()
+                });
+            }
+            op::DEL_VDI => self.vdis.mark_deleted(m.rsp.vdi_id()),
+            op::NOTIFY_VDI_ADD => {
+                let s = m.req.vdi_state();
+                if s.old_vid != 0 {
+                    self.vdis.mark_snapshot(s.old_vid);
+                }
+                self.vdis.add(VdiState {
+                    vid: s.new_vid,
+                    nr_copies: s.copies,
+                    copy_policy: s.copy_policy,
+                    block_size_shift: s.block_size_shift,
+                    ..Default::default()
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The `cluster_info` this node reports.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            proto_ver: SD_SHEEP_PROTO_VER,
+            disable_recovery: self.disable_recovery,
+            epoch: self.epoch,
+            ctime: self.config.ctime,
+            flags: self.config.flags,
+            nr_copies: self.config.copies,
+            copy_policy: self.config.copy_policy,
+            status: self.status.cluster_status(),
+            block_size_shift: self.config.block_size_shift,
+            default_store: self.config.default_store,
+            nodes: self.nodes(),
+        }
+    }
+
+    /// Redundancy of objects of `vid`: (copies, copy_policy).
+    pub fn vdi_redundancy(&self, vid: u32) -> (u8, u8) {
+        match self.vdis.states.get(&vid) {
+            Some(s) if s.nr_copies > 0 => (s.nr_copies, s.copy_policy),
+            _ => (self.config.copies.max(1), 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> SdNode {
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: 128,
+            zone: port as u32,
+            space: 1 << 30,
+        }
+    }
+    fn join(seq: u64, port: u16, info: &JoinInfo) -> Delivered {
+        Delivered {
+            seq,
+            time: 100 + seq,
+            event: Event::Join {
+                node: node(port),
+                incarnation: port as u64,
+                opaque: info.encode(),
+            },
+        }
+    }
+    fn format(seq: u64) -> Delivered {
+        let mut req = SdReq::new(op::MAKE_FS);
+        req.set_cluster(ClusterArgs {
+            ctime: 77,
+            copies: 3,
+            flags: cluster_flag::AUTO_VNODES,
+            ..Default::default()
+        });
+        let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
+        Delivered {
+            seq,
+            time: 200,
+            event: Event::Notify {
+                sender: node(7000).nid,
+                msg: OpMessage {
+                    req,
+                    rsp,
+                    data: b"plain\0".to_vec(),
+                }
+                .encode(),
+            },
+        }
+    }
+
+    #[test]
+    fn format_join_leave_epochs() {
+        let mut s = ClusterState::new(node(7000).nid, Default::default());
+        let fresh = JoinInfo::default();
+        assert_eq!(s.apply(&join(1, 7000, &fresh)), vec![Effect::Joined]);
+        assert_eq!(s.status, Status::WaitForFormat);
+        s.apply(&join(2, 7001, &fresh));
+        let fx = s.apply(&format(3));
+        assert_eq!(fx[0], Effect::Formatted);
+        assert!(matches!(&fx[1], Effect::NewEpoch { epoch: 1, nodes, .. } if nodes.len() == 2));
+        assert_eq!(s.status, Status::Ok);
+        let fx = s.apply(&join(4, 7002, &fresh));
+        assert!(matches!(&fx[0], Effect::NewEpoch { epoch: 2, nodes, .. } if nodes.len() == 3));
+        let fx = s.apply(&Delivered {
+            seq: 5,
+            time: 300,
+            event: Event::Leave {
+                nid: node(7001).nid,
+                incarnation: 7001,
+            },
+        });
+        assert!(matches!(&fx[0], Effect::NewEpoch { epoch: 3, nodes, .. } if nodes.len() == 2));
+        // a duplicate LEAVE changes nothing
+        assert!(s
+            .apply(&Delivered {
+                seq: 6,
+                time: 300,
+                event: Event::Leave {
+                    nid: node(7001).nid,
+                    incarnation: 7001
+                }
+            })
+            .is_empty());
+        assert_eq!(s.epoch, 3);
+    }
+
+    #[test]
+    fn restart_waits_for_last_epoch_members() {
+        let cfg = SheepdogConfig {
+            ctime: 77,
+            copies: 3,
+            ..Default::default()
+        };
+        let info = JoinInfo {
+            config: cfg.clone(),
+            epoch: 5,
+            epoch_nodes: vec![node(7000), node(7001)],
+        };
+        let mut s = ClusterState::new(node(7001).nid, Default::default());
+        s.apply(&join(1, 7000, &info));
+        assert_eq!(s.status, Status::WaitForJoin);
+        let fx = s.apply(&join(2, 7001, &info));
+        assert_eq!(s.status, Status::Ok);
+        assert_eq!(s.epoch, 5);
+        assert!(fx
+            .iter()
+            .any(|f| matches!(f, Effect::NewEpoch { epoch: 5, .. })));
+        // a node of another cluster is refused
+        let other = JoinInfo {
+            config: SheepdogConfig { ctime: 1, ..cfg },
+            epoch: 1,
+            epoch_nodes: vec![],
+        };
+        let mut s2 = ClusterState::new(node(7009).nid, Default::default());
+        s2.apply(&join(1, 7000, &info));
+        s2.apply(&join(2, 7001, &info));
+        assert_eq!(
+            s2.apply(&join(3, 7009, &other)),
+            vec![Effect::JoinRefused(SdRes::INVALID_CTIME)]
+        );
+        assert!(!s2.is_member(&node(7009).nid));
+    }
+
+    #[test]
+    fn bitmap_wire_layout() {
+        let mut b = VidBitmap::default();
+        b.set(0x7c2b25);
+        let bytes = b.to_bytes();
+        assert_eq!(bytes.len(), SD_VDI_BITMAP_SIZE);
+        assert_eq!(bytes[1_017_188], 1 << 5);
+        assert_eq!(b.first_clear_from(0x7c2b25), Some(0x7c2b26));
+    }
+}

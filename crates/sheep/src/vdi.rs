@@ -1,0 +1,363 @@
+//! VDI operations: the work phases of NEW_VDI, GET_VDI_INFO, LOCK_VDI,
+//! RELEASE_VDI, DEL_VDI and FORCE_RECOVER (PROTOCOL.md §5.6, §6.2, §6.3),
+//! plus how a node learns the VDI table (local scan, peers).
+
+use crate::daemon::Sheep;
+use crate::gateway;
+use crate::state::{Status, VdiTable};
+use sd_client::{Connection, Endpoint};
+use sd_proto::le::cstr;
+use sd_proto::*;
+use sd_store::{ObjKey, Store};
+use std::sync::Arc;
+
+/// The outcome of a VDI lookup.
+#[derive(Debug, Default)]
+struct Lookup {
+    vid: u32,
+    free_bit: u32,
+    next_snapid: u32,
+    /// Vid of the snapshot seen when the working VDI of that name is gone.
+    deleted_working_snapshot: u32,
+}
+
+async fn read_header(sheep: &Arc<Sheep>, vid: u32) -> Result<InodeHeader, SdRes> {
+    let b = gateway::read(sheep, vid_to_vdi_oid(vid), 0, INODE_FIELDS_SIZE, 0).await?;
+    InodeHeader::decode(&b).ok_or(SdRes::EIO)
+}
+
+/// Finds `name` (and snapshot tag/id) as §5.6 describes.
+async fn lookup(
+    sheep: &Arc<Sheep>,
+    name: &[u8],
+    tag: &[u8],
+    snapid: u32,
+) -> Result<Lookup, (SdRes, Lookup)> {
+    let inuse = sheep.state.lock().unwrap().vdis.inuse.clone();
+    let mut left = sd_hash_vdi(name);
+    if left == 0 {
+        left = 1;
+    }
+    let mut out = Lookup::default();
+    let (right, wrapped) = match inuse.first_clear_from(left) {
+        Some(r) => (r, false),
+        None => match inuse.first_clear_from(1) {
+            Some(r) => (r, true),
+            None => return Err((SdRes::FULL_VDI, out)),
+        },
+    };
+    out.free_bit = right;
+    if left == right {
+        return Err((SdRes::NO_VDI, out));
+    }
+    let slots: Vec<u32> = if wrapped {
+        (1..right).rev().chain((left..SD_NR_VDIS).rev()).collect()
+    } else {
+        (left..right).rev().collect()
+    };
+    let has_tag = !tag.is_empty() || snapid != 0;
+    let mut name_found = false;
+    for vid in slots.into_iter().filter(|&v| inuse.get(v)) {
+        let h = match read_header(sheep, vid).await {
+            Ok(h) => h,
+            Err(SdRes::NO_OBJ) => continue,
+            Err(r) => return Err((r, out)),
+        };
+        if h.name_bytes() != name {
+            continue;
+        }
+        if has_tag {
+            if !h.is_snapshot() {
+                name_found = true;
+                continue;
+            }
+            if (!tag.is_empty() && cstr(&h.tag) == tag) || (snapid != 0 && h.snap_id == snapid) {
+                out.vid = vid;
+                return Ok(out);
+            }
+        } else {
+            out.next_snapid = h.snap_id + 1;
+            if !h.is_snapshot() {
+                out.vid = vid;
+                return Ok(out);
+            }
+            out.deleted_working_snapshot = vid;
+            return Err((SdRes::NO_VDI, out));
+        }
+    }
+    Err((
+        if name_found {
+            SdRes::NO_TAG
+        } else {
+            SdRes::NO_VDI
+        },
+        out,
+    ))
+}
+
+/// Splits a name (256 B) or name+tag (512 B) payload.
+fn name_and_tag(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    match payload.len() {
+        256 => Some((cstr(payload), &[][..])),
+        512 => Some((cstr(&payload[..256]), cstr(&payload[256..]))),
+        _ => None,
+    }
+}
+
+fn now_ctime() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() << 32) | (d.subsec_micros() as u64 * 1000)
+}
+
+/// Runs the work phase of a cluster operation on this node. Returns the
+/// response, its payload, and whether the main phase must be broadcast.
+pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> (SdRsp, Vec<u8>, bool) {
+    let mut rsp = SdRsp::for_req(req, SdRes::SUCCESS);
+    let res: Result<bool, SdRes> = match req.opcode {
+        op::NEW_VDI => new_vdi(sheep, req, payload, &mut rsp).await.map(|_| true),
+        op::GET_VDI_INFO | op::LOCK_VDI => {
+            vdi_info(sheep, req, payload, &mut rsp).await.map(|_| false)
+        }
+        op::RELEASE_VDI => Ok(false),
+        op::DEL_VDI => del_vdi(sheep, req, payload, &mut rsp).await.map(|_| true),
+        op::FORCE_RECOVER => {
+            let st = sheep.state.lock().unwrap();
+            if st.status != Status::WaitForJoin {
+                Err(SdRes::FORCE_RECOVER)
+            } else {
+                let data = encode_nodes(&st.last_epoch_nodes);
+                drop(st);
+                return (rsp, data, true);
+            }
+        }
+        _ => Err(SdRes::INVALID_PARMS),
+    };
+    match res {
+        Ok(b) => (rsp, Vec::new(), b),
+        Err(r) => (SdRsp::for_req(req, r), Vec::new(), false),
+    }
+}
+
+async fn vdi_info(
+    sheep: &Arc<Sheep>,
+    req: &SdReq,
+    payload: &[u8],
+    rsp: &mut SdRsp,
+) -> Result<(), SdRes> {
+    let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
+    let found = lookup(sheep, name, tag, req.vdi().snapid)
+        .await
+        .map_err(|e| e.0)?;
+    let (copies, _) = sheep.state.lock().unwrap().vdi_redundancy(found.vid);
+    let shift = sheep
+        .object_size(vid_to_data_oid(found.vid, 0))
+        .trailing_zeros() as u8;
+    rsp.set_vdi(found.vid, 0, copies, shift);
+    Ok(())
+}
+
+async fn new_vdi(
+    sheep: &Arc<Sheep>,
+    req: &SdReq,
+    payload: &[u8],
+    rsp: &mut SdRsp,
+) -> Result<(), SdRes> {
+    if payload.len() != SD_MAX_VDI_LEN {
+        return Err(SdRes::INVALID_PARMS);
+    }
+    let name = cstr(payload);
+    if name.is_empty() {
+        return Err(SdRes::INVALID_PARMS);
+    }
+    let v = req.vdi();
+    if v.snapid != 0 || v.base_vdi_id != 0 {
+        // Snapshots and clones arrive with the VDI lifecycle work.
+        return Err(SdRes::NO_SUPPORT);
+    }
+    let found = match lookup(sheep, name, &[], 0).await {
+        Ok(_) => return Err(SdRes::VDI_EXIST),
+        Err((SdRes::NO_VDI, l)) => l,
+        Err((r, _)) => return Err(r),
+    };
+    let view = sheep.view();
+    let (mut copies, mut policy) = (v.copies, v.copy_policy);
+    if copies == 0 {
+        copies = view.default_copies;
+        policy = view.default_policy;
+    }
+    if let Some((d, p)) = policy::decode(policy) {
+        copies = d + p;
+    }
+    if copies == 0 || copies > SD_MAX_COPIES {
+        return Err(SdRes::INVALID_PARMS);
+    }
+    let shift = if v.block_size_shift == 0 {
+        view.block_size_shift
+    } else {
+        v.block_size_shift
+    };
+    if !(20..=31).contains(&shift) {
+        return Err(SdRes::INVALID_PARMS);
+    }
+    let vid = found.free_bit;
+    let mut h = InodeHeader {
+        create_time: now_ctime(),
+        vdi_size: v.vdi_size,
+        copy_policy: policy,
+        store_policy: v.store_policy,
+        nr_copies: copies,
+        block_size_shift: shift,
+        snap_id: found.next_snapid.max(1),
+        vdi_id: vid,
+        parent_vdi_id: 0,
+        ..Default::default()
+    };
+    h.name = le::fixed_str::<256>(name);
+    gateway::create(sheep, vid_to_vdi_oid(vid), 0, h.encode(), copies)
+        .await
+        .map_err(|_| SdRes::VDI_WRITE)?;
+    rsp.set_vdi(vid, found.deleted_working_snapshot, copies, shift);
+    Ok(())
+}
+
+async fn del_vdi(
+    sheep: &Arc<Sheep>,
+    req: &SdReq,
+    payload: &[u8],
+    rsp: &mut SdRsp,
+) -> Result<(), SdRes> {
+    let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
+    let found = lookup(sheep, name, tag, req.vdi().snapid)
+        .await
+        .map_err(|e| e.0)?;
+    let vid = found.vid;
+    let ino_oid = vid_to_vdi_oid(vid);
+    let h = read_header(sheep, vid).await.map_err(|_| SdRes::VDI_READ)?;
+    let nr = h.nr_objects().min(SD_INODE_DATA_INDEX as u64) as usize;
+    if nr > 0 {
+        // Unlike the original (which left such a VDI in place), release
+        // what the clients did not: every entry still set is dropped
+        // through the same reference path as a client's inode write.
+        let entries = gateway::read(sheep, ino_oid, DATA_VDI_ID_OFFSET as u32, nr * 4, 0)
+            .await
+            .map_err(|_| SdRes::VDI_READ)?;
+        if let Some(first) = entries.chunks_exact(4).position(|c| c != [0; 4]) {
+            let last = entries.chunks_exact(4).rposition(|c| c != [0; 4]).unwrap();
+            let zeros = vec![0u8; (last - first + 1) * 4];
+            gateway::write(
+                sheep,
+                ino_oid,
+                data_vdi_id_offset(first as u32) as u32,
+                zeros,
+                0,
+            )
+            .await
+            .map_err(|_| SdRes::VDI_WRITE)?;
+        }
+    }
+    let mut cleared = h.clone();
+    cleared.name = [0; 256];
+    cleared.vdi_size = 0;
+    gateway::create(sheep, ino_oid, 0, cleared.encode(), 0)
+        .await
+        .map_err(|_| SdRes::VDI_WRITE)?;
+    rsp.set_vdi(vid, 0, h.nr_copies, h.block_size_shift);
+    Ok(())
+}
+
+/// Builds the VDI table from the inode objects this node stores.
+pub fn scan_local_inodes(store: &Store, t: &mut VdiTable) {
+    for k in store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| is_vdi_obj(k.oid) && k.ec_index.is_none())
+    {
+        if let Ok(b) = store.read(&ObjKey::replica(k.oid), 0, INODE_FIELDS_SIZE) {
+            if let Some(h) = InodeHeader::decode(&b) {
+                t.add(VdiState {
+                    vid: oid_to_vid(k.oid),
+                    nr_copies: h.nr_copies,
+                    snapshot: h.is_snapshot(),
+                    deleted: h.is_deleted(),
+                    copy_policy: h.copy_policy,
+                    block_size_shift: h.block_size_shift,
+                    parent_vid: h.parent_vdi_id,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
+async fn fetch(conn: &mut Connection, opcode: u8, start: usize) -> Option<Vec<u8>> {
+    let mut len = start;
+    loop {
+        let mut r = SdReq::new(opcode);
+        r.data_length = len as u32;
+        let (rsp, data) = conn.exec(&r, &[]).await.ok()?;
+        match rsp.result {
+            SdRes::SUCCESS => return Some(data),
+            SdRes::BUFFER_SMALL if len < SD_MAX_DATA_LENGTH as usize / 2 => len *= 2,
+            _ => return None,
+        }
+    }
+}
+
+/// Merges another node's VDI table into ours (after a join, both ways).
+pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
+    let Ok(mut conn) = Connection::connect(&Endpoint::Tcp(node.nid.socket_addr())).await else {
+        return;
+    };
+    let states = fetch(&mut conn, op::GET_VDI_COPIES, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let inuse = fetch(&mut conn, op::READ_VDIS, SD_VDI_BITMAP_SIZE).await;
+    let deleted = fetch(&mut conn, op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE).await;
+    let mut st = sheep.state.lock().unwrap();
+    for c in states.chunks_exact(VDI_STATE_SIZE) {
+        if let Some(s) = VdiState::decode(c) {
+            st.vdis.add(s);
+        }
+    }
+    if let Some(b) = inuse {
+        st.vdis.inuse.merge_bytes(&b);
+    }
+    if let Some(b) = deleted {
+        st.vdis.deleted.merge_bytes(&b);
+    }
+}
+
+/// Members and creation time of `epoch`: from our epoch file, else from
+/// any member that has it.
+pub async fn epoch_nodes(sheep: &Arc<Sheep>, epoch: u32) -> Option<(Vec<SdNode>, u64)> {
+    if let Ok(Some(e)) = sheep.store.read_epoch(epoch) {
+        return Some(e);
+    }
+    let nodes = sheep.state.lock().unwrap().nodes();
+    for n in nodes.iter().filter(|n| n.nid != sheep.this.nid) {
+        let Ok(mut c) = Connection::connect(&Endpoint::Tcp(n.nid.socket_addr())).await else {
+            continue;
+        };
+        let mut r = SdReq::new(op::GET_EPOCH);
+        r.data_length = (SD_MAX_NODES * SD_NODE_SIZE + 8) as u32;
+        r.set_obj(ObjArgs {
+            tgt_epoch: epoch,
+            ..Default::default()
+        });
+        if let Ok((rsp, data)) = c.exec(&r, &[]).await {
+            if rsp.result == SdRes::SUCCESS && data.len() >= 8 {
+                let (nb, t) = data.split_at(data.len() - 8);
+                let _ = sheep.store.write_epoch(
+                    epoch,
+                    &decode_nodes(nb),
+                    u64::from_le_bytes(t.try_into().unwrap()),
+                );
+                return Some((decode_nodes(nb), u64::from_le_bytes(t.try_into().unwrap())));
+            }
+        }
+    }
+    None
+}
