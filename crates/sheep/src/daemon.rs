@@ -151,10 +151,7 @@ impl Sheep {
                         // Rejoining a running cluster after missing epochs:
                         // what we hold may be outdated, so it only serves
                         // as stale copies until recovery proves otherwise.
-                        if my_epoch != 0
-                            && my_epoch < cluster_epoch
-                            && !history.iter().any(|h| h.0 == my_epoch)
-                        {
+                        if my_epoch != 0 && my_epoch + 1 < cluster_epoch {
                             for k in self.store.list()? {
                                 self.store.move_to_stale(&k, my_epoch)?;
                             }

@@ -1,0 +1,292 @@
+//! Spawns real clusters of `sheep` processes in temporary directories for
+//! integration tests and benchmarks, and runs the real `dog` against them.
+//!
+//! Every node runs in the foreground as a child process of the test (so a
+//! SIGKILL is a real crash) with its own store directory and a per-cluster
+//! local-driver path, on ports picked free at start.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the built `sheep` and `dog` (the test's own profile).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SD_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut d = exe.parent().unwrap().to_path_buf();
+    if d.ends_with("deps") {
+        d.pop();
+    }
+    d
+}
+
+pub fn sheep_bin() -> PathBuf {
+    bin_dir().join("sheep")
+}
+pub fn dog_bin() -> PathBuf {
+    bin_dir().join("dog")
+}
+
+/// `n` consecutive free TCP ports (checked by binding) below `max`.
+pub fn free_ports(n: usize, min: u16, max: u16) -> u16 {
+    loop {
+        let base = rand::random::<u16>() % (max - min - n as u16) + min;
+        if (0..n as u16).all(|i| TcpListener::bind(("0.0.0.0", base + i)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// One sheep of a test cluster.
+pub struct Node {
+    pub port: u16,
+    pub zone: u32,
+    pub dir: PathBuf,
+    pub gateway: bool,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    pub fn obj_dir(&self) -> PathBuf {
+        self.dir.join("obj")
+    }
+    /// Object file names in this node's working directory.
+    pub fn objects(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.obj_dir())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.retain(|n| !n.starts_with('.'));
+        v.sort();
+        v
+    }
+    pub fn stale_objects(&self) -> Vec<String> {
+        std::fs::read_dir(self.obj_dir().join(".stale"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A cluster of sheep processes on this machine.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub shm: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` storage nodes in zones 0..n (not formatted).
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, 20000, 60000, &["-n"])
+    }
+
+    /// Starts `n` nodes on ports in `[min, max)` with extra sheep args.
+    pub fn start_with(n: usize, min: u16, max: u16, extra: &[&str]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("sdtest")
+            .tempdir()
+            .expect("tempdir");
+        let shm = root.path().join("shm");
+        let base = free_ports(n + 4, min, max);
+        let mut c = Cluster {
+            root,
+            nodes: Vec::new(),
+            shm,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.add_node(base + i as u16, i as u32, false);
+        }
+        for i in 0..n {
+            c.wait_up(i);
+        }
+        c.wait_nodes(n);
+        c
+    }
+
+    /// Adds and starts a node; returns its index.
+    pub fn add_node(&mut self, port: u16, zone: u32, gateway: bool) -> usize {
+        let dir = self.root.path().join(format!("{port}"));
+        self.nodes.push(Node {
+            port,
+            zone,
+            dir,
+            gateway,
+            child: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.restart(i);
+        i
+    }
+
+    /// (Re)starts node `i` with its original options.
+    pub fn restart(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(sheep_bin());
+        cmd.arg(&n.dir)
+            .args(["-f", "-c", &format!("local:{}", self.shm.display())])
+            .args(["-p", &n.port.to_string(), "-z", &n.zone.to_string()])
+            .args(&self.extra_args);
+        if n.gateway {
+            cmd.arg("-g");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join(format!("stderr.{}", n.port)))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        let child = cmd.spawn().expect("spawn sheep");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits until node `i` accepts connections.
+    pub fn wait_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not come up",
+                self.nodes[i].port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs node `i` (a crash, no goodbye).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `dog` against node `i` with `args` (then `-p <port>`).
+    pub fn dog_at(&self, i: usize, args: &[&str]) -> Output {
+        self.dog_stdin(i, args, &[])
+    }
+
+    pub fn dog(&self, args: &[&str]) -> Output {
+        self.dog_at(self.first_alive(), args)
+    }
+
+    /// Runs `dog` feeding `input` on stdin.
+    pub fn dog_stdin(&self, i: usize, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(dog_bin())
+            .args(args)
+            .args(["-p", &self.nodes[i].port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dog");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("dog output");
+        let _ = w.join();
+        out
+    }
+
+    /// Runs dog and asserts success; returns stdout as text.
+    pub fn dog_ok(&self, args: &[&str]) -> String {
+        let out = self.dog(args);
+        assert!(
+            out.status.success(),
+            "dog {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn first_alive(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some())
+            .expect("a live node")
+    }
+
+    pub fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect()
+    }
+
+    /// Waits until `dog node list` on a live node shows `n` nodes.
+    pub fn wait_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.dog(&["node", "list", "-r"]);
+            let count = String::from_utf8_lossy(&out.stdout).lines().count();
+            if out.status.success() && count == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not reach {n} nodes (has {count})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Formats the cluster with `copies`.
+    pub fn format(&self, copies: &str) {
+        self.dog_ok(&["cluster", "format", "-c", copies]);
+    }
+
+    /// Waits until no live node reports recovery in progress.
+    pub fn wait_recovery(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let busy = self.alive().iter().any(|&i| {
+                let out = self.dog_at(i, &["node", "recovery"]);
+                !out.status.success() || String::from_utf8_lossy(&out.stdout).lines().count() != 2
+            });
+            if !busy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "recovery did not finish");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes for test data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
