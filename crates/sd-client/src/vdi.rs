@@ -243,18 +243,32 @@ pub fn nr_index_entries(h: &InodeHeader) -> u32 {
 /// `data_vdi_id` entries that cover the VDI (not the reference counts).
 /// Entries beyond the VDI size read as 0. Hyper volumes are returned with
 /// an empty index: their index area is a B-tree (see [`VdiError::HyperVolume`]).
-pub async fn read_inode<E: Exchange>(ex: &mut E, vid: u32) -> std::result::Result<Inode, VdiError> {
-    let header = read_inode_header(ex, vid).await?;
-    let n = if header.store_policy == 0 {
-        nr_index_entries(&header)
+pub async fn read_inode<E: Exchange>(
+    ex: &mut E,
+    vid: u32,
+) -> std::result::Result<Inode, VdiError> {
+    let mut inode = Inode::new(read_inode_header(ex, vid).await?);
+    read_index_into(ex, &mut inode).await?;
+    Ok(inode)
+}
+
+/// Fills `inode.data_vdi_id` for the VDI its header describes, reading
+/// only the entries that cover the VDI; the rest are zeroed. Lets a caller
+/// that walks many VDIs reuse one 4 MiB index buffer.
+pub async fn read_index_into<E: Exchange>(
+    ex: &mut E,
+    inode: &mut Inode,
+) -> std::result::Result<(), VdiError> {
+    inode.data_vdi_id.fill(0);
+    let n = if inode.header.store_policy == 0 {
+        nr_index_entries(&inode.header)
     } else {
         0
     };
-    let mut inode = Inode::new(header);
     if n > 0 {
         let entries = read_object(
             ex,
-            vid_to_vdi_oid(vid),
+            vid_to_vdi_oid(inode.header.vdi_id),
             DATA_VDI_ID_OFFSET as u32,
             4 * n,
             Redundancy::default(),
@@ -265,7 +279,7 @@ pub async fn read_inode<E: Exchange>(ex: &mut E, vid: u32) -> std::result::Resul
             *e = u32::from_le_bytes(c.try_into().unwrap());
         }
     }
-    Ok(inode)
+    Ok(())
 }
 
 /// Reads the whole 12,587,576-byte inode (index and reference counts).

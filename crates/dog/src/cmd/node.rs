@@ -1,0 +1,268 @@
+//! `dog node list|info|kill|recovery` (CLI.md §2.2.1–2.2.4).
+
+use super::{light, ret, vdi::parse_vdi};
+use crate::app::Ctx;
+use crate::cnum::{c_f64_to_i32, c_fixed, is_numeric, strtol};
+use crate::out::{show_progress, Msg};
+use crate::text::strnumber;
+use crate::{err, out, End, Res};
+use sd_proto::*;
+
+/// One `node list` row: `%4d   %-20s\t%2d%11u`, or raw
+/// `<id> <addr> <vnodes> <zone>`.
+pub fn list_row(id: usize, n: &SdNode, raw: bool) -> String {
+    let host = n.nid.to_addr_string();
+    if raw {
+        format!("{id} {host} {} {}\n", n.nr_vnodes, n.zone)
+    } else {
+        format!("{id:4}   {host:<20}\t{:2}{:11}\n", n.nr_vnodes, n.zone)
+    }
+}
+
+/// `node list`.
+pub fn list(ctx: &mut Ctx) -> Res<()> {
+    if !ctx.opts.raw {
+        out!("  Id   Host:Port         V-Nodes       Zone\n");
+    }
+    for (i, n) in ctx.nodes.iter().enumerate() {
+        out!("{}", list_row(i, n, ctx.opts.raw));
+    }
+    Ok(())
+}
+
+/// The original's `(int)(used / size * 100)` in doubles.
+fn use_pct(size: u64, free: u64) -> i32 {
+    c_f64_to_i32(size.wrapping_sub(free) as f64 / size as f64 * 100.0)
+}
+
+/// `node info`: per-node space, totals, and the total size of the
+/// current (non-snapshot) VDIs.
+pub async fn info(ctx: &mut Ctx) -> Res<()> {
+    let raw = ctx.opts.raw;
+    if !raw {
+        out!("Id\tSize\tUsed\tAvail\tUse%\n");
+    }
+    let (mut total_size, mut total_avail, mut success) = (0u64, 0u64, 0);
+    for n in ctx.nodes.clone() {
+        let req = SdReq::new(op::STAT_SHEEP);
+        let rsp = match ctx.net.exec(n.nid.socket_addr(), &req, &[]).await {
+            Ok((rsp, _)) => rsp,
+            Err(_) => {
+                // The header carries nothing: sizes count as 0.
+                continue;
+            }
+        };
+        let (size, free) = (rsp.node_store_size(), rsp.node_store_free());
+        if rsp.result.is_success() {
+            let pct = if size == 0 { 0 } else { use_pct(size, free) };
+            let (s, u, a) = (
+                strnumber(size, raw),
+                strnumber(size.wrapping_sub(free), raw),
+                strnumber(free, raw),
+            );
+            if raw {
+                out!("{success} {s} {u} {a} {pct}%\n");
+            } else {
+                out!("{success:2}\t{s}\t{u}\t{a}\t{pct:3}%\n");
+            }
+            success += 1;
+        } else {
+            err!("Response's result: {}", rsp.result);
+        }
+        total_size = total_size.wrapping_add(size);
+        total_avail = total_avail.wrapping_add(free);
+    }
+    if success == 0 {
+        err!("Cannot get information from any nodes");
+        return ret(2);
+    }
+    let mut vdi_size = 0u64;
+    parse_vdi(ctx, false, |_, i, _| {
+        if !i.header.is_snapshot() {
+            vdi_size = vdi_size.wrapping_add(i.header.vdi_size);
+        }
+    })
+    .await?;
+    let (s, u, a, v) = (
+        strnumber(total_size, raw),
+        strnumber(total_size.wrapping_sub(total_avail), raw),
+        strnumber(total_avail, raw),
+        strnumber(vdi_size, raw),
+    );
+    let pct = use_pct(total_size, total_avail);
+    if raw {
+        out!("Total {s} {u} {a} {pct}% {v}\n");
+    } else {
+        out!("Total\t{s}\t{u}\t{a}\t{pct:3}%\n\nTotal virtual image size\t{v}\n");
+    }
+    Ok(())
+}
+
+/// `node kill <id>` / `node kill -l`.
+pub async fn kill(ctx: &mut Ctx) -> Res<()> {
+    let mut to = ctx.opts.node.local.then(|| ctx.target());
+    if let Some(p) = ctx.take_operand() {
+        if to.is_some() {
+            err!("don't use -l option and specify node id at the same time");
+            return Err(End::Exit(64));
+        }
+        if !is_numeric(&p) {
+            Msg::new()
+                .s("Invalid node id '")
+                .b(&p)
+                .s("', please specify a numeric value")
+                .err();
+            return Err(End::Exit(64));
+        }
+        let id = strtol(&p, 10).0 as i32;
+        if id < 0 || id as usize >= ctx.nodes.len() {
+            err!("Invalid node id '{id}'");
+            return Err(End::Exit(64));
+        }
+        to = Some(ctx.nodes[id as usize].nid.socket_addr());
+    }
+    let Some(to) = to else {
+        err!("please specify -l option or node id");
+        return Err(End::Exit(64));
+    };
+    if light(ctx, to, &SdReq::new(op::KILL_NODE)).await.is_err() {
+        err!("Failed to execute request");
+        return Err(End::Exit(1));
+    }
+    Ok(())
+}
+
+/// Recovery worker states of `recovery_state.state`.
+const RW_PREPARE_LIST: u32 = 0;
+const RW_NOTIFY_COMPLETION: u32 = 2;
+
+async fn recovery_state(ctx: &mut Ctx, to: std::net::SocketAddr) -> Result<RecoveryState, End> {
+    let mut req = SdReq::new(op::STAT_RECOVERY);
+    req.data_length = RECOVERY_STATE_SIZE as u32;
+    match ctx.net.exec(to, &req, &[]).await {
+        Err(_) => Err(End::Ret(2)),
+        Ok((rsp, data)) if rsp.result.is_success() => {
+            let mut b = data;
+            b.resize(RECOVERY_STATE_SIZE, 0);
+            Ok(RecoveryState::decode(&b).expect("padded"))
+        }
+        Ok((rsp, _)) => {
+            err!("{}", rsp.result);
+            Err(End::Ret(1))
+        }
+    }
+}
+
+/// `node recovery [info]`: the nodes currently recovering.
+pub async fn recovery_info(ctx: &mut Ctx) -> Res<()> {
+    if ctx.opts.node.progress {
+        return recovery_progress(ctx).await;
+    }
+    let raw = ctx.opts.raw;
+    if !raw {
+        out!("Nodes In Recovery:\n  Id   Host:Port         V-Nodes       Zone       Progress\n");
+    }
+    for (i, n) in ctx.nodes.clone().iter().enumerate() {
+        let st = recovery_state(ctx, n.nid.socket_addr()).await?;
+        if !st.in_recovery {
+            continue;
+        }
+        let host = n.nid.to_addr_string();
+        if raw {
+            out!(
+                "{i} {host} {} {} {} {}\n",
+                n.nr_vnodes,
+                n.zone as i32,
+                st.nr_finished,
+                st.nr_total
+            );
+        } else {
+            // C: 100 * (float)finished / total, in single precision.
+            let pct = 100.0f32 * st.nr_finished as f32 / st.nr_total as f32;
+            out!(
+                "{i:4}   {host:<20}{:5}{:11}{:>11}%\n",
+                n.nr_vnodes,
+                n.zone as i32,
+                c_fixed(pct as f64, 1)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The target's recovery state for `-P`: any failure ends with 2.
+async fn progress_state(ctx: &mut Ctx, to: std::net::SocketAddr) -> Res<RecoveryState> {
+    recovery_state(ctx, to).await.map_err(|e| {
+        if e == End::Ret(2) {
+            err!("Failed to execute request");
+        }
+        End::Ret(2)
+    })
+}
+
+/// `node recovery -P`: follows the target node's recovery until it ends.
+async fn recovery_progress(ctx: &mut Ctx) -> Res<()> {
+    let target = ctx.target();
+    let mut st = progress_state(ctx, target).await?;
+    if !st.in_recovery {
+        return Ok(());
+    }
+    loop {
+        let prev_total = st.nr_total;
+        st = progress_state(ctx, target).await?;
+        if !st.in_recovery {
+            show_progress(prev_total, prev_total, true);
+            return Ok(());
+        }
+        match st.state {
+            RW_PREPARE_LIST => out!("\rpreparing a checked object list..."),
+            RW_NOTIFY_COMPLETION => out!("\rnotifying a completion of recovery..."),
+            _ => show_progress(st.nr_finished, st.nr_total, true),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16, vnodes: u16, zone: u32) -> SdNode {
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: vnodes,
+            zone,
+            space: 0,
+        }
+    }
+
+    #[test]
+    fn list_rows_match_spec() {
+        assert_eq!(
+            list_row(0, &node(7000, 128, 0), false),
+            "   0   127.0.0.1:7000      \t128          0\n"
+        );
+        assert_eq!(
+            list_row(0, &node(7000, 128, 16777343), false),
+            "   0   127.0.0.1:7000      \t128   16777343\n"
+        );
+        assert_eq!(
+            list_row(0, &node(7000, 1, 0), false),
+            "   0   127.0.0.1:7000      \t 1          0\n"
+        );
+        assert_eq!(
+            list_row(3, &node(7105, 0, 16777343), false),
+            "   3   127.0.0.1:7105      \t 0   16777343\n"
+        );
+        assert_eq!(
+            list_row(1, &node(7001, 128, 1), true),
+            "1 127.0.0.1:7001 128 1\n"
+        );
+    }
+
+    #[test]
+    fn percentages_truncate() {
+        assert_eq!(use_pct(100, 1), 99);
+        assert_eq!(use_pct(0, 0), i32::MIN);
+    }
+}

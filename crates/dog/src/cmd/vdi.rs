@@ -1,0 +1,699 @@
+//! `dog vdi create|delete|list|read|write|object location` (CLI.md
+//! §2.3.1, 2.3.5, 2.3.6, 2.3.9, 2.3.14, 2.3.15), on top of the shared
+//! VDI client path in `sd_client::vdi`.
+
+use super::{report, ret};
+use crate::app::Ctx;
+use crate::out::{show_progress, Msg};
+use crate::text::{cstr, escape_name, local_time, pad_right, parse_size, size_error, strnumber};
+use crate::{err, out, End, Res};
+use sd_client::vdi::{
+    self, entry, get_cluster_info, lookup_vdi, read_index_into, read_inode, read_inode_header,
+    read_range, vdi_name_payload, write_index, write_object, write_range, Redundancy, VdiError,
+    WriteKind,
+};
+use sd_proto::*;
+use sd_ring::Ring;
+
+/// `Failed to open VDI <name> (snapshot id: <id> snapshot tag: <tag>): <res>`.
+fn open_failed(name: &[u8], snapid: i32, tag: &[u8], res: SdRes) {
+    Msg::new()
+        .s("Failed to open VDI ")
+        .b(name)
+        .s(&format!(" (snapshot id: {snapid} snapshot tag: "))
+        .b(tag)
+        .s(&format!("): {res}"))
+        .err();
+}
+
+/// The original's `read_vdi_obj`: looks the VDI up and reads its inode
+/// (header and index), printing the original's messages on failure.
+async fn open_vdi(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: &[u8]) -> Res<Inode> {
+    let target = ctx.target();
+    let vid = match lookup_vdi(&mut ctx.net.at(target), name, Some(tag), snapid as u32).await {
+        Ok(v) => v,
+        Err(e) => {
+            open_failed(name, snapid, tag, e.res());
+            return ret(1);
+        }
+    };
+    match read_inode(&mut ctx.net.at(target), vid).await {
+        Ok(i) => Ok(i),
+        Err(e) => {
+            report(&e);
+            let m = Msg::new();
+            let m = if snapid != 0 {
+                m.s("Failed to read a snapshot ")
+                    .b(name)
+                    .s(&format!(":{snapid}"))
+            } else if !tag.is_empty() {
+                m.s("Failed to read a snapshot ").b(name).s(":").b(tag)
+            } else {
+                m.s("Failed to read a vdi ").b(name)
+            };
+            m.err();
+            ret(1)
+        }
+    }
+}
+
+/// Reads a VDI bitmap (READ_VDIS / READ_DEL_VDIS). `Ok(None)` when the
+/// daemon answered with an error (printed), `Err` on a network failure.
+async fn read_bitmap(ctx: &mut Ctx, opcode: u8) -> Res<Option<Vec<u8>>> {
+    let mut req = SdReq::new(opcode);
+    req.data_length = SD_VDI_BITMAP_SIZE as u32;
+    let target = ctx.target();
+    let Ok((rsp, mut bits)) = ctx.net.exec(target, &req, &[]).await else {
+        return ret(2);
+    };
+    if !rsp.result.is_success() {
+        err!("{}", rsp.result);
+        return Ok(None);
+    }
+    bits.resize(SD_VDI_BITMAP_SIZE, 0);
+    Ok(Some(bits))
+}
+
+fn bit(map: &[u8], nr: usize) -> bool {
+    map[nr / 8] & (1 << (nr % 8)) != 0
+}
+
+/// The original's `parse_vdi`: calls `f(vid, inode, snapid)` for every
+/// live VDI in ascending vid order (snapid 0 for current VDIs), with the
+/// index read when `with_index`. Unreadable inodes are reported and
+/// skipped; only a failure to fetch the bitmaps ends the walk (status 2).
+pub async fn parse_vdi(
+    ctx: &mut Ctx,
+    with_index: bool,
+    mut f: impl FnMut(u32, &Inode, u32),
+) -> Res<()> {
+    let Some(inuse) = read_bitmap(ctx, op::READ_VDIS).await? else {
+        return Ok(());
+    };
+    let Some(deleted) = read_bitmap(ctx, op::READ_DEL_VDIS).await? else {
+        return Ok(());
+    };
+    let target = ctx.target();
+    let mut inode = Inode::new(InodeHeader::default());
+    for nr in 0..SD_NR_VDIS as usize {
+        if inuse[nr / 8] == 0 {
+            continue;
+        }
+        if !bit(&inuse, nr) || bit(&deleted, nr) {
+            continue;
+        }
+        let vid = nr as u32;
+        match read_inode_header(&mut ctx.net.at(target), vid).await {
+            Ok(h) => inode.header = h,
+            Err(e) => {
+                report(&e);
+                err!("Failed to read inode header");
+                continue;
+            }
+        }
+        if inode.header.is_deleted() {
+            continue;
+        }
+        if with_index {
+            if let Err(e) = read_index_into(&mut ctx.net.at(target), &mut inode).await {
+                report(&e);
+                err!("Failed to read inode");
+                continue;
+            }
+        }
+        let snapid = if inode.header.is_snapshot() {
+            inode.header.snap_id
+        } else {
+            0
+        };
+        f(vid, &inode, snapid);
+    }
+    Ok(())
+}
+
+/// Objects of the VDI it owns and objects it shares with ancestors
+/// (the original's `sd_inode_stat` for plain VDIs).
+fn inode_stat(i: &Inode) -> (u64, u64) {
+    let n = vdi::nr_index_entries(&i.header) as usize;
+    let own = i.header.vdi_id;
+    i.data_vdi_id[..n]
+        .iter()
+        .fold((0, 0), |(my, cow), &e| match e {
+            0 => (my, cow),
+            e if e == own => (my + 1, cow),
+            _ => (my, cow + 1),
+        })
+}
+
+/// One `vdi list` row (CLI.md §2.3.6), human or raw.
+pub fn list_row(vid: u32, i: &Inode, snapid: u32, raw: bool) -> Vec<u8> {
+    let h = &i.header;
+    let obj = 1u64 << h.block_size_shift.min(63);
+    let (my, cow) = inode_stat(i);
+    let is_clone = h.snap_id == 1 && h.parent_vdi_id != 0;
+    let marker = if h.is_snapshot() {
+        b's'
+    } else if is_clone {
+        b'c'
+    } else if raw {
+        b'='
+    } else {
+        b' '
+    };
+    let secs = (h.create_time >> 32) as i64;
+    let (size, used, shared) = (
+        strnumber(h.vdi_size, raw),
+        strnumber(my.wrapping_mul(obj), raw),
+        strnumber(cow.wrapping_mul(obj), raw),
+    );
+    let red = policy::redundancy_string(h.nr_copies, h.copy_policy);
+    let tag = cstr(&h.tag);
+    let mut v = vec![marker, b' '];
+    if raw {
+        v.extend(escape_name(h.name_bytes()));
+        v.extend(format!(" {snapid} {size} {used} {shared} {secs} {vid:x} {red} ").bytes());
+        v.extend_from_slice(tag);
+        v.extend(format!(" {}\n", h.block_size_shift).bytes());
+    } else {
+        v.extend(pad_right(h.name_bytes(), 8));
+        let date = local_time(secs, "%Y-%m-%d %H:%M");
+        v.extend(
+            format!(" {snapid:5} {size:>7} {used:>7} {shared:>7} {date}  {vid:7x} {red:>6} ")
+                .bytes(),
+        );
+        v.extend(std::iter::repeat_n(b' ', 13usize.saturating_sub(tag.len())));
+        v.extend_from_slice(tag);
+        v.extend(format!(" {:3}\n", h.block_size_shift).bytes());
+    }
+    v
+}
+
+/// `vdi list [name]` / `vdi list -o <oid>`.
+pub async fn list(ctx: &mut Ctx) -> Res<()> {
+    let raw = ctx.opts.raw;
+    if !raw {
+        out!("  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift\n");
+    }
+    let name = ctx.take_operand();
+    let oid = ctx.opts.vdi.oid;
+    if name.is_none() && oid != 0 && !is_data_obj(oid) {
+        return ret(1);
+    }
+    let r = parse_vdi(ctx, true, |vid, i, snapid| {
+        let show = match &name {
+            Some(n) => i.header.name_bytes() == n.as_slice(),
+            None if oid != 0 => {
+                let owner = entry(i, data_oid_to_idx(oid) as u64);
+                owner != 0 && owner == oid_to_vid(oid)
+            }
+            None => true,
+        };
+        if show {
+            crate::out::out_bytes(&list_row(vid, i, snapid, raw));
+        }
+    })
+    .await;
+    match r {
+        Err(End::Ret(_)) => ret(2),
+        r => r,
+    }
+}
+
+/// `vdi create <name> <size>`.
+pub async fn create(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let Some(size_arg) = ctx.take_operand() else {
+        err!("Please specify the VDI size");
+        return ret(64);
+    };
+    let Some(size) = parse_size(&size_arg) else {
+        size_error(&size_arg);
+        return ret(64);
+    };
+    let raw = ctx.opts.raw;
+    let o = &ctx.opts.vdi;
+    let (copies, copy_policy, store_policy) = (o.nr_copies, o.copy_policy, o.store_policy);
+    let mut shift = o.block_size_shift;
+    let target = ctx.target();
+    if shift == 0 && store_policy == 1 {
+        shift = SD_DEFAULT_BLOCK_SIZE_SHIFT;
+    }
+    let object_size = if shift != 0 {
+        1u64 << shift
+    } else {
+        let Ok((res, ci)) = get_cluster_info(&mut ctx.net.at(target)).await else {
+            err!("Fail to execute request: SD_OP_CLUSTER_INFO");
+            return ret(1);
+        };
+        if ci.ctime == 0 {
+            Msg::new()
+                .s("Failed to create VDI ")
+                .b(&name)
+                .s(&format!(": {}", SdRes::WAIT_FOR_FORMAT))
+                .err();
+            return ret(1);
+        }
+        if !res.is_success() {
+            err!("{res}");
+            return ret(1);
+        }
+        1u64 << ci.block_size_shift.min(63)
+    };
+    let max_plain = object_size.saturating_mul(1 << 20);
+    if size > max_plain && store_policy == 0 {
+        err!(
+            "VDI size is larger than {} bytes, please use '-y' to create a hyper volume with size up to {} bytes or use '-z' to create larger object size volume",
+            strnumber(max_plain, raw),
+            strnumber(SD_MAX_VDI_SIZE, raw)
+        );
+        return ret(64);
+    }
+    if size > SD_MAX_VDI_SIZE {
+        err!("VDI size is too large");
+        return ret(64);
+    }
+
+    let payload = vdi_name_payload(&name, None);
+    let mut req = SdReq::new(op::NEW_VDI);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = payload.len() as u32;
+    req.set_vdi(VdiArgs {
+        vdi_size: size,
+        copies,
+        copy_policy,
+        store_policy,
+        block_size_shift: shift,
+        ..Default::default()
+    });
+    let Ok((rsp, _)) = ctx.net.exec(target, &req, &payload).await else {
+        return ret(2);
+    };
+    if !rsp.result.is_success() {
+        Msg::new()
+            .s("Failed to create VDI ")
+            .b(&name)
+            .s(&format!(": {}", rsp.result))
+            .err();
+        return ret(1);
+    }
+    let vid = rsp.vdi_id();
+    if ctx.opts.vdi.prealloc {
+        preallocate(ctx, vid).await?;
+    }
+    if ctx.opts.verbose {
+        if raw {
+            out!("{vid:x}\n");
+        } else {
+            out!("VDI ID of newly created VDI: {vid:x}\n");
+        }
+    }
+    Ok(())
+}
+
+/// `vdi create -P`: creates every data object (zero-filled) and records
+/// it in the inode, one object at a time.
+async fn preallocate(ctx: &mut Ctx, vid: u32) -> Res<()> {
+    let target = ctx.target();
+    let Ok(mut inode) = read_inode(&mut ctx.net.at(target), vid).await else {
+        err!("Failed to read a newly created VDI object");
+        return ret(1);
+    };
+    if inode.header.store_policy != 0 {
+        report(&VdiError::HyperVolume);
+        return ret(1);
+    }
+    let obj = inode.header.object_size();
+    let total = inode.header.vdi_size;
+    let red = Redundancy::of(&inode.header);
+    let n = vdi::nr_index_entries(&inode.header);
+    for idx in 0..n {
+        show_progress(idx as u64 * obj, total, false);
+        let oid = vid_to_data_oid(vid, idx as u64);
+        let at = &mut ctx.net.at(target);
+        if let Err(source) =
+            write_object(at, oid, WriteKind::Create, 0, &[], red, flag::CMD_DIRECT).await
+        {
+            report(&VdiError::Write { oid, source });
+            return ret(1);
+        }
+        inode.data_vdi_id[idx as usize] = vid;
+        if let Err(e) = write_index(at, &inode, idx, idx, flag::CMD_DIRECT).await {
+            report(&e);
+            return ret(1);
+        }
+    }
+    show_progress(n as u64 * obj, total, false);
+    Ok(())
+}
+
+/// `vdi delete <name>`: releases the index entries in batches, then
+/// deletes the VDI. Always exits 0 (QUIRK, CLI.md §2.3.5).
+pub async fn delete(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let o = &ctx.opts.vdi;
+    let (snapid, tag) = (o.snapshot_id, o.snapshot_tag.clone());
+    let batch = if o.nr_batched_reclamation == 0 {
+        128
+    } else {
+        o.nr_batched_reclamation as usize
+    };
+    let (interval, max_reclaim) = (o.reclamation_interval, o.nr_max_reclaim as usize);
+    let target = ctx.target();
+    let vid = match lookup_vdi(&mut ctx.net.at(target), &name, Some(&tag), snapid as u32).await {
+        Ok(v) => v,
+        Err(e) => {
+            open_failed(&name, snapid, &tag, e.res());
+            return Ok(());
+        }
+    };
+    let inode_oid = vid_to_vdi_oid(vid);
+    let mut inode = match read_inode(&mut ctx.net.at(target), vid).await {
+        Ok(i) => i,
+        Err(e) => {
+            report(&e);
+            err!("failed to read inode object: {inode_oid:016x}");
+            return Ok(());
+        }
+    };
+    let n = vdi::nr_index_entries(&inode.header) as usize;
+    let (mut i, mut reclaimed) = (0usize, 0usize);
+    while i < n {
+        if max_reclaim != 0 && reclaimed >= max_reclaim {
+            break;
+        }
+        while i < n && inode.data_vdi_id[i] == 0 {
+            i += 1;
+        }
+        let start = i;
+        let mut filled = 0;
+        while i < n && filled < batch {
+            if inode.data_vdi_id[i] != 0 {
+                inode.data_vdi_id[i] = 0;
+                filled += 1;
+                reclaimed += 1;
+            }
+            i += 1;
+            if max_reclaim != 0 && reclaimed >= max_reclaim {
+                break;
+            }
+        }
+        if i > start {
+            if let Err(e) = write_index(
+                &mut ctx.net.at(target),
+                &inode,
+                start as u32,
+                i as u32 - 1,
+                flag::CMD_DIRECT,
+            )
+            .await
+            {
+                report(&e);
+                err!("failed to update inode for discarding objects: {inode_oid:016x}");
+                return Ok(());
+            }
+        }
+        if i < n && interval > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(interval as u64)).await;
+        }
+    }
+    if max_reclaim != 0 {
+        return Ok(());
+    }
+    let payload = vdi_name_payload(&name, Some(&tag));
+    let mut req = SdReq::new(op::DEL_VDI);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = payload.len() as u32;
+    req.set_vdi(VdiArgs {
+        snapid: snapid as u32,
+        ..Default::default()
+    });
+    if let Ok((rsp, _)) = ctx.net.exec(target, &req, &payload).await {
+        if !rsp.result.is_success() {
+            Msg::new()
+                .s("Failed to delete ")
+                .b(&name)
+                .s(&format!(": {}", rsp.result))
+                .err();
+        }
+    }
+    Ok(())
+}
+
+/// The optional `<offset> [<len>]` operands of read and write; the
+/// length defaults to "to the end".
+fn range_operands(ctx: &mut Ctx) -> Res<(u64, u64)> {
+    let parse = |a: Vec<u8>| {
+        parse_size(&a).ok_or_else(|| {
+            size_error(&a);
+            End::Ret(64)
+        })
+    };
+    let mut offset = 0;
+    let mut len = u64::MAX;
+    if let Some(a) = ctx.take_operand() {
+        offset = parse(a)?;
+        if let Some(b) = ctx.take_operand() {
+            len = parse(b)?;
+        }
+    }
+    Ok((offset, len))
+}
+
+/// `vdi read <name> [<offset> [<len>]]`: raw bytes to stdout.
+pub async fn read(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let (offset, len) = range_operands(ctx)?;
+    let o = &ctx.opts.vdi;
+    let (snapid, tag) = (o.snapshot_id, o.snapshot_tag.clone());
+    let inode = open_vdi(ctx, &name, snapid, &tag).await?;
+    let size = inode.header.vdi_size;
+    if offset > size {
+        err!("Read offset is beyond the end of the VDI");
+        return ret(1);
+    }
+    let total = len.min(size - offset);
+    let target = ctx.target();
+    let obj = inode.header.object_size();
+    let mut buf = Vec::new();
+    let mut pos = offset;
+    while pos < offset + total {
+        let n = (obj - pos % obj).min(offset + total - pos) as usize;
+        buf.resize(n, 0);
+        if let Err(e) = read_range(&mut ctx.net.at(target), &inode, pos, &mut buf, 0).await {
+            report(&e);
+            err!("Failed to read VDI");
+            return ret(1);
+        }
+        if let Err(e) = crate::out::write_raw(&buf) {
+            err!("Failed to write to stdout: {}", crate::net::strerror(&e));
+            return ret(2);
+        }
+        pos += n as u64;
+    }
+    // SAFETY: fsync on fd 1; failures (pipes) are irrelevant.
+    unsafe { libc::fsync(1) };
+    Ok(())
+}
+
+/// Reads from stdin until `buf` is full or EOF (the original's `xread`).
+fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the unfilled tail of a live buffer.
+        let n = unsafe { libc::read(0, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    Ok(got)
+}
+
+/// `vdi write <name> [<offset> [<len>]]`: stdin into the VDI, object by
+/// object. On a short read the rest of the current piece is written as
+/// zeros and dog stops (QUIRK, CLI.md §2.3.15).
+pub async fn write(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let (offset, len) = range_operands(ctx)?;
+    let mut inode = open_vdi(ctx, &name, 0, b"").await?;
+    let size = inode.header.vdi_size;
+    if offset > size {
+        err!("Write offset is beyond the end of the VDI");
+        return ret(1);
+    }
+    let flags = if ctx.opts.vdi.writeback {
+        flag::CMD_CACHE
+    } else {
+        0
+    };
+    let mut total = len.min(size - offset);
+    let target = ctx.target();
+    let obj = inode.header.object_size();
+    let mut buf = Vec::new();
+    let mut done = 0u64;
+    while done < total {
+        let pos = offset + done;
+        let n = (obj - pos % obj).min(total - done) as usize;
+        buf.resize(n, 0);
+        let got = match read_stdin(&mut buf) {
+            Ok(g) => g,
+            Err(e) => {
+                err!("Failed to read from stdin: {}", crate::net::strerror(&e));
+                return ret(2);
+            }
+        };
+        if got < n {
+            buf[got..].fill(0);
+            total = done + n as u64;
+        }
+        if let Err(e) = write_range(&mut ctx.net.at(target), &mut inode, pos, &buf, flags).await {
+            report(&e);
+            if matches!(e, VdiError::Write { .. }) {
+                err!("Failed to write VDI");
+            }
+            return ret(1);
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// `vdi object location <name> [-i index]`.
+pub async fn object_location(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let o = &ctx.opts.vdi;
+    let (snapid, tag, idx) = (o.snapshot_id, o.snapshot_tag.clone(), o.index);
+    let inode = match open_vdi(ctx, &name, snapid, &tag).await {
+        Ok(i) => i,
+        Err(e) => {
+            err!("FATAL: no inode objects");
+            return Err(e);
+        }
+    };
+    let h = &inode.header;
+    let vid = h.vdi_id;
+    let nodes = ctx.nodes.len();
+    let oid = if idx == u64::MAX {
+        out!("Looking for the inode object 0x{vid:x} with {nodes} nodes\n\n");
+        vid_to_vdi_oid(vid)
+    } else {
+        if idx >= 1 << 32 {
+            out!("The offset is too large!\n");
+            return ret(1);
+        }
+        let owner = entry(&inode, idx);
+        if owner == 0 {
+            out!("The inode object 0x{vid:x} idx {idx} is not allocated\n");
+            return Ok(());
+        }
+        let oid = vid_to_data_oid(owner, idx);
+        out!(
+            "Looking for the object {oid:016x} (vid 0x{vid:x} idx {idx}, {} copies) with {nodes} nodes\n\n",
+            h.nr_copies
+        );
+        oid
+    };
+    let copies = h.nr_copies as usize;
+    for n in ctx.nodes.clone() {
+        let mut req = SdReq::new(op::EXIST);
+        req.epoch = ctx.epoch;
+        req.set_obj(ObjArgs {
+            oid,
+            ..Default::default()
+        });
+        let Ok((rsp, _)) = ctx.net.exec(n.nid.socket_addr(), &req, &[]).await else {
+            continue;
+        };
+        let sheep = n.nid.to_addr_string();
+        match rsp.result {
+            SdRes::SUCCESS => out!("{sheep} has the object\n"),
+            SdRes::NO_OBJ => out!("{sheep} doesn't have the object\n"),
+            SdRes::OLD_NODE_VER | SdRes::NEW_NODE_VER => {
+                err!("The node list has changed: please try again")
+            }
+            r => err!("{sheep}: hit an unexpected error ({r})"),
+        }
+    }
+    if nodes < copies {
+        out!("\nBecause number of nodes ({nodes}) is less than number of copies ({copies}), the object should be located at every nodes.\n");
+    } else {
+        let ring = Ring::new(&ctx.nodes);
+        let targets: Vec<String> = ring
+            .targets(oid, copies)
+            .iter()
+            .map(|n| n.nid.to_addr_string())
+            .collect();
+        out!(
+            "\nAccording to sheepdog algorithm, the object should be located at:\n{}\n",
+            targets.join(" ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inode(name: &[u8], vid: u32, snap: bool) -> Inode {
+        let mut h = InodeHeader {
+            vdi_id: vid,
+            vdi_size: 20 << 30,
+            nr_copies: 3,
+            block_size_shift: 22,
+            snap_id: 1,
+            create_time: 1795252331u64 << 32,
+            snap_ctime: snap as u64,
+            ..Default::default()
+        };
+        h.name[..name.len()].copy_from_slice(name);
+        Inode::new(h)
+    }
+
+    #[test]
+    fn list_rows_match_spec() {
+        // SAFETY: test setup of the process time zone; tests that read
+        // TZ all set the same value.
+        unsafe { std::env::set_var("TZ", "UTC") };
+        crate::text::init_timezone();
+        let mut i = inode(b"replica", 0xc52127, true);
+        i.header.tag[..3].copy_from_slice(b"tag");
+        i.data_vdi_id[0] = 0xc52127;
+        i.data_vdi_id[1] = 0xc52127;
+        i.data_vdi_id[2] = 0xc52127;
+        assert_eq!(
+            String::from_utf8(list_row(0xc52127, &i, 1, false)).unwrap(),
+            "s replica      1   20 GB   12 MB  0.0 MB 2026-11-21 09:12   c52127      3           tag  22\n"
+        );
+        let mut e = inode(b"erasure", 0xd2130, false);
+        e.header.copy_policy = 0x22;
+        e.header.nr_copies = 6;
+        assert_eq!(
+            String::from_utf8(list_row(0xd2130, &e, 0, false)).unwrap(),
+            "  erasure      0   20 GB  0.0 MB  0.0 MB 2026-11-21 09:12    d2130    4:2                22\n"
+        );
+        let mut c = inode(b"c2", 0x4a6340, false);
+        c.header.parent_vdi_id = 0x709129;
+        c.header.vdi_size = 1 << 30;
+        c.header.nr_copies = 2;
+        c.data_vdi_id[0] = 0x709129;
+        assert_eq!(
+            String::from_utf8(list_row(0x4a6340, &c, 0, true)).unwrap(),
+            "c c2 0 1073741824 0 4194304 1795252331 4a6340 2  22\n"
+        );
+        let mut s = inode(b"sp ace\\x", 0xd242bd, false);
+        s.header.snap_id = 2;
+        s.header.vdi_size = 10 << 20;
+        assert_eq!(
+            list_row(0xd242bd, &s, 0, true),
+            b"= sp\\ ace\\\\x 0 10485760 0 0 1795252331 d242bd 3  22\n"
+        );
+    }
+}
