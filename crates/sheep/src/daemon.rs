@@ -254,6 +254,11 @@ fn advertised(o: &Opts) -> IpAddr {
 pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
     let store = Store::open(&dir, o.nosync).context("opening the store")?;
     let mut config = store.read_config()?.unwrap_or_default();
+    if config.ctime == 0 && o.vnodes.is_none() {
+        // An unformatted node advertises its vnode strategy, which dog
+        // checks before formatting.
+        config.flags |= cluster_flag::AUTO_VNODES;
+    }
     if config.space == 0 && !o.gateway {
         let (_, free) = store.fs_space()?;
         config.space = free + store.used_bytes();
