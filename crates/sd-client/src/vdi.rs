@@ -243,10 +243,7 @@ pub fn nr_index_entries(h: &InodeHeader) -> u32 {
 /// `data_vdi_id` entries that cover the VDI (not the reference counts).
 /// Entries beyond the VDI size read as 0. Hyper volumes are returned with
 /// an empty index: their index area is a B-tree (see [`VdiError::HyperVolume`]).
-pub async fn read_inode<E: Exchange>(
-    ex: &mut E,
-    vid: u32,
-) -> std::result::Result<Inode, VdiError> {
+pub async fn read_inode<E: Exchange>(ex: &mut E, vid: u32) -> std::result::Result<Inode, VdiError> {
     let mut inode = Inode::new(read_inode_header(ex, vid).await?);
     read_index_into(ex, &mut inode).await?;
     Ok(inode)
