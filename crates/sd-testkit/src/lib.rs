@@ -249,17 +249,31 @@ impl Cluster {
         self.dog_ok(&["cluster", "format", "-c", copies]);
     }
 
-    /// Waits until no live node reports recovery in progress.
+    /// The newest epoch node `i` reports (`cluster info -r`), if any.
+    pub fn epoch_at(&self, i: usize) -> Option<u32> {
+        let out = self.dog_at(i, &["cluster", "info", "-r"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(2)?
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Waits until every live node agrees on the epoch and none reports
+    /// recovery in progress, twice in a row.
     pub fn wait_recovery(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let mut quiet = 0;
+        while quiet < 2 {
+            let epochs: Vec<Option<u32>> = self.alive().iter().map(|&i| self.epoch_at(i)).collect();
+            let agreed = epochs.windows(2).all(|w| w[0] == w[1]);
             let busy = self.alive().iter().any(|&i| {
                 let out = self.dog_at(i, &["node", "recovery"]);
                 !out.status.success() || String::from_utf8_lossy(&out.stdout).lines().count() != 2
             });
-            if !busy {
-                return;
-            }
+            quiet = if agreed && !busy { quiet + 1 } else { 0 };
             assert!(Instant::now() < deadline, "recovery did not finish");
             std::thread::sleep(Duration::from_millis(100));
         }

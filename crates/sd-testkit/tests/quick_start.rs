@@ -30,7 +30,11 @@ fn mask_date(s: &str) -> String {
             && b[i + 10] == b' '
             && b[i + 13] == b':'
         {
-            let len = if i + 19 <= b.len() && b[i + 16] == b':' { 19 } else { 16 };
+            let len = if i + 19 <= b.len() && b[i + 16] == b':' {
+                19
+            } else {
+                16
+            };
             out.push_str(if len == 19 { "DATE_TIME" } else { "DATE" });
             i += len;
             continue;
@@ -62,20 +66,41 @@ impl Drop for Daemons {
 
 #[test]
 fn seed_quick_start() {
-    let root = tempfile::Builder::new().prefix("quickstart").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("quickstart")
+        .tempdir()
+        .unwrap();
     let base = free_ports(6, 20000, 60000);
     let ports: Vec<u16> = (0..6).map(|i| base + i).collect();
-    let d = Daemons { root, ports: ports.clone() };
+    let d = Daemons {
+        root,
+        ports: ports.clone(),
+    };
     let shm = d.root.path().join("shm");
     for (i, p) in ports.iter().enumerate() {
         let store = d.root.path().join(format!("store{i}"));
         let (rc, _, err) = run(Command::new(sheep_bin())
             .arg(&store)
-            .args(["-n", "-c", &format!("local:{}", shm.display()), "-z", &i.to_string(), "-p", &p.to_string()])
-            .args(["-P", &d.root.path().join(format!("pid{p}")).to_string_lossy()]));
+            .args([
+                "-n",
+                "-c",
+                &format!("local:{}", shm.display()),
+                "-z",
+                &i.to_string(),
+                "-p",
+                &p.to_string(),
+            ])
+            .args([
+                "-P",
+                &d.root.path().join(format!("pid{p}")).to_string_lossy(),
+            ]));
         assert_eq!(rc, 0, "sheep returns 0 once daemonized: {err}");
     }
-    let dog = |args: &[&str]| run(Command::new(dog_bin()).args(args).args(["-p", &ports[0].to_string()]));
+    let dog = |args: &[&str]| {
+        run(Command::new(dog_bin())
+            .args(args)
+            .args(["-p", &ports[0].to_string()]))
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (rc, out, _) = dog(&["node", "list"]);
@@ -89,12 +114,24 @@ fn seed_quick_start() {
     // Before formatting, the cluster says so.
     let (rc, out, _) = dog(&["cluster", "info"]);
     assert_eq!(rc, 0);
-    assert_eq!(out, "Cluster status: Waiting for cluster to be formatted\n\n");
+    assert_eq!(
+        out,
+        "Cluster status: Waiting for cluster to be formatted\n\n"
+    );
     let (rc, _, err) = dog(&["vdi", "create", "replica", "20G"]);
-    assert_eq!((rc, err.as_str()), (1, "Failed to create VDI replica: Waiting for cluster to be formatted\n"));
+    assert_eq!(
+        (rc, err.as_str()),
+        (
+            1,
+            "Failed to create VDI replica: Waiting for cluster to be formatted\n"
+        )
+    );
 
     let (rc, out, err) = dog(&["cluster", "format"]);
-    assert_eq!((rc, out.as_str(), err.as_str()), (0, "using backend plain store\n", ""));
+    assert_eq!(
+        (rc, out.as_str(), err.as_str()),
+        (0, "using backend plain store\n", "")
+    );
     let (rc, out, err) = dog(&["vdi", "create", "-c", "3", "replica", "20G"]);
     assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
 
@@ -108,14 +145,25 @@ fn seed_quick_start() {
     let (_, out, _) = dog(&["vdi", "list", "-r"]);
     let f: Vec<&str> = out.trim_end().split(' ').collect();
     assert_eq!(f.len(), 11, "{out}");
-    assert_eq!((f[0], f[1], f[2], f[3], f[4], f[5]), ("=", "replica", "0", "21474836480", "0", "0"));
-    assert_eq!((f[7], f[8], f[9], f[10]), (format!("{vid:x}").as_str(), "3", "", "22"));
+    assert_eq!(
+        (f[0], f[1], f[2], f[3], f[4], f[5]),
+        ("=", "replica", "0", "21474836480", "0", "0")
+    );
+    assert_eq!(
+        (f[7], f[8], f[9], f[10]),
+        (format!("{vid:x}").as_str(), "3", "", "22")
+    );
 
     let (rc, out, _) = dog(&["node", "list"]);
     assert_eq!(rc, 0);
     let mut want = String::from("  Id   Host:Port         V-Nodes       Zone\n");
     for (i, p) in ports.iter().enumerate() {
-        want.push_str(&format!("{i:>4}   {:<20}\t{:>2}{:>11}\n", format!("127.0.0.1:{p}"), 128, i));
+        want.push_str(&format!(
+            "{i:>4}   {:<20}\t{:>2}{:>11}\n",
+            format!("127.0.0.1:{p}"),
+            128,
+            i
+        ));
     }
     assert_eq!(out, want);
 
@@ -142,17 +190,29 @@ fn seed_quick_start() {
     let lines: Vec<String> = out.lines().map(mask_date).collect();
     assert_eq!(lines[0], "Cluster status: running, auto-recovery enabled");
     assert_eq!(lines[1], "");
-    assert!(lines[2].starts_with("Cluster created at ") && lines[2].len() == "Cluster created at Sat Nov 21 09:12:11 2026".len());
+    assert!(
+        lines[2].starts_with("Cluster created at ")
+            && lines[2].len() == "Cluster created at Sat Nov 21 09:12:11 2026".len()
+    );
     assert_eq!(lines[3], "");
-    assert_eq!(lines[4], "Epoch Time           Version [Host:Port:V-Nodes,,,]");
-    assert_eq!(lines[5], format!("DATE_TIME      1 [{}]", members.join(", ")));
+    assert_eq!(
+        lines[4],
+        "Epoch Time           Version [Host:Port:V-Nodes,,,]"
+    );
+    assert_eq!(
+        lines[5],
+        format!("DATE_TIME      1 [{}]", members.join(", "))
+    );
     assert_eq!(lines.len(), 6);
 
     // Shutdown stops every daemon cleanly.
     let (rc, _, _) = dog(&["cluster", "shutdown"]);
     assert_eq!(rc, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ports.iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
+    while ports
+        .iter()
+        .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    {
         assert!(Instant::now() < deadline, "daemons did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -161,7 +221,11 @@ fn seed_quick_start() {
 /// Matches a human size such as `79 GB` or `0.0 MB`.
 fn regex_like_size() -> impl Fn(&str) -> bool {
     |s: &str| {
-        let Some((n, u)) = s.split_once(' ') else { return false };
-        ["MB", "GB", "TB", "PB"].contains(&u) && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit() || c == '.')
+        let Some((n, u)) = s.split_once(' ') else {
+            return false;
+        };
+        ["MB", "GB", "TB", "PB"].contains(&u)
+            && !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_digit() || c == '.')
     }
 }

@@ -12,19 +12,43 @@ const MIB: usize = 1 << 20;
 
 /// Writes `data` at `offset` through node `at`.
 fn write(c: &Cluster, at: usize, vdi: &str, offset: usize, data: &[u8]) {
-    let out = c.dog_stdin(at, &["vdi", "write", vdi, &offset.to_string(), &data.len().to_string()], data);
-    assert!(out.status.success(), "write failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = c.dog_stdin(
+        at,
+        &[
+            "vdi",
+            "write",
+            vdi,
+            &offset.to_string(),
+            &data.len().to_string(),
+        ],
+        data,
+    );
+    assert!(
+        out.status.success(),
+        "write failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn read(c: &Cluster, at: usize, vdi: &str, offset: usize, len: usize) -> Vec<u8> {
-    let out = c.dog_at(at, &["vdi", "read", vdi, &offset.to_string(), &len.to_string()]);
-    assert!(out.status.success(), "read failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = c.dog_at(
+        at,
+        &["vdi", "read", vdi, &offset.to_string(), &len.to_string()],
+    );
+    assert!(
+        out.status.success(),
+        "read failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// For every object of `vid`, the zones holding a copy.
 fn copies(c: &Cluster, vid: u32) -> HashMap<String, Vec<u32>> {
-    let prefixes = [format!("{:016x}", vid_to_vdi_oid(vid))[..8].to_string(), format!("{:08x}", vid)];
+    let prefixes = [
+        format!("{:016x}", vid_to_vdi_oid(vid))[..8].to_string(),
+        format!("{:08x}", vid),
+    ];
     let mut m: HashMap<String, Vec<u32>> = HashMap::new();
     for i in c.alive() {
         for name in c.nodes[i].objects() {
@@ -38,7 +62,12 @@ fn copies(c: &Cluster, vid: u32) -> HashMap<String, Vec<u32>> {
 
 fn assert_three_distinct(c: &Cluster, vid: u32, expect_objects: usize) {
     let m = copies(c, vid);
-    assert_eq!(m.len(), expect_objects, "objects: {:?}", m.keys().collect::<Vec<_>>());
+    assert_eq!(
+        m.len(),
+        expect_objects,
+        "objects: {:?}",
+        m.keys().collect::<Vec<_>>()
+    );
     for (name, zones) in &m {
         let mut z = zones.clone();
         z.sort();
@@ -58,7 +87,12 @@ fn replicated_io_survives_kill_and_rejoin() {
     // 64 MiB of random data in pieces at unaligned offsets, through
     // different gateways.
     let mut model = vec![0u8; 256 * MIB];
-    let pieces = [(4097usize, 10 * MIB + 333), (31 * MIB - 5, 9 * MIB), (100 * MIB + 1, 20 * MIB), (200 * MIB + 4095, 25 * MIB - 333)];
+    let pieces = [
+        (4097usize, 10 * MIB + 333),
+        (31 * MIB - 5, 9 * MIB),
+        (100 * MIB + 1, 20 * MIB),
+        (200 * MIB + 4095, 25 * MIB - 333),
+    ];
     let mut total = 0;
     for (k, &(off, len)) in pieces.iter().enumerate() {
         let data = pattern(k as u64 + 1, len);
@@ -68,18 +102,30 @@ fn replicated_io_survives_kill_and_rejoin() {
     }
     assert!(total >= 64 * MIB);
     for i in 0..4 {
-        assert!(read(&c, i, "vol", 0, 256 * MIB) == model, "read through node {i} differs");
+        assert!(
+            read(&c, i, "vol", 0, 256 * MIB) == model,
+            "read through node {i} differs"
+        );
     }
     let objects = copies(&c, vid).len();
-    let touched: std::collections::BTreeSet<usize> =
-        pieces.iter().flat_map(|&(off, len)| off / (4 * MIB)..=(off + len - 1) / (4 * MIB)).collect();
-    assert_eq!(objects, 1 + touched.len(), "inode + data objects touched by the writes");
+    let touched: std::collections::BTreeSet<usize> = pieces
+        .iter()
+        .flat_map(|&(off, len)| off / (4 * MIB)..=(off + len - 1) / (4 * MIB))
+        .collect();
+    assert_eq!(
+        objects,
+        1 + touched.len(),
+        "inode + data objects touched by the writes"
+    );
     assert_three_distinct(&c, vid, objects);
 
     // Crash one node: reads stay identical at once, through the others.
     c.kill(1);
     for i in [0, 2, 3] {
-        assert!(read(&c, i, "vol", 0, 256 * MIB) == model, "read through node {i} after kill differs");
+        assert!(
+            read(&c, i, "vol", 0, 256 * MIB) == model,
+            "read through node {i} after kill differs"
+        );
     }
     c.wait_nodes(3);
     c.wait_recovery();
@@ -97,15 +143,28 @@ fn replicated_io_survives_kill_and_rejoin() {
     c.wait_nodes(4);
     c.wait_recovery();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while c.alive().iter().any(|&i| !c.nodes[i].stale_objects().is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "stale copies were not cleaned");
+    while c
+        .alive()
+        .iter()
+        .any(|&i| !c.nodes[i].stale_objects().is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale copies were not cleaned"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let objects = copies(&c, vid).len();
     assert_three_distinct(&c, vid, objects);
-    assert!(!c.nodes[1].objects().is_empty(), "the rejoined node holds objects again");
+    assert!(
+        !c.nodes[1].objects().is_empty(),
+        "the rejoined node holds objects again"
+    );
     for i in 0..4 {
-        assert!(read(&c, i, "vol", 0, 256 * MIB) == model, "read through node {i} after rejoin differs");
+        assert!(
+            read(&c, i, "vol", 0, 256 * MIB) == model,
+            "read through node {i} after rejoin differs"
+        );
     }
 }
 
@@ -117,7 +176,11 @@ fn gateway_serves_io_and_stores_nothing() {
     c.wait_up(g);
     c.wait_nodes(4);
     let out = c.dog_ok(&["node", "list", "-r"]);
-    assert!(out.lines().any(|l| l.ends_with(&format!(" 127.0.0.1:{port} 0 99"))), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with(&format!(" 127.0.0.1:{port} 0 99"))),
+        "{out}"
+    );
     c.format("2");
     let out = c.dog_at(g, &["vdi", "create", "gw", "64M"]);
     assert!(out.status.success());
@@ -125,8 +188,20 @@ fn gateway_serves_io_and_stores_nothing() {
     write(&c, g, "gw", 123, &data);
     assert!(read(&c, g, "gw", 123, data.len()) == data);
     assert!(read(&c, 0, "gw", 123, data.len()) == data);
-    assert!(c.nodes[g].objects().is_empty(), "gateway stored {:?}", c.nodes[g].objects());
+    assert!(
+        c.nodes[g].objects().is_empty(),
+        "gateway stored {:?}",
+        c.nodes[g].objects()
+    );
     let vid = sd_hash_vdi(b"gw");
-    let stored: usize = (0..3).map(|i| c.nodes[i].objects().iter().filter(|n| n.contains(&format!("{vid:x}"))).count()).sum();
+    let stored: usize = (0..3)
+        .map(|i| {
+            c.nodes[i]
+                .objects()
+                .iter()
+                .filter(|n| n.contains(&format!("{vid:x}")))
+                .count()
+        })
+        .sum();
     assert_eq!(stored, 2 * 4, "inode + 3 data objects, two copies each");
 }
