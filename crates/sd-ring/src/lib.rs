@@ -22,7 +22,7 @@ impl Ring {
     /// Builds the ring; gateways (0 vnodes) are members but own no vnodes.
     pub fn new(nodes: &[SdNode]) -> Ring {
         let mut nodes = nodes.to_vec();
-        nodes.sort_by(|a, b| a.nid.cmp(&b.nid));
+        nodes.sort_by_key(|n| n.nid);
         let mut vnodes = Vec::with_capacity(nodes.iter().map(|n| n.nr_vnodes as usize).sum());
         for (i, n) in nodes.iter().enumerate() {
             let mut h = sd_hash(&n.nid.hash_key());

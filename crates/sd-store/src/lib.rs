@@ -339,7 +339,7 @@ impl Store {
     /// Writes epoch file `epoch` (nodes in node order + LE time_t).
     pub fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
         let mut sorted = nodes.to_vec();
-        sorted.sort_by(|a, b| a.nid.cmp(&b.nid));
+        sorted.sort_by_key(|n| n.nid);
         let mut b = encode_nodes(&sorted);
         b.extend_from_slice(&time.to_le_bytes());
         self.atomic_write(&self.epoch_dir.join(format!("{epoch:08}")), None, 0, &b)

@@ -259,8 +259,8 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
     let end = start + payload.len();
     let in_entries = start >= DATA_VDI_ID_OFFSET
         && end <= GREF_OFFSET
-        && start % 4 == 0
-        && end % 4 == 0
+        && start.is_multiple_of(4)
+        && end.is_multiple_of(4)
         && end > start;
     if !in_entries {
         return io(sheep, req, payload).await;

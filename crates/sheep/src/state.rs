@@ -253,7 +253,7 @@ impl ClusterState {
     fn insert_member(&mut self, m: Member) {
         self.members.retain(|x| x.node.nid != m.node.nid);
         self.members.push(m);
-        self.members.sort_by(|a, b| a.node.nid.cmp(&b.node.nid));
+        self.members.sort_by_key(|m| m.node.nid);
         self.recompute_vnodes();
     }
 
@@ -459,26 +459,24 @@ impl ClusterState {
                 fx.push(Effect::RecoveryEnabled);
             }
             op::DISABLE_RECOVER => self.disable_recovery = true,
-            op::FORCE_RECOVER => {
-                if self.status == Status::WaitForJoin {
-                    self.status = Status::Ok;
-                    self.new_epoch(time, fx);
-                }
+            op::FORCE_RECOVER if self.status == Status::WaitForJoin => {
+                self.status = Status::Ok;
+                self.new_epoch(time, fx);
             }
             op::ALTER_CLUSTER_COPY => {
                 self.config.copies = m.req.cluster().copies;
                 fx.push(Effect::ConfigChanged);
             }
-            op::COMPLETE_RECOVERY => {
-                if m.req.obj().tgt_epoch == self.epoch && m.data.len() >= SD_NODE_SIZE {
-                    self.recovered.insert(SdNode::decode(&m.data).nid);
-                    if self
-                        .members
-                        .iter()
-                        .all(|x| self.recovered.contains(&x.node.nid))
-                    {
-                        fx.push(Effect::RecoveryGathered(self.epoch));
-                    }
+            op::COMPLETE_RECOVERY
+                if m.req.obj().tgt_epoch == self.epoch && m.data.len() >= SD_NODE_SIZE =>
+            {
+                self.recovered.insert(SdNode::decode(&m.data).nid);
+                if self
+                    .members
+                    .iter()
+                    .all(|x| self.recovered.contains(&x.node.nid))
+                {
+                    fx.push(Effect::RecoveryGathered(self.epoch));
                 }
             }
             op::CLEANUP => fx.push(Effect::RecoveryGathered(self.epoch)),
