@@ -7,9 +7,9 @@ use crate::{EcError, EcPolicy, STRIPE_SIZE};
 /// A ready-to-use encoder/decoder for one [`EcPolicy`].
 ///
 /// Holds the (d+p)×d encoding matrix E and the parity rows' product tables
-/// so per-call work is only the region arithmetic; building it costs a
-/// few microseconds, so make one per policy and share it (it is immutable,
-/// `Send` and `Sync`). Decoding needs the inverse of the surviving rows,
+/// so per-call work is only the region arithmetic. Building it (a d×d
+/// inversion and p×d small tables) is cheap but not free, so make one per
+/// policy and share it (it is immutable, `Send` and `Sync`). Decoding needs the inverse of the surviving rows,
 /// which depends on which strips survive; that d×d inversion is done per
 /// call (a few thousand field operations, negligible next to the data).
 #[derive(Clone, Debug)]
