@@ -26,7 +26,7 @@ mod export;
 mod handshake;
 pub mod mem;
 pub mod proto;
-pub mod transmission;
+mod transmission;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
