@@ -180,11 +180,22 @@ pub trait Exports: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, IoResult<Vec<String>>>;
 }
 
-/// Runs a backend future and turns a panic inside it into `EIO`, so a
-/// backend bug fails one request instead of silently dropping its reply
-/// (the client would wait forever for that cookie). Backend futures are
-/// already boxed, hence `Unpin`, so no pin projection is needed.
-pub(crate) struct CatchPanic<'a, T>(pub BoxFuture<'a, IoResult<T>>);
+/// Calls a backend method and runs its future, turning a panic in either
+/// (some implementations do work before boxing their future) into `EIO`.
+/// A backend bug then fails one request instead of silently dropping its
+/// reply, which would leave the client waiting forever for that cookie.
+pub(crate) async fn guarded<'a, T>(
+    call: impl FnOnce() -> BoxFuture<'a, IoResult<T>>,
+) -> IoResult<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(fut) => CatchPanic(fut).await,
+        Err(panic) => Err(panicked(&panic)),
+    }
+}
+
+/// Polls a boxed (hence `Unpin`, so no pin projection) backend future
+/// inside `catch_unwind`.
+struct CatchPanic<'a, T>(BoxFuture<'a, IoResult<T>>);
 
 impl<T> Future for CatchPanic<'_, T> {
     type Output = IoResult<T>;
@@ -193,19 +204,18 @@ impl<T> Future for CatchPanic<'_, T> {
         let fut = &mut self.0;
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(p) => p,
-            Err(panic) => Poll::Ready(Err(NbdError::io(format!(
-                "backend panicked: {}",
-                panic_message(&panic)
-            )))),
+            Err(panic) => Poll::Ready(Err(panicked(&panic))),
         }
     }
 }
 
-fn panic_message(p: &Box<dyn Any + Send>) -> &str {
-    p.downcast_ref::<&str>()
+fn panicked(p: &Box<dyn Any + Send>) -> NbdError {
+    let msg = p
+        .downcast_ref::<&str>()
         .copied()
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string payload)")
+        .unwrap_or("(non-string payload)");
+    NbdError::io(format!("backend panicked: {msg}"))
 }
 
 #[cfg(test)]
@@ -238,9 +248,19 @@ mod tests {
 
     #[tokio::test]
     async fn panics_become_eio() {
-        let fut: BoxFuture<'_, IoResult<()>> = Box::pin(async { panic!("boom") });
-        let err = CatchPanic(fut).await.unwrap_err();
+        let err = guarded(|| -> BoxFuture<'_, IoResult<()>> { Box::pin(async { panic!("boom") }) })
+            .await
+            .unwrap_err();
         assert_eq!(err.errno, crate::Errno::Io);
         assert!(err.message.contains("boom"), "{}", err.message);
+        let err =
+            guarded(|| -> BoxFuture<'_, IoResult<()>> { panic!("{}", String::from("eager")) })
+                .await
+                .unwrap_err();
+        assert!(err.message.contains("eager"), "{}", err.message);
+        assert_eq!(
+            guarded(|| -> BoxFuture<'_, IoResult<u8>> { Box::pin(async { Ok(3) }) }).await,
+            Ok(3)
+        );
     }
 }

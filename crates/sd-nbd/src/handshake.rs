@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Errno, Error, NbdError};
-use crate::export::{Export, Exports};
+use crate::export::{guarded, Export, Exports};
 use crate::proto::{self, info, opt, rep, tflag, InfoRequest, MetaRequest, OptionHeader};
 
 /// Largest option body read into memory. The biggest legitimate options
@@ -283,7 +283,7 @@ where
     async fn export_name(&mut self, data: &[u8]) -> Result<Step, Error> {
         let name =
             proto::check_string(data).ok_or_else(|| Error::Protocol("bad export name".into()))?;
-        let export = match self.exports.open(&name).await {
+        let export = match guarded(|| self.exports.open(&name)).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 return Err(Error::Protocol(format!(
@@ -321,7 +321,7 @@ where
                 .error(opt::LIST, rep::ERR_INVALID, "NBD_OPT_LIST takes no data")
                 .await;
         }
-        let names = match self.exports.list().await {
+        let names = match guarded(|| self.exports.list()).await {
             Ok(n) => n,
             Err(e) => return self.error(opt::LIST, rep_for(&e), &e.to_string()).await,
         };
@@ -342,7 +342,7 @@ where
                 return Ok(Step::Continue);
             }
         };
-        let export = match self.exports.open(&req.name).await {
+        let export = match guarded(|| self.exports.open(&req.name)).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 self.error(

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::error::{Error, NbdError};
-use crate::export::{BlockSize, CatchPanic, Export, Extent, ZeroFlags};
+use crate::export::{guarded, BlockSize, Export, Extent, ZeroFlags};
 use crate::handshake::{drain, read_or_eof, Negotiated, BASE_ALLOCATION_ID};
 use crate::proto::{self, cflag, cmd, reply, state, RequestHeader};
 use crate::Config;
@@ -299,13 +299,13 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             Command::Write { offset, fua, .. } => {
                 self.done(
                     cookie,
-                    CatchPanic(export.write(offset, &payload, fua)).await,
+                    guarded(|| export.write(offset, &payload, fua)).await,
                 )
                 .await
             }
-            Command::Flush => self.done(cookie, CatchPanic(export.flush()).await).await,
+            Command::Flush => self.done(cookie, guarded(|| export.flush()).await).await,
             Command::Trim { offset, len, fua } => {
-                let r = CatchPanic(export.trim(offset, len.into())).await;
+                let r = guarded(|| export.trim(offset, len.into())).await;
                 self.done(cookie, self.then_flush(r, fua).await).await
             }
             Command::WriteZeroes {
@@ -314,7 +314,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 fua,
                 flags,
             } => {
-                let r = CatchPanic(export.write_zeroes(offset, len.into(), flags)).await;
+                let r = guarded(|| export.write_zeroes(offset, len.into(), flags)).await;
                 self.done(cookie, self.then_flush(r, fua).await).await
             }
             Command::BlockStatus {
@@ -330,7 +330,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// so a flush after them provides the guarantee.
     async fn then_flush(&self, r: Result<(), NbdError>, fua: bool) -> Result<(), NbdError> {
         match r {
-            Ok(()) if fua => CatchPanic(self.export.flush()).await,
+            Ok(()) if fua => guarded(|| self.export.flush()).await,
             other => other,
         }
     }
@@ -339,7 +339,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         // Bounded by the payload limit (classify) and the byte budget.
         let mut buf = vec![0u8; len as usize];
         if len > 0 {
-            if let Err(e) = CatchPanic(self.export.read(offset, &mut buf)).await {
+            if let Err(e) = guarded(|| self.export.read(offset, &mut buf)).await {
                 return self.error(cookie, &e).await;
             }
         }
@@ -368,7 +368,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     async fn block_status(&self, cookie: u64, offset: u64, len: u32, req_one: bool) {
-        let extents = match CatchPanic(self.export.extents(offset, len.into())).await {
+        let extents = match guarded(|| self.export.extents(offset, len.into())).await {
             Ok(e) => e,
             Err(e) => return self.error(cookie, &e).await,
         };
@@ -414,7 +414,9 @@ where
         structured: n.structured,
         writer: ReplyWriter::new(w),
     });
-    let slots = config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = config
+        .max_in_flight
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let kib = config
         .max_in_flight_bytes
         .div_ceil(1024)
