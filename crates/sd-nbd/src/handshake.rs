@@ -62,6 +62,10 @@ fn rep_for(e: &NbdError) -> u32 {
     }
 }
 
+/// The negotiation state of one connection. Borrowing the halves of the
+/// stream (rather than owning them) lets the caller hand the very same
+/// buffered reader and writer to the transmission phase afterwards, so no
+/// byte read ahead during the handshake is lost.
 struct Haggler<'a, R, W, E: ?Sized> {
     r: &'a mut R,
     w: &'a mut W,
@@ -123,6 +127,8 @@ where
     }
 }
 
+/// What the loop does after one option: only `NBD_OPT_GO`,
+/// `NBD_OPT_EXPORT_NAME` and `NBD_OPT_ABORT` end negotiation.
 enum Step {
     Continue,
     Leave,

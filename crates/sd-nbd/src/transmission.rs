@@ -246,7 +246,9 @@ impl<W: AsyncWrite + Unpin> ReplyWriter<W> {
     }
 }
 
-/// State shared by the tasks of one connection.
+/// State shared by the request tasks of one connection (behind an `Arc`,
+/// since each request is its own task). It is read-only apart from the
+/// writer, so tasks never wait on each other except to send a frame.
 struct Session<W> {
     export: Arc<dyn Export>,
     structured: bool,
