@@ -70,10 +70,12 @@ fn export(s: &TestServer, name: &str) -> Vec<u8> {
     buf
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-nbd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A scratch directory removed when the test ends.
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sd-nbd-")
+        .tempdir()
+        .unwrap()
 }
 
 fn assert_same(a: &[u8], b: &[u8], what: &str) {
@@ -96,7 +98,8 @@ fn qemu_img_info_and_convert_round_trip() {
     );
 
     // NBD → file → NBD → compare all three byte for byte.
-    let file = tmp("convert.raw");
+    let dir = tmp();
+    let file = dir.path().join("convert.raw");
     run_ok(
         Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "raw", &s.uri("src")])
@@ -122,7 +125,6 @@ fn qemu_img_info_and_convert_round_trip() {
         &s.uri("dst"),
     ]));
     assert!(cmp.status.success());
-    std::fs::remove_file(&file).unwrap();
 }
 
 #[test]
@@ -320,7 +322,8 @@ fn nbdcopy_round_trip() {
         return;
     }
     let s = server();
-    let file = tmp("nbdcopy.raw");
+    let dir = tmp();
+    let file = dir.path().join("nbdcopy.raw");
     run_ok(Command::new("nbdcopy").arg(s.uri("src")).arg(&file));
     let src = export(&s, "src");
     assert_same(&std::fs::read(&file).unwrap(), &src, "nbdcopy src → file");
@@ -340,7 +343,6 @@ fn nbdcopy_round_trip() {
         &std::fs::read(&file).unwrap(),
         "nbdcopy file → dst",
     );
-    std::fs::remove_file(&file).unwrap();
 }
 
 #[test]
@@ -349,7 +351,11 @@ fn fio_nbd_engine_verifies() {
         return;
     }
     let s = server();
-    let out = run_ok(Command::new("fio").args([
+    // Run in the temp dir, and without a verify state file, so fio leaves
+    // nothing behind in the source tree.
+    let dir = tmp();
+    let out = run_ok(Command::new("fio").current_dir(dir.path()).args([
+        "--verify_state_save=0",
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={}", s.uri("dst")),
