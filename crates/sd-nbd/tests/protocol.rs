@@ -653,11 +653,19 @@ async fn in_flight_requests_are_bounded() {
     for cookie in 0..6 {
         c.request(cmd::READ, 0, cookie, GATED, 512, &[]).await;
     }
+    timeout(Duration::from_secs(10), async {
+        while table.t.active.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("two requests reach the backend");
+    // Give a third request every chance to slip through, then check.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         table.t.active.load(Ordering::SeqCst),
         2,
-        "only two requests admitted"
+        "only two admitted"
     );
     table.t.gate.add_permits(6);
     let mut cookies: Vec<u64> = Vec::new();
