@@ -71,6 +71,15 @@ pub struct VdiStateArgs {
     pub block_size_shift: u8,
 }
 
+/// `sd_req.ref` (DECREF_OBJ / DECREF_PEER): a ledger oid and the dropped
+/// reference.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RefArgs {
+    pub oid: u64,
+    pub generation: u32,
+    pub count: u32,
+}
+
 impl SdReq {
     /// A zeroed request with `proto_ver` chosen as dog does: 0x02 for public
     /// opcodes, 0x0a for internal ones.
@@ -190,6 +199,21 @@ impl SdReq {
         put_u32(a, 20, c.tag);
         put_u32(a, 24, c.nodes_nr);
         a[28] = c.block_size_shift;
+    }
+
+    pub fn ref_args(&self) -> RefArgs {
+        let a = &self.args;
+        RefArgs {
+            oid: u64_at(a, 0),
+            generation: u32_at(a, 8),
+            count: u32_at(a, 12),
+        }
+    }
+    pub fn set_ref(&mut self, r: RefArgs) {
+        let a = &mut self.args;
+        put_u64(a, 0, r.oid);
+        put_u32(a, 8, r.generation);
+        put_u32(a, 12, r.count);
     }
 
     pub fn vdi_state(&self) -> VdiStateArgs {

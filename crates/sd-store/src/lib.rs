@@ -12,6 +12,7 @@ use sd_proto::*;
 use sha1::{Digest, Sha1};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -155,7 +156,14 @@ impl Store {
     }
 
     /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
-    fn atomic_write(&self, path: &Path, size: Option<u64>, offset: u64, data: &[u8]) -> Result<()> {
+    fn atomic_write(
+        &self,
+        path: &Path,
+        size: Option<u64>,
+        sparse: bool,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         let f = OpenOptions::new()
@@ -166,6 +174,16 @@ impl Store {
         let res = (|| {
             if let Some(sz) = size {
                 f.set_len(sz)?;
+                // SAFETY: fallocate on a valid descriptor; failure (e.g. a
+                // filesystem without support) only loses the reservation.
+                if !sparse
+                    && unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, sz as libc::off_t) } != 0
+                {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        return Err(e.into());
+                    }
+                }
             }
             f.write_all_at(data, offset)?;
             self.sync_file(&f)?;
@@ -206,10 +224,13 @@ impl Store {
     }
 
     /// Creates (or replaces) an object of `size` bytes, zero-filled, with
-    /// `data` at `offset`, atomically.
+    /// `data` at `offset`, atomically. Data objects are allocated in full
+    /// (so the space they will need is reserved now, as the original does);
+    /// inode and ledger objects stay sparse.
     pub fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         let size = size.max(offset + data.len() as u64);
-        self.atomic_write(&self.path(k), Some(size), offset, data)
+        let sparse = is_vdi_obj(k.oid) || is_ledger_obj(k.oid) || data.len() as u64 >= size;
+        self.atomic_write(&self.path(k), Some(size), sparse, offset, data)
     }
 
     pub fn remove(&self, k: &ObjKey) -> Result<()> {
@@ -333,7 +354,7 @@ impl Store {
     }
 
     pub fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
-        self.atomic_write(&self.base.join("config"), None, 0, &c.encode())
+        self.atomic_write(&self.base.join("config"), None, true, 0, &c.encode())
     }
 
     /// Writes epoch file `epoch` (nodes in node order + LE time_t).
@@ -342,7 +363,13 @@ impl Store {
         sorted.sort_by_key(|n| n.nid);
         let mut b = encode_nodes(&sorted);
         b.extend_from_slice(&time.to_le_bytes());
-        self.atomic_write(&self.epoch_dir.join(format!("{epoch:08}")), None, 0, &b)
+        self.atomic_write(
+            &self.epoch_dir.join(format!("{epoch:08}")),
+            None,
+            true,
+            0,
+            &b,
+        )
     }
 
     /// Reads epoch file `epoch`: (nodes, creation time).

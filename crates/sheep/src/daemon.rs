@@ -44,6 +44,10 @@ pub struct Sheep {
     pub recovery: Recovery,
     pub throttle: Mutex<RecoveryThrottling>,
     pub exit: watch::Sender<Option<i32>>,
+    /// Serialises ledger updates on this node (read-modify-write).
+    pub ledger_lock: tokio::sync::Mutex<()>,
+    /// Objects no reference holds any more, removed by the reclaim worker.
+    pub reclaim: mpsc::UnboundedSender<u64>,
 }
 
 impl Sheep {
@@ -113,7 +117,7 @@ impl Sheep {
 
     /// Schedules a clean exit (after the current response is sent).
     pub fn request_exit(&self, code: i32) {
-        let _ = self.exit.send(Some(code));
+        self.exit.send_replace(Some(code));
     }
 
     fn publish(&self, st: &ClusterState) {
@@ -193,11 +197,33 @@ impl Sheep {
                         self.store.write_config(&cfg)?;
                     }
                 }
-                Effect::NewEpoch { epoch, nodes, time } => {
+                Effect::NewEpoch {
+                    epoch,
+                    nodes,
+                    time,
+                    recover,
+                } => {
                     if self.state.lock().unwrap().joined {
-                        self.store.write_epoch(epoch, &nodes, time)?;
+                        // A restart with the same members keeps the epoch
+                        // file (and its time) it had.
+                        let ids = |v: &[SdNode]| {
+                            let mut a: Vec<NodeId> = v.iter().map(|x| x.nid).collect();
+                            a.sort();
+                            a
+                        };
+                        let same = self
+                            .store
+                            .read_epoch(epoch)?
+                            .is_some_and(|(n, _)| ids(&n) == ids(&nodes));
+                        if !same {
+                            self.store.write_epoch(epoch, &nodes, time)?;
+                        }
                         tracing::info!("epoch {epoch}: {} nodes", nodes.len());
-                        self.recovery.start(self, epoch);
+                        if recover {
+                            self.recovery.start(self, epoch);
+                        } else {
+                            self.recovery.nothing_to_recover(epoch);
+                        }
                     }
                 }
                 Effect::RecoveryGathered(epoch) => {
@@ -297,6 +323,7 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         block_size_shift: SD_DEFAULT_BLOCK_SIZE_SHIFT,
         flags: 0,
     };
+    let (reclaim_tx, mut reclaim_rx) = mpsc::unbounded_channel();
     let sheep = Arc::new(Sheep {
         opts: o.clone(),
         this,
@@ -309,7 +336,23 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         recovery: Recovery::default(),
         throttle: Mutex::new(RecoveryThrottling::default()),
         exit: watch::Sender::new(None),
+        ledger_lock: tokio::sync::Mutex::new(()),
+        reclaim: reclaim_tx,
     });
+    {
+        let s = sheep.clone();
+        tokio::spawn(async move {
+            while let Some(oid) = reclaim_rx.recv().await {
+                match crate::gateway::remove(&s, oid, 0).await {
+                    Ok(()) | Err(SdRes::NO_OBJ) => {}
+                    Err(e) => tracing::error!(
+                        "failed to remove unreferenced {oid:016x}: {}",
+                        e.describe()
+                    ),
+                }
+            }
+        });
+    }
 
     let listeners = crate::server::listen(&sheep, &dir).await?;
     let join = JoinInfo {

@@ -251,6 +251,24 @@ pub async fn remove(sheep: &Arc<Sheep>, oid: u64, copies: u8) -> Result<(), SdRe
     .map(|_| ())
 }
 
+/// Drops one generational reference `{generation, count}` to a shared
+/// data object: DECREF_OBJ on its ledger, which every ledger replica
+/// applies (§6.4).
+async fn decref(
+    sheep: &Arc<Sheep>,
+    data_oid: u64,
+    generation: u32,
+    count: u32,
+) -> Result<(), SdRes> {
+    let mut req = SdReq::new(op::DECREF_OBJ);
+    req.set_ref(RefArgs {
+        oid: data_oid_to_ledger_oid(data_oid),
+        generation,
+        count,
+    });
+    result(io(sheep, req, Vec::new()).await).map(|_| ())
+}
+
 /// WRITE_OBJ on an inode: when the range lies inside `data_vdi_id`, drop
 /// the references the overwritten entries held (§6.4).
 async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
@@ -305,9 +323,10 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
                 Ok(()) | Err(SdRes::NO_OBJ) => {}
                 Err(e) => tracing::error!("failed to remove {data_oid:016x}: {}", e.describe()),
             }
-        } else {
-            tracing::warn!(
-                "shared object {data_oid:016x} (generation {generation}, count {count}) kept"
+        } else if let Err(e) = decref(sheep, data_oid, generation, count).await {
+            tracing::error!(
+                "failed to drop a reference to {data_oid:016x}: {}",
+                e.describe()
             );
         }
     }

@@ -51,7 +51,8 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             r
         }
         op::STAT_CLUSTER => stat_cluster(sheep, &req).await,
-        op::GET_STORE_LIST => reply_data(&req, b"plain ".to_vec()),
+        // "tree" is accepted and kept in the plain layout.
+        op::GET_STORE_LIST => reply_data(&req, b"tree plain ".to_vec()),
         op::KILL_NODE => {
             sheep.request_exit(0);
             reply(&req, SdRes::SUCCESS)
@@ -192,7 +193,7 @@ async fn stat_cluster(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
             log.nr_copies = cfg.copies;
             log.copy_policy = cfg.copy_policy;
             log.flags = cfg.flags;
-            log.drv_name = le::fixed_str::<16>(b"local");
+            log.drv_name = cfg.default_store;
         }
         if room > 0 {
             let Some((nodes, time)) = crate::vdi::epoch_nodes(sheep, e).await else {
@@ -229,7 +230,7 @@ pub async fn cluster(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
     if !has_work {
         if req.opcode == op::MAKE_FS {
             let store = le::cstr(&payload);
-            if !store.is_empty() && store != b"plain" {
+            if !store.is_empty() && store != b"plain" && store != b"tree" {
                 return reply(&req, SdRes::NO_STORE);
             }
         }
@@ -270,10 +271,8 @@ pub async fn cluster(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
             return reply(&req, SdRes::CLUSTER_ERROR);
         }
     }
-    // The snapshot vid rides in attr_id only inside the broadcast.
     if req.opcode == op::NEW_VDI {
-        let (vid, copies, shift) = (rsp.vdi_id(), rsp.vdi_copies(), rsp.vdi_block_size_shift());
-        rsp.set_vdi(vid, 0, copies, shift);
+        crate::state::NewVdiOutcome::client_rsp(&mut rsp);
     }
     rsp.data_length = data.len() as u32;
     (rsp, data)

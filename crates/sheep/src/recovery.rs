@@ -32,6 +32,8 @@ struct Inner {
     pending: BTreeSet<u64>,
     /// Last epoch whose ring was used to retire objects to `.stale`.
     marked_epoch: u32,
+    /// Whether the VDI table was merged from every member since start.
+    vdis_synced: bool,
 }
 
 /// The recovery worker's shared state.
@@ -95,6 +97,18 @@ impl Recovery {
                 tracing::error!("recovery of epoch {epoch} failed: {e:#}");
             }
         });
+    }
+
+    /// Marks `epoch` as needing no recovery (a freshly formatted cluster).
+    pub fn nothing_to_recover(&self, epoch: u32) {
+        {
+            let mut i = self.inner.lock().unwrap();
+            i.epoch = epoch;
+            i.in_recovery = false;
+            i.pending.clear();
+            i.marked_epoch = epoch;
+        }
+        self.prepared.send_replace(epoch);
     }
 
     fn current(&self, epoch: u32) -> bool {
@@ -261,6 +275,14 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
         return Ok(());
     }
     if !sheep.opts.gateway {
+        // Placement depends on each VDI's copy count: before the first
+        // marking, learn the VDIs whose inodes other nodes hold.
+        if !sheep.recovery.inner.lock().unwrap().vdis_synced {
+            for n in view.ring.nodes().iter().filter(|n| n.nid != me) {
+                crate::vdi::sync_vdis_from(sheep, n).await;
+            }
+            sheep.recovery.inner.lock().unwrap().vdis_synced = true;
+        }
         // Retire objects this node stopped holding in any epoch since the
         // last marking: such copies may miss writes and must not be served.
         let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;

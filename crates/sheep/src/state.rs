@@ -106,6 +106,49 @@ impl OpMessage {
     }
 }
 
+/// What NEW_VDI's work phase decided, carried to every node in the
+/// broadcast response (beyond the client-visible fields, in bytes the
+/// client never sees: the daemon clears them before replying).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct NewVdiOutcome {
+    pub vid: u32,
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub block_size_shift: u8,
+    pub parent: u32,
+    /// The working VDI that became a snapshot (0 if none).
+    pub snapshotted: u32,
+}
+
+impl NewVdiOutcome {
+    pub fn to_rsp(&self, rsp: &mut SdRsp) {
+        rsp.set_vdi(
+            self.vid,
+            self.snapshotted,
+            self.copies,
+            self.block_size_shift,
+        );
+        rsp.args[14] = self.copy_policy;
+        put_u32(&mut rsp.args, 16, self.parent);
+    }
+    pub fn from_rsp(rsp: &SdRsp) -> Self {
+        NewVdiOutcome {
+            vid: rsp.vdi_id(),
+            copies: rsp.vdi_copies(),
+            copy_policy: rsp.args[14],
+            block_size_shift: rsp.vdi_block_size_shift(),
+            parent: u32_at(&rsp.args, 16),
+            snapshotted: rsp.attr_id(),
+        }
+    }
+    /// The response the client gets: vid, copies and shift only.
+    pub fn client_rsp(rsp: &mut SdRsp) {
+        let o = Self::from_rsp(rsp);
+        rsp.args = [0; 28];
+        rsp.set_vdi(o.vid, 0, o.copies, o.block_size_shift);
+    }
+}
+
 /// Something the local node must do because of an applied event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -114,10 +157,13 @@ pub enum Effect {
     /// Our own JOIN was refused.
     JoinRefused(SdRes),
     /// A new epoch began with these members.
+    /// A new epoch began with these members; `recover` is false for the
+    /// epoch a format creates (there is nothing to recover).
     NewEpoch {
         epoch: u32,
         nodes: Vec<SdNode>,
         time: u64,
+        recover: bool,
     },
     /// The cluster was (re)formatted: wipe the store, write the config.
     Formatted,
@@ -132,6 +178,9 @@ pub enum Effect {
     /// A node other than us joined; fetch its VDI state.
     PeerJoined(SdNode),
 }
+
+/// `vdi_state.lock_state` of a VDI nobody holds.
+pub const LOCK_UNLOCKED: u32 = 1;
 
 /// A fixed-size bitmap over the 2^24 VDI ids.
 #[derive(Clone)]
@@ -179,7 +228,10 @@ pub struct VdiTable {
 
 impl VdiTable {
     /// Records a VDI (from NEW_VDI, a scan of local inodes or a peer).
-    pub fn add(&mut self, s: VdiState) {
+    pub fn add(&mut self, mut s: VdiState) {
+        if s.lock_state == 0 {
+            s.lock_state = LOCK_UNLOCKED;
+        }
         self.inuse.set(s.vid);
         if s.deleted {
             self.deleted.set(s.vid);
@@ -282,6 +334,7 @@ impl ClusterState {
             epoch: self.epoch,
             nodes,
             time,
+            recover: true,
         });
     }
 
@@ -449,6 +502,9 @@ impl ClusterState {
                 self.recompute_vnodes();
                 fx.push(Effect::Formatted);
                 self.new_epoch(time, fx);
+                if let Some(Effect::NewEpoch { recover, .. }) = fx.last_mut() {
+                    *recover = false;
+                }
             }
             op::SHUTDOWN => {
                 self.status = Status::Shutdown;
@@ -481,20 +537,16 @@ impl ClusterState {
             }
             op::CLEANUP => fx.push(Effect::RecoveryGathered(self.epoch)),
             op::NEW_VDI => {
-                let v = m.req.vdi();
-                let new_vid = m.rsp.vdi_id();
-                // The snapshotted (or rebased-away) working VDI travels in
-                // the response's attr_id slot of our broadcast.
-                let old = m.rsp.attr_id();
-                if old != 0 {
-                    self.vdis.mark_snapshot(old);
+                let new = NewVdiOutcome::from_rsp(&m.rsp);
+                if new.snapshotted != 0 {
+                    self.vdis.mark_snapshot(new.snapshotted);
                 }
                 self.vdis.add(VdiState {
-                    vid: new_vid,
-                    nr_copies: m.rsp.vdi_copies(),
-                    copy_policy: v.copy_policy,
-                    block_size_shift: m.rsp.vdi_block_size_shift(),
-                    parent_vid: v.base_vdi_id,
+                    vid: new.vid,
+                    nr_copies: new.copies,
+                    copy_policy: new.copy_policy,
+                    block_size_shift: new.block_size_shift,
+                    parent_vid: new.parent,
                     ..Default::default()
                 });
             }
@@ -598,7 +650,9 @@ mod tests {
         s.apply(&join(2, 7001, &fresh));
         let fx = s.apply(&format(3));
         assert_eq!(fx[0], Effect::Formatted);
-        assert!(matches!(&fx[1], Effect::NewEpoch { epoch: 1, nodes, .. } if nodes.len() == 2));
+        assert!(
+            matches!(&fx[1], Effect::NewEpoch { epoch: 1, nodes, recover: false, .. } if nodes.len() == 2)
+        );
         assert_eq!(s.status, Status::Ok);
         let fx = s.apply(&join(4, 7002, &fresh));
         assert!(matches!(&fx[0], Effect::NewEpoch { epoch: 2, nodes, .. } if nodes.len() == 3));

@@ -17,8 +17,6 @@ struct Lookup {
     vid: u32,
     free_bit: u32,
     next_snapid: u32,
-    /// Vid of the snapshot seen when the working VDI of that name is gone.
-    deleted_working_snapshot: u32,
 }
 
 async fn read_header(sheep: &Arc<Sheep>, vid: u32) -> Result<InodeHeader, SdRes> {
@@ -81,7 +79,6 @@ async fn lookup(
                 out.vid = vid;
                 return Ok(out);
             }
-            out.deleted_working_snapshot = vid;
             return Err((SdRes::NO_VDI, out));
         }
     }
@@ -158,6 +155,46 @@ async fn vdi_info(
     Ok(())
 }
 
+/// The data entries and grefs of the first `nr` indexes of an inode.
+async fn read_entries(
+    sheep: &Arc<Sheep>,
+    vid: u32,
+    nr: usize,
+) -> Result<(Vec<u32>, Vec<Gref>), SdRes> {
+    if nr == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let oid = vid_to_vdi_oid(vid);
+    let e = gateway::read(sheep, oid, DATA_VDI_ID_OFFSET as u32, nr * 4, 0).await?;
+    let g = gateway::read(sheep, oid, GREF_OFFSET as u32, nr * 8, 0).await?;
+    let entries = e
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let grefs = g
+        .chunks_exact(8)
+        .map(|c| Gref {
+            generation: u32::from_le_bytes(c[..4].try_into().unwrap()),
+            count: u32::from_le_bytes(c[4..].try_into().unwrap()),
+        })
+        .collect();
+    Ok((entries, grefs))
+}
+
+fn encode_grefs(g: &[Gref]) -> Vec<u8> {
+    g.iter()
+        .flat_map(|g| {
+            g.generation
+                .to_le_bytes()
+                .into_iter()
+                .chain(g.count.to_le_bytes())
+        })
+        .collect()
+}
+
+/// NEW_VDI (§6.2): a fresh VDI, a clone of `base_vdi_id`, or (with
+/// `snapid`) a snapshot of the working VDI, whose vid becomes the
+/// read-only snapshot while the new vid becomes the writable VDI.
 async fn new_vdi(
     sheep: &Arc<Sheep>,
     req: &SdReq,
@@ -172,20 +209,52 @@ async fn new_vdi(
         return Err(SdRes::INVALID_PARMS);
     }
     let v = req.vdi();
-    if v.snapid != 0 || v.base_vdi_id != 0 {
-        // Snapshots and clones arrive with the VDI lifecycle work.
-        return Err(SdRes::NO_SUPPORT);
-    }
-    let found = match lookup(sheep, name, &[], 0).await {
-        Ok(_) => return Err(SdRes::VDI_EXIST),
-        Err((SdRes::NO_VDI, l)) => l,
-        Err((r, _)) => return Err(r),
+    let t = now_ctime();
+    let (free_bit, snap_id, base, snapshotted) = if v.snapid != 0 {
+        let cur = lookup(sheep, name, &[], 0).await.map_err(|e| e.0)?;
+        let cur_h = read_header(sheep, cur.vid)
+            .await
+            .map_err(|_| SdRes::BASE_VDI_READ)?;
+        let base = if v.base_vdi_id == 0 {
+            cur.vid
+        } else {
+            v.base_vdi_id
+        };
+        // The working VDI becomes a snapshot.
+        gateway::write(
+            sheep,
+            vid_to_vdi_oid(cur.vid),
+            520,
+            t.to_le_bytes().to_vec(),
+            0,
+        )
+        .await
+        .map_err(|_| SdRes::BASE_VDI_WRITE)?;
+        (cur.free_bit, cur_h.snap_id + 1, base, cur.vid)
+    } else {
+        let found = match lookup(sheep, name, &[], 0).await {
+            Ok(_) => return Err(SdRes::VDI_EXIST),
+            Err((SdRes::NO_VDI, l)) => l,
+            Err((r, _)) => return Err(r),
+        };
+        (found.free_bit, found.next_snapid.max(1), v.base_vdi_id, 0)
     };
+
     let view = sheep.view();
+    let base_h = match base {
+        0 => None,
+        b => Some(
+            read_header(sheep, b)
+                .await
+                .map_err(|_| SdRes::BASE_VDI_READ)?,
+        ),
+    };
     let (mut copies, mut policy) = (v.copies, v.copy_policy);
     if copies == 0 {
-        copies = view.default_copies;
-        policy = view.default_policy;
+        (copies, policy) = match &base_h {
+            Some(h) => (h.nr_copies, h.copy_policy),
+            None => (view.default_copies, view.default_policy),
+        };
     }
     if let Some((d, p)) = policy::decode(policy) {
         copies = d + p;
@@ -193,32 +262,86 @@ async fn new_vdi(
     if copies == 0 || copies > SD_MAX_COPIES {
         return Err(SdRes::INVALID_PARMS);
     }
-    let shift = if v.block_size_shift == 0 {
-        view.block_size_shift
-    } else {
-        v.block_size_shift
+    let shift = match (&base_h, v.block_size_shift) {
+        (Some(h), _) => h.block_size_shift,
+        (None, 0) => view.block_size_shift,
+        (None, s) => s,
     };
     if !(20..=31).contains(&shift) {
         return Err(SdRes::INVALID_PARMS);
     }
-    let vid = found.free_bit;
+    let vid = free_bit;
     let mut h = InodeHeader {
-        create_time: now_ctime(),
-        vdi_size: v.vdi_size,
+        create_time: t,
+        vdi_size: if v.vdi_size == 0 {
+            base_h.as_ref().map_or(0, |b| b.vdi_size)
+        } else {
+            v.vdi_size
+        },
         copy_policy: policy,
-        store_policy: v.store_policy,
+        store_policy: base_h.as_ref().map_or(v.store_policy, |b| b.store_policy),
         nr_copies: copies,
         block_size_shift: shift,
-        snap_id: found.next_snapid.max(1),
+        snap_id,
         vdi_id: vid,
-        parent_vdi_id: 0,
+        parent_vdi_id: base,
         ..Default::default()
     };
     h.name = le::fixed_str::<256>(name);
-    gateway::create(sheep, vid_to_vdi_oid(vid), 0, h.encode(), copies)
+    let mut body = h.encode();
+    let mut child_grefs = Vec::new();
+    if let Some(bh) = &base_h {
+        // Every object the base references gains one inheriting child.
+        let nr = bh.nr_objects().min(SD_INODE_DATA_INDEX as u64) as usize;
+        let (entries, mut grefs) = read_entries(sheep, base, nr)
+            .await
+            .map_err(|_| SdRes::BASE_VDI_READ)?;
+        child_grefs = vec![Gref::default(); entries.len()];
+        for (i, &e) in entries.iter().enumerate() {
+            if e != 0 {
+                grefs[i].count += 1;
+                child_grefs[i].generation = grefs[i].generation + 1;
+            }
+        }
+        if entries.iter().any(|&e| e != 0) {
+            gateway::write(
+                sheep,
+                vid_to_vdi_oid(base),
+                GREF_OFFSET as u32,
+                encode_grefs(&grefs),
+                0,
+            )
+            .await
+            .map_err(|_| SdRes::BASE_VDI_WRITE)?;
+        }
+        body.extend(entries.iter().flat_map(|e| e.to_le_bytes()));
+    }
+    gateway::create(sheep, vid_to_vdi_oid(vid), 0, body, copies)
+        .await
+        .map_err(|e| {
+            tracing::error!("failed to create the inode of {vid:x}: {}", e.describe());
+            SdRes::VDI_WRITE
+        })?;
+    if child_grefs.iter().any(|g| g.generation != 0) {
+        gateway::write(
+            sheep,
+            vid_to_vdi_oid(vid),
+            GREF_OFFSET as u32,
+            encode_grefs(&child_grefs),
+            copies,
+        )
         .await
         .map_err(|_| SdRes::VDI_WRITE)?;
-    rsp.set_vdi(vid, found.deleted_working_snapshot, copies, shift);
+    }
+    crate::state::NewVdiOutcome {
+        vid,
+        copies,
+        copy_policy: policy,
+        block_size_shift: shift,
+        parent: base,
+        snapshotted,
+    }
+    .to_rsp(rsp);
     Ok(())
 }
 
@@ -263,8 +386,56 @@ async fn del_vdi(
     gateway::create(sheep, ino_oid, 0, cleared.encode(), 0)
         .await
         .map_err(|_| SdRes::VDI_WRITE)?;
+    remove_dead_family(sheep, vid).await;
     rsp.set_vdi(vid, 0, h.nr_copies, h.block_size_shift);
     Ok(())
+}
+
+/// Once every VDI of a family (a root and all its descendants) is deleted,
+/// nothing can reference their inodes or objects any more: the inodes go,
+/// so deleting everything leaves no object behind. While any member lives,
+/// all inodes stay, which keeps their vids (and the objects named after
+/// them) from being reused after a restart.
+async fn remove_dead_family(sheep: &Arc<Sheep>, deleting: u32) {
+    let family: Vec<u32> = {
+        let st = sheep.state.lock().unwrap();
+        let parent = |v: u32| st.vdis.states.get(&v).map_or(0, |s| s.parent_vid);
+        let root_of = |mut v: u32| {
+            for _ in 0..SD_NR_VDIS {
+                match parent(v) {
+                    0 => break,
+                    p if p == v => break,
+                    p => v = p,
+                }
+            }
+            v
+        };
+        let root = root_of(deleting);
+        let members: Vec<u32> = st
+            .vdis
+            .states
+            .keys()
+            .copied()
+            .filter(|&v| root_of(v) == root)
+            .collect();
+        let dead = members
+            .iter()
+            .all(|&m| m == deleting || st.vdis.states[&m].deleted);
+        if dead {
+            members
+        } else {
+            Vec::new()
+        }
+    };
+    for m in family {
+        match gateway::remove(sheep, vid_to_vdi_oid(m), 0).await {
+            Ok(()) | Err(SdRes::NO_OBJ) => {}
+            Err(e) => tracing::error!(
+                "failed to remove the inode of deleted VDI {m:x}: {}",
+                e.describe()
+            ),
+        }
+    }
 }
 
 /// Builds the VDI table from the inode objects this node stores.
