@@ -6,6 +6,7 @@
 
 mod daemon;
 mod gateway;
+mod nbd;
 mod ops;
 mod opts;
 mod peer;

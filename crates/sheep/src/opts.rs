@@ -21,6 +21,8 @@ pub struct Opts {
     pub vnodes: Option<u16>,
     pub myaddr: Option<IpAddr>,
     pub io_addr: Option<(IpAddr, u16)>,
+    /// `--nbd [ADDR:]PORT`: serve every VDI over NBD.
+    pub nbd: Option<std::net::SocketAddr>,
 }
 
 /// The `-c` cluster driver choice.
@@ -193,6 +195,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         vnodes: None,
         myaddr: None,
         io_addr: None,
+        nbd: None,
     };
     let mut dir: Option<String> = None;
     let mut i = 0;
@@ -208,6 +211,18 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         }
         if a == "--" {
             opts_done = true;
+            continue;
+        }
+        if a == "--nbd" || a.starts_with("--nbd=") {
+            let v = match a.strip_prefix("--nbd=") {
+                Some(v) => v.to_string(),
+                None if i < args.len() => {
+                    i += 1;
+                    args[i - 1].clone()
+                }
+                None => return Err(err("sheep: option '--nbd' requires an argument\nTry 'sheep --help' for more information.")),
+            };
+            o.nbd = Some(parse_nbd(&v)?);
             continue;
         }
         // Collect (option char, inline argument) pairs.
@@ -302,6 +317,15 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         o.dir = d;
     }
     Ok(Parsed::Run(Box::new(o)))
+}
+
+/// `[ADDR:]PORT` (IPv6 addresses in brackets); the address defaults to all.
+fn parse_nbd(v: &str) -> Result<std::net::SocketAddr, OptError> {
+    let bad = || err(format!("Invalid NBD address '{v}': expected [ADDR:]PORT"));
+    if let Some(p) = parse_uint(v, 65535) {
+        return Ok(std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), p as u16));
+    }
+    v.parse::<std::net::SocketAddr>().map_err(|_| bad())
 }
 
 fn parse_cluster(v: &str) -> Result<ClusterOpt, OptError> {
@@ -402,5 +426,8 @@ mod tests {
             .stderr
             .contains("invalid option -- 'Q'"));
         assert!(run(&["-g", "-V", "5"]).is_err());
+        assert_eq!(run(&["--nbd", "10809", "d"]).unwrap().nbd, Some("0.0.0.0:10809".parse().unwrap()));
+        assert_eq!(run(&["--nbd=127.0.0.1:10810", "d"]).unwrap().nbd, Some("127.0.0.1:10810".parse().unwrap()));
+        assert!(run(&["--nbd", "x:y", "d"]).unwrap_err().stderr.starts_with("Invalid NBD address"));
     }
 }
