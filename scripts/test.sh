@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v cargo >/dev/null || { echo "cargo is required (install Rust stable)" >&2; exit 1; }
-for pkg_cmd in "qemu-utils:qemu-img"; do
+for pkg_cmd in "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy" "fio:fio"; do
     pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
     command -v "$cmd" >/dev/null || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need[@]}"
+    $SUDO apt-get update -q && $SUDO apt-get install -y -q $(printf "%s\n" "${need[@]}" | sort -u)
 fi
 
 cargo build --release --workspace --bins

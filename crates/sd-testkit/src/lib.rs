@@ -46,6 +46,8 @@ pub struct Node {
     pub zone: u32,
     pub dir: PathBuf,
     pub gateway: bool,
+    /// Port of this node's NBD server, if it serves NBD.
+    pub nbd_port: Option<u16>,
     pub child: Option<Child>,
 }
 
@@ -115,6 +117,35 @@ impl Cluster {
         c
     }
 
+    /// Starts `n` storage nodes that also serve NBD (see [`Cluster::nbd_uri`]).
+    pub fn start_nbd(n: usize) -> Cluster {
+        let mut c = Self::start_with(n, 20000, 60000, &["-n"]);
+        let base = free_ports(n, 60000, 65000);
+        for i in 0..n {
+            c.nodes[i].nbd_port = Some(base + i as u16);
+            c.kill(i);
+            c.restart(i);
+        }
+        for i in 0..n {
+            c.wait_up(i);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", base + i as u16)).is_err() {
+                assert!(Instant::now() < deadline, "NBD of node {i} did not come up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        c.wait_nodes(n);
+        c
+    }
+
+    /// `nbd://127.0.0.1:<port>/<export>` of node `i`.
+    pub fn nbd_uri(&self, i: usize, export: &str) -> String {
+        format!(
+            "nbd://127.0.0.1:{}/{export}",
+            self.nodes[i].nbd_port.expect("node serves NBD")
+        )
+    }
+
     /// Adds and starts a node; returns its index.
     pub fn add_node(&mut self, port: u16, zone: u32, gateway: bool) -> usize {
         let dir = self.root.path().join(format!("{port}"));
@@ -123,6 +154,7 @@ impl Cluster {
             zone,
             dir,
             gateway,
+            nbd_port: None,
             child: None,
         });
         let i = self.nodes.len() - 1;
@@ -140,6 +172,9 @@ impl Cluster {
             .args(&self.extra_args);
         if n.gateway {
             cmd.arg("-g");
+        }
+        if let Some(p) = n.nbd_port {
+            cmd.args(["--nbd", &format!("127.0.0.1:{p}")]);
         }
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -372,9 +372,15 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(l);
     }
     if let Some(addr) = o.nbd {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding NBD on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding NBD on {addr}"))?;
         let exports = Arc::new(crate::nbd::VdiExports::new(sheep.clone()));
-        tokio::spawn(sd_nbd::serve_listener(listener, exports, sd_nbd::Config::default()));
+        tokio::spawn(sd_nbd::serve_listener(
+            listener,
+            exports,
+            sd_nbd::Config::default(),
+        ));
         tracing::info!("serving VDIs over NBD on {addr}");
     }
     if let Some(p) = &o.pidfile {

@@ -21,7 +21,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 pub struct InProcess(pub Arc<Sheep>);
 
 impl Exchange for InProcess {
-    fn exec(&mut self, req: &SdReq, payload: &[u8]) -> impl Future<Output = sd_client::Result<(SdRsp, Vec<u8>)>> + Send {
+    fn exec(
+        &mut self,
+        req: &SdReq,
+        payload: &[u8],
+    ) -> impl Future<Output = sd_client::Result<(SdRsp, Vec<u8>)>> + Send {
         let sheep = self.0.clone();
         let req = *req;
         let payload = payload.to_vec();
@@ -46,7 +50,10 @@ pub struct VdiExports {
 
 impl VdiExports {
     pub fn new(sheep: Arc<Sheep>) -> Self {
-        VdiExports { sheep, open: Mutex::default() }
+        VdiExports {
+            sheep,
+            open: Mutex::default(),
+        }
     }
 
     async fn open_vdi(&self, name: &str) -> IoResult<Option<Arc<VdiExport>>> {
@@ -67,12 +74,18 @@ impl VdiExports {
         let mut ex = InProcess(self.sheep.clone());
         let vid = match cv::lookup_vdi(&mut ex, base.as_bytes(), tag, snapid).await {
             Ok(v) => v,
-            Err(ClientError::Res(SdRes::NO_VDI | SdRes::NO_TAG | SdRes::INVALID_PARMS)) => return Ok(None),
+            Err(ClientError::Res(SdRes::NO_VDI | SdRes::NO_TAG | SdRes::INVALID_PARMS)) => {
+                return Ok(None)
+            }
             Err(e) => return Err(nbd_err(&e, e.res())),
         };
-        let inode = cv::read_inode(&mut ex, vid).await.map_err(|e| nbd_err(&e, e.res()))?;
+        let inode = cv::read_inode(&mut ex, vid)
+            .await
+            .map_err(|e| nbd_err(&e, e.res()))?;
         if inode.header.store_policy != 0 {
-            return Err(NbdError::not_supported("hyper volumes are not served over NBD yet"));
+            return Err(NbdError::not_supported(
+                "hyper volumes are not served over NBD yet",
+            ));
         }
         let export = Arc::new(VdiExport {
             sheep: self.sheep.clone(),
@@ -81,7 +94,9 @@ impl VdiExports {
             size: inode.header.vdi_size,
             shift: inode.header.block_size_shift,
             inode: RwLock::new(inode),
-            alloc: (0..ALLOC_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            alloc: (0..ALLOC_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let mut open = self.open.lock().unwrap();
         open.retain(|_, w| w.strong_count() > 0);
@@ -99,7 +114,12 @@ impl Exports for VdiExports {
         Box::pin(async move {
             let vids: Vec<u32> = {
                 let st = self.sheep.state.lock().unwrap();
-                st.vdis.states.values().filter(|s| !s.deleted && !s.snapshot).map(|s| s.vid).collect()
+                st.vdis
+                    .states
+                    .values()
+                    .filter(|s| !s.deleted && !s.snapshot)
+                    .map(|s| s.vid)
+                    .collect()
             };
             let mut ex = InProcess(self.sheep.clone());
             let mut names = Vec::new();
@@ -140,14 +160,22 @@ impl VdiExport {
     /// (vid, redundancy, entry of `idx`) as of now.
     fn snapshot_of(&self, idx: u64) -> (u32, Redundancy, u32) {
         let ino = self.inode.read().unwrap();
-        (ino.header.vdi_id, Redundancy::of(&ino.header), cv::entry(&ino, idx))
+        (
+            ino.header.vdi_id,
+            Redundancy::of(&ino.header),
+            cv::entry(&ino, idx),
+        )
     }
 
     /// The VDI was snapshotted behind our back: follow the working VDI.
     async fn reload(&self) -> IoResult<()> {
         let mut ex = self.ex();
-        let vid = cv::lookup_vdi(&mut ex, self.name.as_bytes(), None, 0).await.map_err(|e| nbd_err(&e, e.res()))?;
-        let inode = cv::read_inode(&mut ex, vid).await.map_err(|e| nbd_err(&e, e.res()))?;
+        let vid = cv::lookup_vdi(&mut ex, self.name.as_bytes(), None, 0)
+            .await
+            .map_err(|e| nbd_err(&e, e.res()))?;
+        let inode = cv::read_inode(&mut ex, vid)
+            .await
+            .map_err(|e| nbd_err(&e, e.res()))?;
         *self.inode.write().unwrap() = inode;
         Ok(())
     }
@@ -168,7 +196,16 @@ impl VdiExport {
         let (vid, red, e) = self.snapshot_of(idx);
         let mut ex = self.ex();
         if e == vid {
-            return cv::write_object(&mut ex, vid_to_data_oid(vid, idx), WriteKind::Overwrite, offset, data, red, 0).await;
+            return cv::write_object(
+                &mut ex,
+                vid_to_data_oid(vid, idx),
+                WriteKind::Overwrite,
+                offset,
+                data,
+                red,
+                0,
+            )
+            .await;
         }
         let _g = self.alloc[idx as usize % ALLOC_STRIPES].lock().await;
         let (vid, red, e) = self.snapshot_of(idx);
@@ -176,7 +213,9 @@ impl VdiExport {
         let kind = match e {
             x if x == vid => WriteKind::Overwrite,
             0 => WriteKind::Create,
-            x => WriteKind::CopyOnWrite { cow_oid: vid_to_data_oid(x, idx) },
+            x => WriteKind::CopyOnWrite {
+                cow_oid: vid_to_data_oid(x, idx),
+            },
         };
         cv::write_object(&mut ex, oid, kind, offset, data, red, 0).await?;
         if kind != WriteKind::Overwrite {
@@ -190,10 +229,23 @@ impl VdiExport {
         let (oid, red, bytes) = {
             let mut ino = self.inode.write().unwrap();
             ino.data_vdi_id[idx as usize] = value;
-            (vid_to_vdi_oid(ino.header.vdi_id), Redundancy::of(&ino.header), value.to_le_bytes())
+            (
+                vid_to_vdi_oid(ino.header.vdi_id),
+                Redundancy::of(&ino.header),
+                value.to_le_bytes(),
+            )
         };
         let mut ex = self.ex();
-        cv::write_object(&mut ex, oid, WriteKind::Overwrite, data_vdi_id_offset(idx) as u32, &bytes, red, 0).await
+        cv::write_object(
+            &mut ex,
+            oid,
+            WriteKind::Overwrite,
+            data_vdi_id_offset(idx) as u32,
+            &bytes,
+            red,
+            0,
+        )
+        .await
     }
 
     /// Zeroes a range: whole objects are dropped from the index (the
@@ -207,9 +259,12 @@ impl VdiExport {
             }
             if may_trim && c.len as u64 == obj && e == vid {
                 let _g = self.alloc[c.idx as usize % ALLOC_STRIPES].lock().await;
-                self.set_entry(c.idx as u32, 0).await.map_err(|e| nbd_err(&e, e.res()))?;
+                self.set_entry(c.idx as u32, 0)
+                    .await
+                    .map_err(|e| nbd_err(&e, e.res()))?;
             } else {
-                self.write_piece(c.idx, c.offset, &vec![0u8; c.len as usize]).await?;
+                self.write_piece(c.idx, c.offset, &vec![0u8; c.len as usize])
+                    .await?;
             }
         }
         Ok(())
@@ -226,7 +281,11 @@ impl Export for VdiExport {
     }
 
     fn block_size(&self) -> BlockSize {
-        BlockSize { min: 1, preferred: 4096, max: 32 << 20 }
+        BlockSize {
+            min: 1,
+            preferred: 4096,
+            max: 32 << 20,
+        }
     }
 
     fn description(&self) -> Option<String> {
@@ -243,9 +302,10 @@ impl Export for VdiExport {
                     dst.fill(0);
                     continue;
                 }
-                let d = cv::read_object(&mut ex, vid_to_data_oid(e, c.idx), c.offset, c.len, red, 0)
-                    .await
-                    .map_err(|err| nbd_err(&err, err.res()))?;
+                let d =
+                    cv::read_object(&mut ex, vid_to_data_oid(e, c.idx), c.offset, c.len, red, 0)
+                        .await
+                        .map_err(|err| nbd_err(&err, err.res()))?;
                 dst.copy_from_slice(&d);
             }
             Ok(())
@@ -256,8 +316,13 @@ impl Export for VdiExport {
         // Every acknowledged write is already on stable storage on every
         // replica (unless the operator chose nosync), so FUA costs nothing.
         Box::pin(async move {
-            let pieces = cv::split_range(offset, data.len() as u64, self.shift)
-                .map(|c| self.write_piece(c.idx, c.offset, &data[c.buf_offset..c.buf_offset + c.len as usize]));
+            let pieces = cv::split_range(offset, data.len() as u64, self.shift).map(|c| {
+                self.write_piece(
+                    c.idx,
+                    c.offset,
+                    &data[c.buf_offset..c.buf_offset + c.len as usize],
+                )
+            });
             for r in futures::future::join_all(pieces).await {
                 r?;
             }
@@ -276,9 +341,11 @@ impl Export for VdiExport {
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BoxFuture<'_, IoResult<()>> {
         Box::pin(async move {
             let obj = 1u64 << self.shift;
-            let whole = offset % obj == 0 && len % obj == 0;
+            let whole = offset.is_multiple_of(obj) && len.is_multiple_of(obj);
             if flags.fast_only && !(flags.may_trim && whole) {
-                return Err(NbdError::not_supported("zeroing this range means writing zeroes"));
+                return Err(NbdError::not_supported(
+                    "zeroing this range means writing zeroes",
+                ));
             }
             self.zero_range(offset, len, flags.may_trim).await
         })
@@ -289,7 +356,11 @@ impl Export for VdiExport {
             let mut out: Vec<Extent> = Vec::new();
             for c in cv::split_range(offset, len, self.shift) {
                 let (_, _, e) = self.snapshot_of(c.idx);
-                let ext = if e == 0 { Extent::hole(c.len as u64) } else { Extent::data(c.len as u64) };
+                let ext = if e == 0 {
+                    Extent::hole(c.len as u64)
+                } else {
+                    Extent::data(c.len as u64)
+                };
                 match out.last_mut() {
                     Some(l) if l.hole == ext.hole && l.zero == ext.zero => l.length += ext.length,
                     _ => out.push(ext),

@@ -323,7 +323,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
 fn parse_nbd(v: &str) -> Result<std::net::SocketAddr, OptError> {
     let bad = || err(format!("Invalid NBD address '{v}': expected [ADDR:]PORT"));
     if let Some(p) = parse_uint(v, 65535) {
-        return Ok(std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), p as u16));
+        return Ok(std::net::SocketAddr::new(
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            p as u16,
+        ));
     }
     v.parse::<std::net::SocketAddr>().map_err(|_| bad())
 }
@@ -426,8 +429,17 @@ mod tests {
             .stderr
             .contains("invalid option -- 'Q'"));
         assert!(run(&["-g", "-V", "5"]).is_err());
-        assert_eq!(run(&["--nbd", "10809", "d"]).unwrap().nbd, Some("0.0.0.0:10809".parse().unwrap()));
-        assert_eq!(run(&["--nbd=127.0.0.1:10810", "d"]).unwrap().nbd, Some("127.0.0.1:10810".parse().unwrap()));
-        assert!(run(&["--nbd", "x:y", "d"]).unwrap_err().stderr.starts_with("Invalid NBD address"));
+        assert_eq!(
+            run(&["--nbd", "10809", "d"]).unwrap().nbd,
+            Some("0.0.0.0:10809".parse().unwrap())
+        );
+        assert_eq!(
+            run(&["--nbd=127.0.0.1:10810", "d"]).unwrap().nbd,
+            Some("127.0.0.1:10810".parse().unwrap())
+        );
+        assert!(run(&["--nbd", "x:y", "d"])
+            .unwrap_err()
+            .stderr
+            .starts_with("Invalid NBD address"));
     }
 }

@@ -121,7 +121,7 @@ pub struct NewVdiOutcome {
 }
 
 impl NewVdiOutcome {
-    pub fn to_rsp(&self, rsp: &mut SdRsp) {
+    pub fn write_into(&self, rsp: &mut SdRsp) {
         rsp.set_vdi(
             self.vid,
             self.snapshotted,

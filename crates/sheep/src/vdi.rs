@@ -341,7 +341,7 @@ async fn new_vdi(
         parent: base,
         snapshotted,
     }
-    .to_rsp(rsp);
+    .write_into(rsp);
     Ok(())
 }
 
