@@ -373,5 +373,9 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::VdiRead => cmd::vdi::read(ctx).await,
         Action::VdiWrite => cmd::vdi::write(ctx).await,
         Action::VdiObjectLocation => cmd::vdi::object_location(ctx).await,
+        Action::VdiSnapshot => cmd::vdi::snapshot(ctx).await,
+        Action::VdiClone => cmd::vdi::clone(ctx).await,
+        Action::VdiRollback => cmd::vdi::rollback(ctx).await,
+        Action::VdiResize => cmd::vdi::resize(ctx).await,
     }
 }

@@ -195,6 +195,10 @@ pub enum Action {
     VdiRead,
     VdiWrite,
     VdiObjectLocation,
+    VdiSnapshot,
+    VdiClone,
+    VdiRollback,
+    VdiResize,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -312,7 +316,7 @@ const VDI: &[Sub] = &[
         "saphrvTR",
         "create a snapshot",
         ARG,
-        None,
+        Some(VdiSnapshot),
     ),
     leaf(
         "clone",
@@ -320,7 +324,7 @@ const VDI: &[Sub] = &[
         "sPnaphrvT",
         "clone an image",
         ARG,
-        None,
+        Some(VdiClone),
     ),
     leaf(
         "delete",
@@ -336,7 +340,7 @@ const VDI: &[Sub] = &[
         "saphfrvTBI",
         "rollback to a snapshot",
         ARG,
-        None,
+        Some(VdiRollback),
     ),
     leaf(
         "list",
@@ -400,7 +404,7 @@ const VDI: &[Sub] = &[
         "aphT",
         "resize an image",
         ARG,
-        None,
+        Some(VdiResize),
     ),
     leaf(
         "read",

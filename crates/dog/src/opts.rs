@@ -50,6 +50,22 @@ pub struct VdiOpts {
     pub reclamation_interval: i32,
     /// `-m` (0 = no limit).
     pub nr_max_reclaim: i32,
+    /// `-n`: clone without sharing objects with the parent.
+    pub no_share: bool,
+    /// `-x`: setattr fails if the key exists.
+    pub exclusive: bool,
+    /// `-d`: setattr deletes the key.
+    pub delete: bool,
+    /// `-f`: no confirmation prompt.
+    pub force: bool,
+    /// `-F` as a number (0 = none); C `int`.
+    pub from_snapshot_id: i32,
+    /// `-F` as a tag (at most 255 bytes).
+    pub from_snapshot_tag: Vec<u8>,
+    /// `-e`: vdi check only looks for missing copies.
+    pub exist: bool,
+    /// `-R`: no snapshot of a VDI that owns no objects.
+    pub reduce_identical_snapshots: bool,
 }
 
 /// Values of `cluster` options.
@@ -97,6 +113,14 @@ impl Default for Opts {
                 nr_batched_reclamation: 0,
                 reclamation_interval: 0,
                 nr_max_reclaim: 0,
+                no_share: false,
+                exclusive: false,
+                delete: false,
+                force: false,
+                from_snapshot_id: 0,
+                from_snapshot_tag: Vec::new(),
+                exist: false,
+                reduce_identical_snapshots: false,
             },
             cluster: ClusterOpts::default(),
             node: NodeOpts::default(),
@@ -226,18 +250,23 @@ pub fn vdi_option(o: &mut VdiOpts, ch: u8, arg: &[u8]) -> Res<()> {
             o.index = v as u64;
         }
         b's' => {
-            let (v, n) = strtol(arg, 10);
-            if n == 0 || n != arg.len() {
-                o.snapshot_id = 0;
-                o.snapshot_tag = arg[..arg.len().min(sd_proto::SD_MAX_VDI_TAG_LEN - 1)].to_vec();
-            } else {
-                o.snapshot_id = v as i32;
-                if o.snapshot_id == 0 {
-                    err!("The snapshot id must be larger than zero");
-                    return Err(End::Exit(1));
-                }
+            let (id, tag) = snapshot_arg(arg);
+            (o.snapshot_id, o.snapshot_tag) = (id.unwrap_or(0), tag);
+            if id == Some(0) {
+                err!("The snapshot id must be larger than zero");
+                return Err(End::Exit(1));
             }
         }
+        b'F' => {
+            let (id, tag) = snapshot_arg(arg);
+            (o.from_snapshot_id, o.from_snapshot_tag) = (id.unwrap_or(0), tag);
+        }
+        b'n' => o.no_share = true,
+        b'x' => o.exclusive = true,
+        b'd' => o.delete = true,
+        b'f' => o.force = true,
+        b'e' => o.exist = true,
+        b'R' => o.reduce_identical_snapshots = true,
         b'w' => o.writeback = true,
         b'c' => {
             let (c, p) = parse_copy(arg).ok_or_else(|| copies_error(arg))?;
@@ -273,11 +302,22 @@ pub fn vdi_option(o: &mut VdiOpts, ch: u8, arg: &[u8]) -> Res<()> {
         b'B' => o.nr_batched_reclamation = positive(arg, "number of batched reclamation")?,
         b'I' => o.reclamation_interval = positive(arg, "interval of batched reclamation")?,
         b'm' => o.nr_max_reclaim = positive(arg, "maximum number of reclamation")?,
-        // n x d F f e R: flags and values of subcommands not implemented
-        // yet; none of them is validated by the original.
         _ => {}
     }
     Ok(())
+}
+
+/// `-s` / `-F`: a whole decimal integer is a snapshot id (C `int` of
+/// `strtol`), anything else a tag truncated to 255 bytes. Returns the id
+/// (if the argument is one) and the tag (empty for an id).
+fn snapshot_arg(arg: &[u8]) -> (Option<i32>, Vec<u8>) {
+    let (v, n) = strtol(arg, 10);
+    if n == 0 || n != arg.len() {
+        let tag = &arg[..arg.len().min(sd_proto::SD_MAX_VDI_TAG_LEN - 1)];
+        (None, tag.to_vec())
+    } else {
+        (Some(v as i32), Vec::new())
+    }
 }
 
 /// Applies one `cluster` option.

@@ -412,9 +412,61 @@ pub async fn write_index<E: Exchange>(
     .map_err(|source| VdiError::UpdateIndex { oid, source })
 }
 
+/// Reloads the working VDI by name after a write found `inode`'s VDI
+/// read-only (it was snapshotted behind the client's back, PROTOCOL.md
+/// §6.1): GET_VDI_INFO by the inode's name, then its inode. `Ok(false)`
+/// when the name still resolves to the same VDI, i.e. there is nothing
+/// newer to write to.
+pub async fn reload_working_vdi<E: Exchange>(
+    ex: &mut E,
+    inode: &mut Inode,
+) -> std::result::Result<bool, VdiError> {
+    let oid = vid_to_vdi_oid(inode.header.vdi_id);
+    let vid = lookup_vdi(ex, inode.header.name_bytes(), None, 0)
+        .await
+        .map_err(|source| VdiError::Read { oid, source })?;
+    if vid == inode.header.vdi_id {
+        return Ok(false);
+    }
+    *inode = read_inode(ex, vid).await?;
+    Ok(true)
+}
+
+/// Records in `inode`'s index the entries `idxs` (ascending) that a
+/// write set to the inode's own vid, one inode write per run of
+/// consecutive indexes. Only changed entries are written, so the server's
+/// reference release (§6.4) never touches an entry that stays.
+async fn record_created<E: Exchange>(
+    ex: &mut E,
+    inode: &Inode,
+    idxs: &[u32],
+    flags: u16,
+) -> std::result::Result<(), VdiError> {
+    let mut i = 0;
+    while i < idxs.len() {
+        let mut j = i;
+        while j + 1 < idxs.len() && idxs[j + 1] == idxs[j] + 1 {
+            j += 1;
+        }
+        write_index(ex, inode, idxs[i], idxs[j], flags).await?;
+        i = j + 1;
+    }
+    Ok(())
+}
+
+/// How many times a write follows a working VDI that keeps being
+/// snapshotted under it before the READONLY error is returned.
+const READONLY_RETRIES: usize = 8;
+
 /// Writes `data` at `offset` of the working VDI described by `inode` with
 /// copy-on-write (§6.1), then records the objects it created in the
-/// inode's index with one inode write. `inode` is updated to match.
+/// inode's index. `inode` is updated to match.
+///
+/// If a data write answers READONLY, the VDI became a snapshot behind the
+/// client's back (QEMU's case): the objects already created are recorded
+/// in that VDI (their names make it their owner), the working VDI is
+/// reloaded by name into `inode`, and the whole range is written again,
+/// copying on write from the snapshot.
 pub async fn write_range<E: Exchange>(
     ex: &mut E,
     inode: &mut Inode,
@@ -423,30 +475,110 @@ pub async fn write_range<E: Exchange>(
     flags: u16,
 ) -> std::result::Result<(), VdiError> {
     check_range(inode, offset, data.len() as u64)?;
-    let vid = inode.header.vdi_id;
-    let red = Redundancy::of(&inode.header);
-    let mut created: Option<(u32, u32)> = None;
-    for c in split_range(offset, data.len() as u64, inode.header.block_size_shift) {
-        let kind = write_kind(inode, c.idx);
-        let oid = vid_to_data_oid(vid, c.idx);
-        let piece = &data[c.buf_offset..c.buf_offset + c.len as usize];
-        write_object(ex, oid, kind, c.offset, piece, red, flags)
-            .await
-            .map_err(|source| VdiError::Write { oid, source })?;
-        if kind != WriteKind::Overwrite {
-            // Inside the index: check_range bounded the range by vdi_size.
-            let idx = c.idx as u32;
-            inode.data_vdi_id[idx as usize] = vid;
-            created = Some(match created {
-                None => (idx, idx),
-                Some((lo, _)) => (lo, idx),
+    let mut retries = 0;
+    loop {
+        let vid = inode.header.vdi_id;
+        let red = Redundancy::of(&inode.header);
+        let mut created: Vec<u32> = Vec::new();
+        let mut readonly = None;
+        for c in split_range(offset, data.len() as u64, inode.header.block_size_shift) {
+            let kind = write_kind(inode, c.idx);
+            let oid = vid_to_data_oid(vid, c.idx);
+            let piece = &data[c.buf_offset..c.buf_offset + c.len as usize];
+            match write_object(ex, oid, kind, c.offset, piece, red, flags).await {
+                Ok(()) => {}
+                Err(ClientError::Res(SdRes::READONLY)) if retries < READONLY_RETRIES => {
+                    readonly = Some(oid);
+                    break;
+                }
+                Err(source) => return Err(VdiError::Write { oid, source }),
+            }
+            if kind != WriteKind::Overwrite {
+                // Inside the index: check_range bounded the range by vdi_size.
+                let idx = c.idx as u32;
+                inode.data_vdi_id[idx as usize] = vid;
+                created.push(idx);
+            }
+        }
+        record_created(ex, inode, &created, flags).await?;
+        let Some(oid) = readonly else {
+            return Ok(());
+        };
+        if !reload_working_vdi(ex, inode).await? {
+            return Err(VdiError::Write {
+                oid,
+                source: ClientError::Res(SdRes::READONLY),
             });
         }
+        check_range(inode, offset, data.len() as u64)?;
+        retries += 1;
     }
-    if let Some((first, last)) = created {
-        write_index(ex, inode, first, last, flags).await?;
+}
+
+/// What NEW_VDI creates (PROTOCOL.md §6.2): a fresh VDI, a clone of
+/// `base_vid`, or (with `snapshot`) a snapshot of the working VDI
+/// `base_vid` / a rebase of the working VDI onto `base_vid`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct NewVdi {
+    pub size: u64,
+    pub base_vid: u32,
+    pub snapshot: bool,
+    /// 0 = cluster default (copies and policy).
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub store_policy: u8,
+    /// 0 = cluster default.
+    pub block_size_shift: u8,
+}
+
+impl NewVdi {
+    /// A VDI shaped like `h` (size and redundancy), derived from `base_vid`.
+    pub fn like(h: &InodeHeader, base_vid: u32, snapshot: bool) -> Self {
+        NewVdi {
+            size: h.vdi_size,
+            base_vid,
+            snapshot,
+            copies: h.nr_copies,
+            copy_policy: h.copy_policy,
+            store_policy: h.store_policy,
+            block_size_shift: h.block_size_shift,
+        }
     }
-    Ok(())
+}
+
+/// NEW_VDI named `name`; returns the new vid. A refusal is
+/// [`ClientError::Res`].
+pub async fn new_vdi<E: Exchange>(ex: &mut E, name: &[u8], v: &NewVdi) -> Result<u32> {
+    let payload = vdi_name_payload(name, None);
+    let mut req = SdReq::new(op::NEW_VDI);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = payload.len() as u32;
+    req.set_vdi(VdiArgs {
+        vdi_size: v.size,
+        base_vdi_id: v.base_vid,
+        copies: v.copies,
+        copy_policy: v.copy_policy,
+        store_policy: v.store_policy,
+        block_size_shift: v.block_size_shift,
+        snapid: v.snapshot as u32,
+        ..Default::default()
+    });
+    let (rsp, _) = exec_ok(ex, &req, &payload).await?;
+    Ok(rsp.vdi_id())
+}
+
+/// DEL_VDI of `name` (working VDI, or the snapshot `tag` / `snapid`).
+/// The caller releases the index entries first (§6.3).
+pub async fn del_vdi<E: Exchange>(ex: &mut E, name: &[u8], tag: &[u8], snapid: u32) -> Result<()> {
+    let payload = vdi_name_payload(name, Some(tag));
+    let mut req = SdReq::new(op::DEL_VDI);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = payload.len() as u32;
+    req.set_vdi(VdiArgs {
+        snapid,
+        ..Default::default()
+    });
+    exec_ok(ex, &req, &payload).await.map(|_| ())
 }
 
 /// Fetches the node list (GET_NODE_LIST with room for the maximum number
@@ -618,6 +750,32 @@ mod tests {
     struct Fake {
         objects: HashMap<u64, Vec<u8>>,
         log: Vec<(u8, u16, u64, u64, u32, u32)>,
+        /// After this many more data writes, the working VDI is
+        /// snapshotted: it turns read-only and `(old, new)` becomes the
+        /// new working VDI, derived from its inode at that moment.
+        snapshot_after: Option<(usize, u32, u32)>,
+        readonly: Vec<u32>,
+        /// What GET_VDI_INFO answers.
+        working: u32,
+    }
+
+    impl Fake {
+        fn data_write(&mut self, oid: u64) -> bool {
+            if let Some((n, old, new)) = self.snapshot_after {
+                if n == 0 {
+                    let mut ino = Inode::decode(&self.objects[&vid_to_vdi_oid(old)]).unwrap();
+                    ino.header.vdi_id = new;
+                    ino.header.parent_vdi_id = old;
+                    self.objects.insert(vid_to_vdi_oid(new), ino.encode());
+                    self.readonly.push(old);
+                    self.working = new;
+                    self.snapshot_after = None;
+                } else {
+                    self.snapshot_after = Some((n - 1, old, new));
+                }
+            }
+            is_vdi_obj(oid) || !self.readonly.contains(&oid_to_vid(oid))
+        }
     }
 
     impl Exchange for Fake {
@@ -638,7 +796,13 @@ mod tests {
             };
             let mut rsp = SdRsp::for_req(req, SdRes::SUCCESS);
             let off = o.offset as usize;
+            let writes = matches!(req.opcode, op::CREATE_AND_WRITE_OBJ | op::WRITE_OBJ);
+            if writes && !self.data_write(o.oid) {
+                rsp.result = SdRes::READONLY;
+                return Ok((rsp, vec![]));
+            }
             match req.opcode {
+                op::GET_VDI_INFO => rsp.set_vdi(self.working, 0, 0, 0),
                 op::READ_OBJ => match self.objects.get(&o.oid) {
                     Some(obj) => {
                         let d = obj[off..off + req.data_length as usize].to_vec();
@@ -749,6 +913,71 @@ mod tests {
             write_range(&mut fake, &mut ino, 0, b"x", 0).await.unwrap();
             assert_eq!(fake.log.len(), 1);
             assert_eq!(fake.log[0].0, op::WRITE_OBJ);
+        });
+    }
+
+    /// A snapshot taken between the two pieces of a write: the first
+    /// piece's object is recorded in the old VDI (now the snapshot), the
+    /// working VDI is reloaded by name and the whole write redone on it.
+    #[test]
+    fn readonly_reloads_the_working_vdi_and_rewrites() {
+        run(async {
+            let (old, new) = (0x101, 0x102);
+            let mut fake = Fake {
+                snapshot_after: Some((1, old, new)),
+                working: old,
+                ..Default::default()
+            };
+            let mut ino = inode(old, 16 << 20);
+            ino.header.name[..1].copy_from_slice(b"v");
+            ino.data_vdi_id[1] = old;
+            fake.objects
+                .insert(vid_to_data_oid(old, 1), vec![7u8; 1 << 22]);
+            fake.objects.insert(vid_to_vdi_oid(old), ino.encode());
+
+            let at = (4 << 20) - 4;
+            write_range(&mut fake, &mut ino, at, b"0123456789", 0)
+                .await
+                .unwrap();
+            assert_eq!(ino.header.vdi_id, new);
+            assert_eq!(&ino.data_vdi_id[..3], &[new, new, 0]);
+            let ops: Vec<_> = fake.log.iter().map(|l| (l.0, l.2, l.3)).collect();
+            assert_eq!(
+                ops,
+                [
+                    (op::CREATE_AND_WRITE_OBJ, vid_to_data_oid(old, 0), 0),
+                    (op::WRITE_OBJ, vid_to_data_oid(old, 1), 0),
+                    // The object created before the snapshot joins it.
+                    (op::WRITE_OBJ, vid_to_vdi_oid(old), 0),
+                    (op::GET_VDI_INFO, 0, 0),
+                    (op::READ_OBJ, vid_to_vdi_oid(new), 0),
+                    (op::READ_OBJ, vid_to_vdi_oid(new), 0),
+                    (op::CREATE_AND_WRITE_OBJ, vid_to_data_oid(new, 0), 0),
+                    (
+                        op::CREATE_AND_WRITE_OBJ,
+                        vid_to_data_oid(new, 1),
+                        vid_to_data_oid(old, 1)
+                    ),
+                    (op::WRITE_OBJ, vid_to_vdi_oid(new), 0),
+                ]
+            );
+            let snap = read_inode(&mut fake, old).await.unwrap();
+            assert_eq!(&snap.data_vdi_id[..3], &[old, old, 0]);
+            let cur = read_inode(&mut fake, new).await.unwrap();
+            let mut buf = vec![0u8; 12];
+            read_range(&mut fake, &cur, at - 1, &mut buf, 0)
+                .await
+                .unwrap();
+            assert_eq!(&buf, b"\x000123456789\x07");
+
+            // A VDI that is read-only by itself (nothing newer under its
+            // name) gives the error back.
+            fake.working = new;
+            fake.readonly.push(new);
+            let e = write_range(&mut fake, &mut ino, 0, b"x", 0)
+                .await
+                .unwrap_err();
+            assert_eq!(e.res(), SdRes::READONLY);
         });
     }
 

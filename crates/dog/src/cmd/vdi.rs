@@ -3,15 +3,16 @@
 //! VDI client path in `sd_client::vdi`.
 
 use super::{report, ret};
-use crate::app::Ctx;
+use crate::app::{confirm, Ctx};
 use crate::out::{show_progress, Msg};
 use crate::text::{cstr, escape_name, local_time, pad_right, parse_size, size_error, strnumber};
 use crate::{err, out, End, Res};
 use sd_client::vdi::{
-    self, entry, get_cluster_info, lookup_vdi, read_index_into, read_inode, read_inode_header,
-    read_range, vdi_name_payload, write_index, write_object, write_range, Redundancy, VdiError,
-    WriteKind,
+    self, del_vdi, entry, get_cluster_info, lookup_vdi, new_vdi, read_index_into, read_inode,
+    read_inode_header, read_range, write_index, write_object, write_range, NewVdi, Redundancy,
+    VdiError, WriteKind,
 };
+use sd_client::ClientError;
 use sd_proto::*;
 use sd_ring::Ring;
 
@@ -26,18 +27,39 @@ fn open_failed(name: &[u8], snapid: i32, tag: &[u8], res: SdRes) {
         .err();
 }
 
-/// The original's `read_vdi_obj`: looks the VDI up and reads its inode
-/// (header and index), printing the original's messages on failure.
-async fn open_vdi(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: &[u8]) -> Res<Inode> {
+/// Looks a VDI up (the original's `find_vdi_name`), printing
+/// `Failed to open VDI …` on failure.
+pub async fn find_vdi(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: &[u8]) -> Res<u32> {
     let target = ctx.target();
-    let vid = match lookup_vdi(&mut ctx.net.at(target), name, Some(tag), snapid as u32).await {
-        Ok(v) => v,
+    match lookup_vdi(&mut ctx.net.at(target), name, Some(tag), snapid as u32).await {
+        Ok(v) => Ok(v),
         Err(e) => {
             open_failed(name, snapid, tag, e.res());
-            return ret(1);
+            ret(1)
         }
+    }
+}
+
+/// The original's `read_vdi_obj`: looks the VDI up and reads its inode
+/// (header, plus the index when `with_index`), printing the original's
+/// messages on failure.
+pub async fn open_vdi(
+    ctx: &mut Ctx,
+    name: &[u8],
+    snapid: i32,
+    tag: &[u8],
+    with_index: bool,
+) -> Res<Inode> {
+    let vid = find_vdi(ctx, name, snapid, tag).await?;
+    let at = &mut ctx.net.at(ctx.opts.target);
+    let r = match read_inode_header(at, vid).await {
+        Ok(h) if with_index => {
+            let mut i = Inode::new(h);
+            read_index_into(at, &mut i).await.map(|()| i)
+        }
+        r => r.map(Inode::new),
     };
-    match read_inode(&mut ctx.net.at(target), vid).await {
+    match r {
         Ok(i) => Ok(i),
         Err(e) => {
             report(&e);
@@ -54,6 +76,25 @@ async fn open_vdi(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: &[u8]) -> Res<In
             m.err();
             ret(1)
         }
+    }
+}
+
+/// The original's `do_vdi_create`: NEW_VDI, with
+/// `Failed to create VDI <name>: <res>` (status 1) on refusal and status 2
+/// when the daemon cannot be reached.
+pub async fn do_vdi_create(ctx: &mut Ctx, name: &[u8], v: &NewVdi) -> Res<u32> {
+    let target = ctx.target();
+    match new_vdi(&mut ctx.net.at(target), name, v).await {
+        Ok(vid) => Ok(vid),
+        Err(ClientError::Res(r)) => {
+            Msg::new()
+                .s("Failed to create VDI ")
+                .b(name)
+                .s(&format!(": {r}"))
+                .err();
+            ret(1)
+        }
+        Err(_) => ret(2),
     }
 }
 
@@ -273,30 +314,15 @@ pub async fn create(ctx: &mut Ctx) -> Res<()> {
         return ret(64);
     }
 
-    let payload = vdi_name_payload(&name, None);
-    let mut req = SdReq::new(op::NEW_VDI);
-    req.flags = flag::CMD_WRITE;
-    req.data_length = payload.len() as u32;
-    req.set_vdi(VdiArgs {
-        vdi_size: size,
+    let v = NewVdi {
+        size,
         copies,
         copy_policy,
         store_policy,
         block_size_shift: shift,
         ..Default::default()
-    });
-    let Ok((rsp, _)) = ctx.net.exec(target, &req, &payload).await else {
-        return ret(2);
     };
-    if !rsp.result.is_success() {
-        Msg::new()
-            .s("Failed to create VDI ")
-            .b(&name)
-            .s(&format!(": {}", rsp.result))
-            .err();
-        return ret(1);
-    }
-    let vid = rsp.vdi_id();
+    let vid = do_vdi_create(ctx, &name, &v).await?;
     if ctx.opts.vdi.prealloc {
         preallocate(ctx, vid).await?;
     }
@@ -346,12 +372,21 @@ async fn preallocate(ctx: &mut Ctx, vid: u32) -> Res<()> {
     Ok(())
 }
 
-/// `vdi delete <name>`: releases the index entries in batches, then
-/// deletes the VDI. Always exits 0 (QUIRK, CLI.md §2.3.5).
+/// `vdi delete <name>`. Always exits 0 (QUIRK, CLI.md §2.3.5).
 pub async fn delete(ctx: &mut Ctx) -> Res<()> {
     let name = ctx.take_operand().unwrap_or_default();
+    let (snapid, tag) = (ctx.opts.vdi.snapshot_id, ctx.opts.vdi.snapshot_tag.clone());
+    do_vdi_delete(ctx, &name, snapid, Some(&tag)).await;
+    Ok(())
+}
+
+/// The original's `do_vdi_delete`: releases the index entries in
+/// batches of `-B` (pausing `-I` seconds in between, stopping after `-m`
+/// entries), then deletes the VDI. Failures are reported, not returned
+/// (the original's caller always sees success). Rollback and restore
+/// pass no tag, which the original prints as `(null)`.
+pub async fn do_vdi_delete(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: Option<&[u8]>) {
     let o = &ctx.opts.vdi;
-    let (snapid, tag) = (o.snapshot_id, o.snapshot_tag.clone());
     let batch = if o.nr_batched_reclamation == 0 {
         128
     } else {
@@ -359,11 +394,19 @@ pub async fn delete(ctx: &mut Ctx) -> Res<()> {
     };
     let (interval, max_reclaim) = (o.reclamation_interval, o.nr_max_reclaim as usize);
     let target = ctx.target();
-    let vid = match lookup_vdi(&mut ctx.net.at(target), &name, Some(&tag), snapid as u32).await {
+    let tag_bytes = tag.unwrap_or_default();
+    let vid = match lookup_vdi(
+        &mut ctx.net.at(target),
+        name,
+        Some(tag_bytes),
+        snapid as u32,
+    )
+    .await
+    {
         Ok(v) => v,
         Err(e) => {
-            open_failed(&name, snapid, &tag, e.res());
-            return Ok(());
+            open_failed(name, snapid, tag.unwrap_or(b"(null)"), e.res());
+            return;
         }
     };
     let inode_oid = vid_to_vdi_oid(vid);
@@ -372,7 +415,7 @@ pub async fn delete(ctx: &mut Ctx) -> Res<()> {
         Err(e) => {
             report(&e);
             err!("failed to read inode object: {inode_oid:016x}");
-            return Ok(());
+            return;
         }
     };
     let n = vdi::nr_index_entries(&inode.header) as usize;
@@ -398,18 +441,12 @@ pub async fn delete(ctx: &mut Ctx) -> Res<()> {
             }
         }
         if i > start {
-            if let Err(e) = write_index(
-                &mut ctx.net.at(target),
-                &inode,
-                start as u32,
-                i as u32 - 1,
-                flag::CMD_DIRECT,
-            )
-            .await
-            {
+            let at = &mut ctx.net.at(target);
+            let last = i as u32 - 1;
+            if let Err(e) = write_index(at, &inode, start as u32, last, flag::CMD_DIRECT).await {
                 report(&e);
                 err!("failed to update inode for discarding objects: {inode_oid:016x}");
-                return Ok(());
+                return;
             }
         }
         if i < n && interval > 0 {
@@ -417,24 +454,269 @@ pub async fn delete(ctx: &mut Ctx) -> Res<()> {
         }
     }
     if max_reclaim != 0 {
-        return Ok(());
+        return;
     }
-    let payload = vdi_name_payload(&name, Some(&tag));
-    let mut req = SdReq::new(op::DEL_VDI);
-    req.flags = flag::CMD_WRITE;
-    req.data_length = payload.len() as u32;
-    req.set_vdi(VdiArgs {
-        snapid: snapid as u32,
-        ..Default::default()
-    });
-    if let Ok((rsp, _)) = ctx.net.exec(target, &req, &payload).await {
-        if !rsp.result.is_success() {
+    let r = del_vdi(&mut ctx.net.at(target), name, tag_bytes, snapid as u32).await;
+    if let Err(ClientError::Res(r)) = r {
+        Msg::new()
+            .s("Failed to delete ")
+            .b(name)
+            .s(&format!(": {r}"))
+            .err();
+    }
+}
+
+/// `vdi snapshot <name> [-s tag] [-R]`: writes the tag into the working
+/// VDI's inode, then NEW_VDI(snapshot) turns it into the snapshot and
+/// creates a new working VDI on top (PROTOCOL.md §6.2).
+pub async fn snapshot(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let o = &ctx.opts.vdi;
+    if o.snapshot_id != 0 {
+        err!("Please specify a non-integer value for a snapshot tag name");
+        return ret(64);
+    }
+    let (tag, reduce) = (o.snapshot_tag.clone(), o.reduce_identical_snapshots);
+    let target = ctx.target();
+    let inode = match lookup_vdi(&mut ctx.net.at(target), &name, Some(&tag), 0).await {
+        Err(ClientError::Res(SdRes::NO_TAG)) => open_vdi(ctx, &name, 0, b"", reduce).await?,
+        Ok(vid) => {
+            // Without a tag this is the working VDI; with one, a snapshot
+            // already carries the tag.
+            let at = &mut ctx.net.at(target);
+            let mut i = match read_inode_header(at, vid).await {
+                Ok(h) => Inode::new(h),
+                Err(e) => {
+                    report(&e);
+                    return ret(e.res().0 as i32);
+                }
+            };
+            if i.header.is_snapshot() {
+                Msg::new()
+                    .s("Failed to create snapshot for ")
+                    .b(&name)
+                    .s(", maybe snapshot id (0) or tag (")
+                    .b(&tag)
+                    .s(") is existed")
+                    .err();
+                return ret(1);
+            }
+            if reduce {
+                if let Err(e) = read_index_into(at, &mut i).await {
+                    report(&e);
+                    return ret(e.res().0 as i32);
+                }
+            }
+            i
+        }
+        Err(e) => {
             Msg::new()
-                .s("Failed to delete ")
+                .s("Failed to create snapshot for ")
                 .b(&name)
-                .s(&format!(": {}", rsp.result))
+                .s(&format!(": {}", e.res()))
+                .err();
+            return ret(1);
+        }
+    };
+    let h = &inode.header;
+    if h.store_policy != 0 {
+        err!("creating a snapshot of hypervolume is not supported");
+        return ret(1);
+    }
+    if reduce && inode_stat(&inode).0 == 0 {
+        if ctx.opts.verbose {
+            Msg::new()
+                .s("VDI ")
+                .b(&name)
+                .s(" doesn't have its own objects, skipping creation of snapshot")
                 .err();
         }
+        return Ok(());
+    }
+    let vid = h.vdi_id;
+    let oid = vid_to_vdi_oid(vid);
+    let mut tag_field = tag.clone();
+    tag_field.resize(SD_MAX_VDI_TAG_LEN, 0);
+    let at = &mut ctx.net.at(target);
+    let red = Redundancy::of(h);
+    if let Err(source) = write_object(at, oid, WriteKind::Overwrite, 256, &tag_field, red, 0).await
+    {
+        let e = VdiError::Write { oid, source };
+        report(&e);
+        return ret(e.res().0 as i32);
+    }
+    let new_vid = do_vdi_create(ctx, &name, &NewVdi::like(h, vid, true)).await?;
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            out!("{new_vid:x} {vid:x}\n");
+        } else {
+            out!(
+                "new VID of original VDI: {new_vid:x}, VDI ID of newly created snapshot: {vid:x}\n"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `vdi clone -s <snapshot> <src> <dst> [-P] [-n]`: a new VDI whose
+/// parent is the snapshot; `-n` copies the data instead of sharing it,
+/// `-P` allocates every object of the clone.
+pub async fn clone(ctx: &mut Ctx) -> Res<()> {
+    let src = ctx.take_operand().unwrap_or_default();
+    let Some(dst) = ctx.take_operand() else {
+        err!("Destination VDI name must be specified");
+        return ret(64);
+    };
+    let o = &ctx.opts.vdi;
+    if o.snapshot_id == 0 && o.snapshot_tag.is_empty() {
+        err!("Only snapshot VDIs can be cloned");
+        err!("Please specify the '-s' option");
+        return ret(64);
+    }
+    let (snapid, tag) = (o.snapshot_id, o.snapshot_tag.clone());
+    let (prealloc, no_share) = (o.prealloc, o.no_share);
+    let base = open_vdi(ctx, &src, snapid, &tag, true).await?;
+    let base_vid = if no_share { 0 } else { base.header.vdi_id };
+    let new_vid = do_vdi_create(ctx, &dst, &NewVdi::like(&base.header, base_vid, false)).await?;
+    if prealloc || no_share {
+        let mut new_inode = open_vdi(ctx, &dst, 0, b"", false).await?;
+        copy_objects(ctx, &base, &mut new_inode, prealloc).await?;
+    }
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            out!("{new_vid:x}\n");
+        } else {
+            out!("VDI ID of newly created clone: {new_vid:x}\n");
+        }
+    }
+    Ok(())
+}
+
+/// Gives the clone `dst` its own copy of every object `src` has (and, with
+/// `prealloc`, a zero-filled object where `src` has none), recording each
+/// in its index, with the progress bar on a terminal.
+async fn copy_objects(ctx: &mut Ctx, src: &Inode, dst: &mut Inode, prealloc: bool) -> Res<()> {
+    let target = ctx.target();
+    let h = &src.header;
+    let obj = h.object_size();
+    let red = Redundancy::of(h);
+    let new_vid = dst.header.vdi_id;
+    let n = vdi::nr_index_entries(h);
+    for idx in 0..n {
+        show_progress(idx as u64 * obj, h.vdi_size, false);
+        let at = &mut ctx.net.at(target);
+        let data = match entry(src, idx as u64) {
+            0 if !prealloc => continue,
+            0 => Vec::new(),
+            e => {
+                let oid = vid_to_data_oid(e, idx as u64);
+                match vdi::read_object(
+                    at,
+                    oid,
+                    0,
+                    obj as u32,
+                    Redundancy::default(),
+                    flag::CMD_DIRECT,
+                )
+                .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        report(&e);
+                        return ret(1);
+                    }
+                }
+            }
+        };
+        let oid = vid_to_data_oid(new_vid, idx as u64);
+        if let Err(source) =
+            write_object(at, oid, WriteKind::Create, 0, &data, red, flag::CMD_DIRECT).await
+        {
+            report(&VdiError::Write { oid, source });
+            return ret(1);
+        }
+        dst.data_vdi_id[idx as usize] = new_vid;
+        if let Err(e) = write_index(at, dst, idx, idx, flag::CMD_DIRECT).await {
+            report(&e);
+            return ret(1);
+        }
+    }
+    show_progress(n as u64 * obj, h.vdi_size, false);
+    Ok(())
+}
+
+const ROLLBACK_PROMPT: &str = "This operation discards any changes made since the previous\nsnapshot was taken.  Continue? [yes/no]: ";
+
+/// `vdi rollback -s <snapshot> <name>`: deletes the working VDI and
+/// creates a new one whose parent is the snapshot.
+pub async fn rollback(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let o = &ctx.opts.vdi;
+    if o.snapshot_id == 0 && o.snapshot_tag.is_empty() {
+        err!("Please specify the '-s' option");
+        return ret(64);
+    }
+    let (snapid, tag, force) = (o.snapshot_id, o.snapshot_tag.clone(), o.force);
+    let snap = open_vdi(ctx, &name, snapid, &tag, false).await?.header;
+    if !force {
+        confirm(ROLLBACK_PROMPT)?;
+    }
+    do_vdi_delete(ctx, &name, 0, None).await;
+    let new_vid = do_vdi_create(ctx, &name, &NewVdi::like(&snap, snap.vdi_id, false)).await?;
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            out!("{new_vid:x}\n");
+        } else {
+            out!("New VDI ID of rollbacked VDI: {new_vid:x}\n");
+        }
+    }
+    Ok(())
+}
+
+/// `vdi resize <name> <new size>`: grows the working VDI.
+pub async fn resize(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let Some(size_arg) = ctx.take_operand() else {
+        err!("Please specify the new size for the VDI");
+        return ret(64);
+    };
+    let Some(new_size) = parse_size(&size_arg) else {
+        size_error(&size_arg);
+        return ret(64);
+    };
+    let mut h = open_vdi(ctx, &name, 0, b"", false).await?.header;
+    let max_plain = h.object_size().saturating_mul(1 << 20);
+    if h.store_policy == 0 {
+        if new_size > max_plain {
+            err!("New VDI size is too large. This volume's max size is {max_plain}");
+            return ret(64);
+        }
+    } else if new_size > SD_MAX_VDI_SIZE {
+        err!("New VDI size is too large This volume's max size is {SD_MAX_VDI_SIZE}");
+        return ret(64);
+    }
+    if new_size < h.vdi_size {
+        err!("Shrinking VDIs is not implemented");
+        return ret(64);
+    }
+    h.vdi_size = new_size;
+    let oid = vid_to_vdi_oid(h.vdi_id);
+    let at = &mut ctx.net.at(ctx.opts.target);
+    let red = Redundancy::of(&h);
+    if let Err(source) = write_object(
+        at,
+        oid,
+        WriteKind::Overwrite,
+        0,
+        &h.encode(),
+        red,
+        flag::CMD_DIRECT,
+    )
+    .await
+    {
+        report(&VdiError::Write { oid, source });
+        err!("Failed to update an inode header");
+        return ret(1);
     }
     Ok(())
 }
@@ -465,7 +747,7 @@ pub async fn read(ctx: &mut Ctx) -> Res<()> {
     let (offset, len) = range_operands(ctx)?;
     let o = &ctx.opts.vdi;
     let (snapid, tag) = (o.snapshot_id, o.snapshot_tag.clone());
-    let inode = open_vdi(ctx, &name, snapid, &tag).await?;
+    let inode = open_vdi(ctx, &name, snapid, &tag, true).await?;
     let size = inode.header.vdi_size;
     if offset > size {
         err!("Read offset is beyond the end of the VDI");
@@ -522,7 +804,7 @@ fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
 pub async fn write(ctx: &mut Ctx) -> Res<()> {
     let name = ctx.take_operand().unwrap_or_default();
     let (offset, len) = range_operands(ctx)?;
-    let mut inode = open_vdi(ctx, &name, 0, b"").await?;
+    let mut inode = open_vdi(ctx, &name, 0, b"", true).await?;
     let size = inode.header.vdi_size;
     if offset > size {
         err!("Write offset is beyond the end of the VDI");
@@ -570,7 +852,7 @@ pub async fn object_location(ctx: &mut Ctx) -> Res<()> {
     let name = ctx.take_operand().unwrap_or_default();
     let o = &ctx.opts.vdi;
     let (snapid, tag, idx) = (o.snapshot_id, o.snapshot_tag.clone(), o.index);
-    let inode = match open_vdi(ctx, &name, snapid, &tag).await {
+    let inode = match open_vdi(ctx, &name, snapid, &tag, true).await {
         Ok(i) => i,
         Err(e) => {
             err!("FATAL: no inode objects");
