@@ -48,6 +48,8 @@ pub struct Sheep {
     pub ledger_lock: tokio::sync::Mutex<()>,
     /// Objects no reference holds any more, removed by the reclaim worker.
     pub reclaim: mpsc::UnboundedSender<u64>,
+    /// One codec per erasure-code policy in use.
+    pub codecs: Mutex<std::collections::HashMap<u8, Arc<sd_ec::Codec>>>,
 }
 
 impl Sheep {
@@ -100,6 +102,56 @@ impl Sheep {
                 shift
             }
         }
+    }
+
+    /// The erasure code of `oid`, if it is an erasure-coded object:
+    /// `hint` is the policy a request carried (0 = look up the VDI's).
+    pub fn ec_codec(&self, oid: u64, hint: u8) -> Option<Arc<sd_ec::Codec>> {
+        if !is_ec_capable(oid) {
+            return None;
+        }
+        let policy = match hint {
+            0 => self.state.lock().unwrap().vdi_redundancy(oid_to_vid(oid)).1,
+            p => p,
+        };
+        let pol = sd_ec::EcPolicy::from_copy_policy(policy)?;
+        let mut codecs = self.codecs.lock().unwrap();
+        if let Some(c) = codecs.get(&policy) {
+            return Some(c.clone());
+        }
+        let c = Arc::new(sd_ec::Codec::new(pol).ok()?);
+        codecs.insert(policy, c.clone());
+        Some(c)
+    }
+
+    /// The stored file of `oid` at this node: the replica, or strip
+    /// `ec_index` of an erasure-coded object.
+    pub fn obj_key(&self, oid: u64, hint: u8, ec_index: u8) -> sd_store::ObjKey {
+        let ec = self.ec_codec(oid, hint).is_some();
+        sd_store::ObjKey {
+            oid,
+            ec_index: ec.then_some(ec_index),
+        }
+    }
+
+    /// Size of the file holding `key` (a strip is `1/d` of the object).
+    pub fn file_size(&self, key: &sd_store::ObjKey, hint: u8) -> u64 {
+        let size = self.object_size(key.oid);
+        match (key.ec_index, self.ec_codec(key.oid, hint)) {
+            (Some(_), Some(c)) => size / c.policy().data_strips() as u64,
+            _ => size,
+        }
+    }
+
+    /// Whether `vid` is a snapshot (its data objects are read-only).
+    pub fn is_snapshot(&self, vid: u32) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .vdis
+            .states
+            .get(&vid)
+            .is_some_and(|s| s.snapshot)
     }
 
     /// Copies to keep of `oid` when the client did not say.
@@ -338,6 +390,7 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         exit: watch::Sender::new(None),
         ledger_lock: tokio::sync::Mutex::new(()),
         reclaim: reclaim_tx,
+        codecs: Mutex::default(),
     });
     {
         let s = sheep.clone();

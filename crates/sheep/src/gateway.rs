@@ -30,6 +30,11 @@ fn transient(r: SdRes) -> bool {
 /// Executes a client object request (0x01–0x04).
 pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
+    let writing = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
+    if writing && is_data_obj(o.oid) && sheep.is_snapshot(oid_to_vid(o.oid)) {
+        // The VDI became a snapshot: its objects are frozen (§6.1).
+        return reply(&req, SdRes::READONLY);
+    }
     if req.opcode == op::WRITE_OBJ && is_vdi_obj(o.oid) {
         return write_inode(sheep, req, payload).await;
     }
@@ -61,11 +66,15 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
 
 /// Placement, fan-out and retry of one object request.
 async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
-    let o = req.obj();
-    let copies = if o.copies != 0 {
-        o.copies as usize
-    } else {
-        sheep.copies_of(o.oid)
+    let mut o = req.obj();
+    let codec = sheep.ec_codec(o.oid, o.copy_policy);
+    let copies = match &codec {
+        Some(c) => {
+            o.copy_policy = c.policy().copy_policy();
+            c.policy().nr_copies()
+        }
+        None if o.copies != 0 => o.copies as usize,
+        None => sheep.copies_of(o.oid),
     };
     let peer_op = op::gateway_to_peer(req.opcode).expect("gateway opcode");
     let deadline = Instant::now() + RETRY_FOR;
@@ -92,10 +101,26 @@ async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         preq.proto_ver = SD_SHEEP_PROTO_VER;
         preq.epoch = view.epoch;
         preq.flags &= !(flag::CMD_COW | flag::CMD_TGT);
-        let r = if is_write {
-            fan_out(sheep, &targets, preq, &payload).await
-        } else {
-            read_any(sheep, &targets, preq).await
+        preq.set_obj(o);
+        let r = match (&codec, req.opcode) {
+            (Some(c), op::READ_OBJ) => {
+                let r = crate::ec::read(
+                    sheep,
+                    c,
+                    &targets,
+                    preq,
+                    o.offset as u64,
+                    req.data_length as u64,
+                )
+                .await;
+                crate::ec::read_reply(&req, r)
+            }
+            (Some(c), op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ) => {
+                let size = sheep.object_size(o.oid);
+                crate::ec::write(sheep, c, &targets, preq, o.offset as u64, &payload, size).await
+            }
+            _ if is_write => fan_out(sheep, &targets, preq, &payload).await,
+            _ => read_any(sheep, &targets, preq).await,
         };
         if transient(r.0.result) && Instant::now() < deadline {
             let _ = sheep
@@ -110,7 +135,8 @@ async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     }
 }
 
-async fn send(sheep: &Arc<Sheep>, node: &SdNode, req: SdReq, payload: &[u8]) -> Reply {
+/// Sends a peer request to `node` (this node's own handler if it is us).
+pub async fn send(sheep: &Arc<Sheep>, node: &SdNode, req: SdReq, payload: &[u8]) -> Reply {
     if node.nid == sheep.this.nid {
         crate::peer::handle(sheep, req, payload.to_vec()).await
     } else {
@@ -249,6 +275,28 @@ pub async fn remove(sheep: &Arc<Sheep>, oid: u64, copies: u8) -> Result<(), SdRe
         .await,
     )
     .map(|_| ())
+}
+
+/// DISCARD_OBJ (old QEMU): unmaps a whole data object by clearing its
+/// entry in the inode named by the oid's vid (the reference path then
+/// frees the object).
+pub async fn discard(sheep: &Arc<Sheep>, req: SdReq) -> Reply {
+    let oid = req.obj().oid;
+    if !is_data_obj(oid) {
+        return reply(&req, SdRes::INVALID_PARMS);
+    }
+    let ino = vid_to_vdi_oid(oid_to_vid(oid));
+    let off = data_vdi_id_offset(data_oid_to_idx(oid)) as u32;
+    let entry = match read(sheep, ino, off, 4, 0).await {
+        Ok(e) => e,
+        Err(r) => return reply(&req, r),
+    };
+    if entry != [0; 4] {
+        if let Err(r) = write(sheep, ino, off, vec![0; 4], 0).await {
+            return reply(&req, r);
+        }
+    }
+    reply(&req, SdRes::SUCCESS)
 }
 
 /// Drops one generational reference `{generation, count}` to a shared

@@ -5,6 +5,7 @@
 //! held), then open the store, listen and join the cluster.
 
 mod daemon;
+mod ec;
 mod gateway;
 mod nbd;
 mod ops;

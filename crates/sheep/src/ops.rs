@@ -30,7 +30,8 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             r.0.set_cluster_default(v.default_copies, v.default_policy, v.block_size_shift);
             r
         }
-        op::FLUSH_VDI | op::DISCARD_OBJ => reply(&req, SdRes::INVALID_PARMS),
+        op::FLUSH_VDI => reply(&req, SdRes::INVALID_PARMS),
+        op::DISCARD_OBJ => crate::gateway::discard(sheep, req).await,
         op::FLUSH_DEL_CACHE => reply(&req, SdRes::SUCCESS),
         op::GET_NODE_LIST => {
             let nodes = sheep.state.lock().unwrap().nodes();

@@ -78,10 +78,7 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     if req.opcode == op::DECREF_PEER {
         return decref(sheep, &req).await;
     }
-    let key = ObjKey {
-        oid: o.oid,
-        ec_index: None,
-    };
+    let key = sheep.obj_key(o.oid, o.copy_policy, o.ec_index);
     let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
     match req.opcode {
         // A create or remove replaces whatever recovery would bring back.
@@ -110,7 +107,12 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                 .write(&key, o.offset as u64, &payload)
                 .map(|_| Vec::new()),
             op::CREATE_AND_WRITE_PEER => st
-                .create_and_write(&key, s.object_size(o.oid), o.offset as u64, &payload)
+                .create_and_write(
+                    &key,
+                    s.file_size(&key, o.copy_policy),
+                    o.offset as u64,
+                    &payload,
+                )
                 .map(|_| Vec::new()),
             op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
             _ => unreachable!(),

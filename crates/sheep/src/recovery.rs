@@ -164,6 +164,22 @@ impl Recovery {
     }
 }
 
+/// This node's index in the current placement of `oid`, and the file it
+/// should hold there.
+fn my_key(sheep: &Sheep, ring: &Ring, oid: u64) -> Option<(usize, ObjKey)> {
+    let copies = sheep.copies_of(oid);
+    let idx = ring.target_index(oid, copies, &sheep.this.nid)?;
+    Some((idx, sheep.obj_key(oid, 0, idx as u8)))
+}
+
+/// Whether this node should keep the local file `k` under `ring`.
+fn keeps(sheep: &Sheep, ring: &Ring, k: &ObjKey) -> bool {
+    match my_key(sheep, ring, k.oid) {
+        Some((_, want)) => want == *k,
+        None => false,
+    }
+}
+
 /// Fetches and stores one object unless someone else already did.
 async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
     let rec = &sheep.recovery;
@@ -172,21 +188,23 @@ async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
     if !rec.inner.lock().unwrap().pending.contains(&oid) {
         return;
     }
-    let key = ObjKey::replica(oid);
-    if !sheep.store.exists(&key) {
-        match fetch(sheep, oid, epoch).await {
-            Some(data) => {
-                let s = sheep.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    s.store.create_and_write(&key, data.len() as u64, 0, &data)
-                })
-                .await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::error!("failed to store recovered object {oid:016x}");
-                    return;
+    let ring = sheep.view().ring;
+    if let Some((idx, key)) = my_key(sheep, &ring, oid) {
+        if !sheep.store.exists(&key) {
+            match fetch(sheep, &key, idx, epoch).await {
+                Some(data) => {
+                    let s = sheep.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        s.store.create_and_write(&key, data.len() as u64, 0, &data)
+                    })
+                    .await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        tracing::error!("failed to store recovered object {oid:016x}");
+                        return;
+                    }
                 }
+                None => tracing::error!("object {oid:016x} could not be recovered from any node"),
             }
-            None => tracing::error!("object {oid:016x} could not be recovered from any node"),
         }
     }
     let mut i = rec.inner.lock().unwrap();
@@ -196,29 +214,45 @@ async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
     rec.inflight.lock().unwrap().remove(&oid);
 }
 
+/// A recovery read of file `key` (strip `key.ec_index` for EC objects)
+/// from `node` as of `tgt_epoch`.
 async fn read_peer(
     sheep: &Arc<Sheep>,
     node: &SdNode,
-    oid: u64,
+    key: &ObjKey,
     tgt_epoch: u32,
     flags: u16,
 ) -> Option<Vec<u8>> {
     let mut r = SdReq::new(op::READ_PEER);
     r.flags = flag::CMD_RECOVERY | flags;
     r.epoch = sheep.epoch();
-    r.data_length = sheep.object_size(oid) as u32;
+    r.data_length = sheep.file_size(key, 0) as u32;
     r.set_obj(ObjArgs {
-        oid,
+        oid: key.oid,
         tgt_epoch,
+        ec_index: key.ec_index.unwrap_or(0),
         ..Default::default()
     });
+    if node.nid == sheep.this.nid {
+        // Our own working file or stale copy (e.g. a strip we held at
+        // another index before).
+        let st = &sheep.store;
+        if st.exists(key) {
+            return st.read_all(key).ok();
+        }
+        let e = st.newest_stale(key)?;
+        return st.read_stale(key, e, 0, r.data_length as usize).ok();
+    }
     let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
     (rsp.result == SdRes::SUCCESS).then_some(data)
 }
 
-/// Walks back through the epochs' rings asking the holders of each epoch
-/// that are still alive; as a last resort asks every member for any copy.
-async fn fetch(sheep: &Arc<Sheep>, oid: u64, epoch: u32) -> Option<Vec<u8>> {
+/// Walks back through the epochs' rings asking the node that held this
+/// file's position in each epoch (still alive); an erasure-coded strip is
+/// otherwise rebuilt from any `d` others; as a last resort every member is
+/// asked for any copy.
+async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Option<Vec<u8>> {
+    let oid = key.oid;
     let copies = sheep.copies_of(oid);
     let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
     let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
@@ -227,18 +261,69 @@ async fn fetch(sheep: &Arc<Sheep>, oid: u64, epoch: u32) -> Option<Vec<u8>> {
             continue;
         };
         let ring = Ring::new(&nodes);
-        for t in ring.targets(oid, copies) {
-            if is_alive(t) {
-                if let Some(d) = read_peer(sheep, t, oid, e, 0).await {
-                    return Some(d);
-                }
+        let targets = ring.targets(oid, copies);
+        let candidates: Vec<&SdNode> = match key.ec_index {
+            // A strip lives at its index only.
+            Some(_) => targets.get(idx).copied().into_iter().collect(),
+            None => targets,
+        };
+        for t in candidates.into_iter().filter(|t| is_alive(t)) {
+            if let Some(d) = read_peer(sheep, t, key, e, 0).await {
+                return Some(d);
             }
         }
     }
+    if let (Some(j), Some(codec)) = (key.ec_index, sheep.ec_codec(oid, 0)) {
+        if let Some(d) = rebuild_strip(sheep, &codec, oid, j as usize, epoch).await {
+            return Some(d);
+        }
+    }
     for n in alive.iter().filter(|n| is_alive(n)) {
-        if let Some(d) = read_peer(sheep, n, oid, epoch.saturating_sub(1), flag::CMD_WILDCARD).await
+        if let Some(d) = read_peer(sheep, n, key, epoch.saturating_sub(1), flag::CMD_WILDCARD).await
         {
             return Some(d);
+        }
+    }
+    None
+}
+
+/// Rebuilds strip `j` of an EC object from `d` other strips: strip `k` is
+/// looked for at the node that held position `k` in each epoch, newest
+/// first (its working file or a stale copy).
+async fn rebuild_strip(
+    sheep: &Arc<Sheep>,
+    codec: &sd_ec::Codec,
+    oid: u64,
+    j: usize,
+    epoch: u32,
+) -> Option<Vec<u8>> {
+    let pol = codec.policy();
+    let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
+    let mut present: Vec<(usize, Vec<u8>)> = Vec::new();
+    for e in (1..=epoch).rev() {
+        let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
+            continue;
+        };
+        let ring = Ring::new(&nodes);
+        for (k, t) in ring.targets(oid, pol.nr_copies()).into_iter().enumerate() {
+            if k == j || present.iter().any(|p| p.0 == k) || !alive.iter().any(|a| a.nid == t.nid) {
+                continue;
+            }
+            let key = ObjKey {
+                oid,
+                ec_index: Some(k as u8),
+            };
+            if let Some(d) = read_peer(sheep, t, &key, e, flag::CMD_WILDCARD).await {
+                if present.first().is_none_or(|p| p.1.len() == d.len()) {
+                    present.push((k, d));
+                }
+            }
+            if present.len() == pol.data_strips() {
+                let mut out = vec![0u8; present[0].1.len()];
+                let mut missing = [(j, out.as_mut_slice())];
+                codec.reconstruct_into(&present, &mut missing).ok()?;
+                return Some(out);
+            }
         }
     }
     None
@@ -297,8 +382,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
             let s = sheep.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 for k in s.store.list()? {
-                    let copies = s.copies_of(k.oid);
-                    if ring.target_index(k.oid, copies, &me).is_none() {
+                    if !keeps(&s, &ring, &k) {
                         s.store.move_to_stale(&k, e - 1)?;
                     }
                 }
@@ -319,12 +403,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             for oid in list.unwrap_or_default() {
-                if view
-                    .ring
-                    .target_index(oid, sheep.copies_of(oid), &me)
-                    .is_some()
-                    && !sheep.store.exists(&ObjKey::replica(oid))
-                {
+                if my_key(sheep, &view.ring, oid).is_some_and(|(_, k)| !sheep.store.exists(&k)) {
                     wanted.insert(oid);
                 }
             }

@@ -589,7 +589,7 @@ impl ClusterState {
     pub fn vdi_redundancy(&self, vid: u32) -> (u8, u8) {
         match self.vdis.states.get(&vid) {
             Some(s) if s.nr_copies > 0 => (s.nr_copies, s.copy_policy),
-            _ => (self.config.copies.max(1), 0),
+            _ => (self.config.copies.max(1), self.config.copy_policy),
         }
     }
 }
