@@ -377,5 +377,9 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::VdiClone => cmd::vdi::clone(ctx).await,
         Action::VdiRollback => cmd::vdi::rollback(ctx).await,
         Action::VdiResize => cmd::vdi::resize(ctx).await,
+        Action::VdiTree => cmd::tree::tree(ctx).await,
+        Action::VdiGraph => cmd::tree::graph(ctx).await,
+        Action::VdiAlterCopy => cmd::vdi::alter_copy(ctx).await,
+        Action::ClusterAlterCopy => cmd::cluster::alter_copy(ctx).await,
     }
 }

@@ -199,6 +199,10 @@ pub enum Action {
     VdiClone,
     VdiRollback,
     VdiResize,
+    VdiTree,
+    VdiGraph,
+    VdiAlterCopy,
+    ClusterAlterCopy,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -356,7 +360,7 @@ const VDI: &[Sub] = &[
         "aphT",
         "show images in tree view format",
         0,
-        None,
+        Some(VdiTree),
     ),
     leaf(
         "graph",
@@ -364,7 +368,7 @@ const VDI: &[Sub] = &[
         "aphT",
         "show images in Graphviz dot format",
         0,
-        None,
+        Some(VdiGraph),
     ),
     group(
         "object",
@@ -444,7 +448,7 @@ const VDI: &[Sub] = &[
         "caphTf",
         "set the vdi's redundancy level",
         NL | ARG,
-        None,
+        Some(VdiAlterCopy),
     ),
     group(
         "lock",
@@ -639,7 +643,7 @@ const CLUSTER: &[Sub] = &[
         "aphTcf",
         "set the cluster's redundancy level",
         NL,
-        None,
+        Some(ClusterAlterCopy),
     ),
 ];
 

@@ -297,3 +297,57 @@ mod tests {
         assert_eq!(s, "+127.0.0.1:1, +127.0.0.1:2");
     }
 }
+
+const ALTER_CLUSTER_COPY_PROMPT: &str = "    __\n   ()'`;\n   /\\|`  Caution! Changing cluster's redundancy level will affect\n  /  |   all the VDIs to be created later.\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
+
+/// `cluster alter-copy -c <n>`: changes the default replica count of
+/// VDIs created later.
+pub async fn alter_copy(ctx: &mut Ctx) -> Res<()> {
+    let o = &ctx.opts.cluster;
+    if o.copy_policy != 0 {
+        err!("Changing redundancy level of erasure coded vdi is not supported yet.");
+        return ret(64);
+    }
+    let (mut copies, force) = (o.copies, o.force);
+    if copies == 0 {
+        copies = SD_DEFAULT_COPIES;
+        out!("The cluster's redundancy level is not specified, use {copies} as default.\n");
+    }
+    if !force && copies as usize > ctx.nodes.len() {
+        super::vdi::confirm_copies(copies, ctx.nodes.len())?;
+    }
+    let target = ctx.target();
+    let Ok(stat) = stat_cluster(&mut ctx.net.at(target), 0, 1).await else {
+        return ret(1);
+    };
+    if !stat.result.is_success() {
+        err!("Response's result: {}", stat.result);
+        return ret(1);
+    }
+    let first = stat.logs.first().cloned().unwrap_or_default();
+    if first.copy_policy != 0 {
+        err!("The cluster's copy policy is erasure code, changing it is not supported yet.");
+        return ret(1);
+    }
+    if first.nr_copies == copies {
+        err!("The cluster's redundancy level is already set to {copies}, nothing changed.");
+        return ret(1);
+    }
+    if !force {
+        confirm(ALTER_CLUSTER_COPY_PROMPT)?;
+    }
+    let mut req = SdReq::new(op::ALTER_CLUSTER_COPY);
+    req.set_cluster(ClusterArgs {
+        copies,
+        ..Default::default()
+    });
+    if light(ctx, target, &req).await.is_err() {
+        err!("Changing the cluster's redundancy level failure.");
+        return ret(1);
+    }
+    err!(
+        "The cluster's redundancy level is set to {copies}, the old one was {}.",
+        first.nr_copies
+    );
+    Ok(())
+}

@@ -721,6 +721,134 @@ pub async fn resize(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
+const ALTER_VDI_COPY_PROMPT: &str = "    __\n   ()'`;\n   /\\|`  Caution! Changing VDI's redundancy level will affect\n  /  |   the VDI itself only and trigger recovery.\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
+
+/// The prompt of both alter-copy commands when there are fewer nodes
+/// than the requested copies.
+pub fn confirm_copies(copies: u8, nodes: usize) -> Res<()> {
+    confirm(&format!(
+        "Number of copies ({copies}) is larger than number of nodes ({nodes}).\nAre you sure you want to continue? [yes/no]: "
+    ))
+}
+
+/// `vdi alter-copy -c <n> <name>`: changes a standalone VDI's replica
+/// count (inode header, then ALTER_VDI_COPY, which triggers recovery).
+pub async fn alter_copy(ctx: &mut Ctx) -> Res<()> {
+    let name = ctx.take_operand().unwrap_or_default();
+    let o = &ctx.opts.vdi;
+    if o.copy_policy != 0 {
+        err!("Changing redundancy level of erasure coded vdi is not supported yet.");
+        return ret(64);
+    }
+    let (mut copies, force) = (o.nr_copies, o.force);
+    if copies == 0 {
+        copies = SD_DEFAULT_COPIES;
+        out!("The vdi's redundancy level is not specified, use {copies} as default.\n");
+    }
+    if !force && copies as usize > ctx.nodes.len() {
+        confirm_copies(copies, ctx.nodes.len())?;
+    }
+    let Ok(inode) = open_vdi(ctx, &name, 0, b"", false).await else {
+        Msg::new()
+            .s("Reading ")
+            .b(&name)
+            .s("'s vdi object failure.")
+            .err();
+        return ret(1);
+    };
+    let mut h = inode.header;
+    if h.copy_policy != 0 {
+        Msg::new()
+            .b(&name)
+            .s("'s copy policy is erasure code, changing it is not supported yet.")
+            .err();
+        return ret(1);
+    }
+    let old = h.nr_copies;
+    if old == copies {
+        Msg::new()
+            .b(&name)
+            .s(&format!(
+                "'s redundancy level is already set to {old}, nothing changed."
+            ))
+            .err();
+        return ret(1);
+    }
+    // QUIRK: when the VDI list cannot be read the original's check
+    // answers "standalone".
+    let standalone = match super::tree::load_tree(ctx).await {
+        Ok(t) => t
+            .is_standalone(h.vdi_id, h.name_bytes())
+            .unwrap_or_else(|| {
+                err!("failed to construct vdi tree");
+                false
+            }),
+        Err(_) => true,
+    };
+    if !standalone {
+        err!("Only standalone vdi supports changing redundancy level.");
+        Msg::new()
+            .s("Please clone ")
+            .b(&name)
+            .s(" with -n (--no-share) option first.")
+            .err();
+        return ret(1);
+    }
+    if !force {
+        confirm(ALTER_VDI_COPY_PROMPT)?;
+    }
+    h.nr_copies = copies;
+    let vid = h.vdi_id;
+    let oid = vid_to_vdi_oid(vid);
+    let target = ctx.target();
+    let red = Redundancy {
+        copies: old,
+        copy_policy: h.copy_policy,
+    };
+    let at = &mut ctx.net.at(target);
+    if let Err(source) = write_object(
+        at,
+        oid,
+        WriteKind::Overwrite,
+        0,
+        &h.encode(),
+        red,
+        flag::CMD_DIRECT,
+    )
+    .await
+    {
+        report(&VdiError::Write { oid, source });
+        Msg::new()
+            .s("Overwrite the vdi object's header of ")
+            .b(&name)
+            .s(" failure while setting its redundancy level.")
+            .err();
+        return ret(1);
+    }
+    let mut req = SdReq::new(op::ALTER_VDI_COPY);
+    req.set_vdi_state(VdiStateArgs {
+        new_vid: vid,
+        copies,
+        block_size_shift: h.block_size_shift,
+        ..Default::default()
+    });
+    if super::light(ctx, target, &req).await.is_ok() {
+        Msg::new()
+            .b(&name)
+            .s(&format!(
+                "'s redundancy level is set to {copies}, the old one was {old}."
+            ))
+            .err();
+        return Ok(());
+    }
+    Msg::new()
+        .s("Changing ")
+        .b(&name)
+        .s("'s redundancy level failure.")
+        .err();
+    ret(1)
+}
+
 /// The optional `<offset> [<len>]` operands of read and write; the
 /// length defaults to "to the end".
 fn range_operands(ctx: &mut Ctx) -> Res<(u64, u64)> {
