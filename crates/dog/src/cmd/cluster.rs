@@ -270,34 +270,6 @@ pub async fn recover_switch(ctx: &mut Ctx, enable: bool) -> Res<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(port: u16) -> SdNode {
-        SdNode {
-            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
-            nr_vnodes: 128,
-            zone: 0,
-            space: 0,
-        }
-    }
-
-    #[test]
-    fn diff_groups_have_no_separator_between_them() {
-        let new = [node(7100), node(7101), node(7103)];
-        let old = [node(7100), node(7101), node(7102)];
-        let s = format!(
-            "{}{}",
-            nodes_diff(&new, &old, '+'),
-            nodes_diff(&old, &new, '-')
-        );
-        assert_eq!(s, "+127.0.0.1:7103-127.0.0.1:7102");
-        let s = nodes_diff(&[node(1), node(2)], &[], '+');
-        assert_eq!(s, "+127.0.0.1:1, +127.0.0.1:2");
-    }
-}
-
 const ALTER_CLUSTER_COPY_PROMPT: &str = "    __\n   ()'`;\n   /\\|`  Caution! Changing cluster's redundancy level will affect\n  /  |   all the VDIs to be created later.\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
 
 /// `cluster alter-copy -c <n>`: changes the default replica count of
@@ -350,4 +322,32 @@ pub async fn alter_copy(ctx: &mut Ctx) -> Res<()> {
         first.nr_copies
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> SdNode {
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: 128,
+            zone: 0,
+            space: 0,
+        }
+    }
+
+    #[test]
+    fn diff_groups_have_no_separator_between_them() {
+        let new = [node(7100), node(7101), node(7103)];
+        let old = [node(7100), node(7101), node(7102)];
+        let s = format!(
+            "{}{}",
+            nodes_diff(&new, &old, '+'),
+            nodes_diff(&old, &new, '-')
+        );
+        assert_eq!(s, "+127.0.0.1:7103-127.0.0.1:7102");
+        let s = nodes_diff(&[node(1), node(2)], &[], '+');
+        assert_eq!(s, "+127.0.0.1:1, +127.0.0.1:2");
+    }
 }
