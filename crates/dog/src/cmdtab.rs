@@ -203,6 +203,9 @@ pub enum Action {
     VdiGraph,
     VdiAlterCopy,
     ClusterAlterCopy,
+    VdiObjectMap,
+    VdiObjectDumpInode,
+    VdiTrack,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -288,8 +291,18 @@ const VDI_OBJECT: &[Sub] = &[
         NL | ARG,
         Some(VdiObjectLocation),
     ),
-    nested("map", "show object map information", ARG, None),
-    nested("dump-inode", "dump inode information", ARG, None),
+    nested(
+        "map",
+        "show object map information",
+        ARG,
+        Some(VdiObjectMap),
+    ),
+    nested(
+        "dump-inode",
+        "dump inode information",
+        ARG,
+        Some(VdiObjectDumpInode),
+    ),
 ];
 
 const VDI_LOCK: &[Sub] = &[
@@ -384,7 +397,7 @@ const VDI: &[Sub] = &[
         "isaphoT",
         "show the object epoch trace in the image",
         NL | ARG,
-        None,
+        Some(VdiTrack),
     ),
     leaf(
         "setattr",

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod node;
+pub mod object;
 pub mod tree;
 pub mod vdi;
 

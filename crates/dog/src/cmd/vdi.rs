@@ -1,6 +1,7 @@
-//! `dog vdi create|delete|list|read|write|object location` (CLI.md
-//! §2.3.1, 2.3.5, 2.3.6, 2.3.9, 2.3.14, 2.3.15), on top of the shared
-//! VDI client path in `sd_client::vdi`.
+//! The VDI lifecycle and data commands — `dog vdi create|snapshot|clone|
+//! delete|rollback|list|resize|read|write|alter-copy` (CLI.md §2.3.1–6,
+//! 2.3.13–15, 2.3.18) — and the lookup, create and delete steps the other
+//! VDI commands share, on top of the client path in `sd_client::vdi`.
 
 use super::{report, ret};
 use crate::app::{confirm, Ctx};
@@ -14,7 +15,6 @@ use sd_client::vdi::{
 };
 use sd_client::ClientError;
 use sd_proto::*;
-use sd_ring::Ring;
 
 /// `Failed to open VDI <name> (snapshot id: <id> snapshot tag: <tag>): <res>`.
 fn open_failed(name: &[u8], snapid: i32, tag: &[u8], res: SdRes) {
@@ -971,79 +971,6 @@ pub async fn write(ctx: &mut Ctx) -> Res<()> {
             return ret(1);
         }
         done += n as u64;
-    }
-    Ok(())
-}
-
-/// `vdi object location <name> [-i index]`.
-pub async fn object_location(ctx: &mut Ctx) -> Res<()> {
-    let name = ctx.take_operand().unwrap_or_default();
-    let o = &ctx.opts.vdi;
-    let (snapid, tag, idx) = (o.snapshot_id, o.snapshot_tag.clone(), o.index);
-    let inode = match open_vdi(ctx, &name, snapid, &tag, true).await {
-        Ok(i) => i,
-        Err(e) => {
-            err!("FATAL: no inode objects");
-            return Err(e);
-        }
-    };
-    let h = &inode.header;
-    let vid = h.vdi_id;
-    let nodes = ctx.nodes.len();
-    let oid = if idx == u64::MAX {
-        out!("Looking for the inode object 0x{vid:x} with {nodes} nodes\n\n");
-        vid_to_vdi_oid(vid)
-    } else {
-        if idx >= 1 << 32 {
-            out!("The offset is too large!\n");
-            return ret(1);
-        }
-        let owner = entry(&inode, idx);
-        if owner == 0 {
-            out!("The inode object 0x{vid:x} idx {idx} is not allocated\n");
-            return Ok(());
-        }
-        let oid = vid_to_data_oid(owner, idx);
-        out!(
-            "Looking for the object {oid:016x} (vid 0x{vid:x} idx {idx}, {} copies) with {nodes} nodes\n\n",
-            h.nr_copies
-        );
-        oid
-    };
-    let copies = h.nr_copies as usize;
-    for n in ctx.nodes.clone() {
-        let mut req = SdReq::new(op::EXIST);
-        req.epoch = ctx.epoch;
-        req.set_obj(ObjArgs {
-            oid,
-            ..Default::default()
-        });
-        let Ok((rsp, _)) = ctx.net.exec(n.nid.socket_addr(), &req, &[]).await else {
-            continue;
-        };
-        let sheep = n.nid.to_addr_string();
-        match rsp.result {
-            SdRes::SUCCESS => out!("{sheep} has the object\n"),
-            SdRes::NO_OBJ => out!("{sheep} doesn't have the object\n"),
-            SdRes::OLD_NODE_VER | SdRes::NEW_NODE_VER => {
-                err!("The node list has changed: please try again")
-            }
-            r => err!("{sheep}: hit an unexpected error ({r})"),
-        }
-    }
-    if nodes < copies {
-        out!("\nBecause number of nodes ({nodes}) is less than number of copies ({copies}), the object should be located at every nodes.\n");
-    } else {
-        let ring = Ring::new(&ctx.nodes);
-        let targets: Vec<String> = ring
-            .targets(oid, copies)
-            .iter()
-            .map(|n| n.nid.to_addr_string())
-            .collect();
-        out!(
-            "\nAccording to sheepdog algorithm, the object should be located at:\n{}\n",
-            targets.join(" ")
-        );
     }
     Ok(())
 }
