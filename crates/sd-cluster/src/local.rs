@@ -14,7 +14,7 @@
 //! member of the log is alive, the log is reset.
 
 use crate::event::*;
-use crate::{ClusterError, Result};
+use crate::{now_secs, ClusterError, Result};
 use sd_proto::*;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -54,13 +54,6 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 /// Parses complete records from `buf`, returning them with their end
