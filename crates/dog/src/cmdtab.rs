@@ -206,6 +206,10 @@ pub enum Action {
     VdiObjectMap,
     VdiObjectDumpInode,
     VdiTrack,
+    VdiSetattr,
+    VdiGetattr,
+    VdiLockList,
+    VdiLockUnlock,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -306,8 +310,13 @@ const VDI_OBJECT: &[Sub] = &[
 ];
 
 const VDI_LOCK: &[Sub] = &[
-    nested("list", "list locked VDIs", 0, None),
-    nested("unlock", "unlock locked VDI forcibly", ARG, None),
+    nested("list", "list locked VDIs", 0, Some(VdiLockList)),
+    nested(
+        "unlock",
+        "unlock locked VDI forcibly",
+        ARG,
+        Some(VdiLockUnlock),
+    ),
 ];
 
 const VDI: &[Sub] = &[
@@ -405,7 +414,7 @@ const VDI: &[Sub] = &[
         "dxaphT",
         "set a VDI attribute",
         ARG,
-        None,
+        Some(VdiSetattr),
     ),
     leaf(
         "getattr",
@@ -413,7 +422,7 @@ const VDI: &[Sub] = &[
         "aphT",
         "get a VDI attribute",
         ARG,
-        None,
+        Some(VdiGetattr),
     ),
     leaf(
         "resize",

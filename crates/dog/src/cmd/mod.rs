@@ -1,7 +1,9 @@
 //! The implemented subcommands, and the request helpers they share with
 //! the original's `dog/common.c`.
 
+pub mod attr;
 pub mod cluster;
+pub mod lock;
 pub mod node;
 pub mod object;
 pub mod tree;
