@@ -380,6 +380,8 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::VdiGetattr => cmd::attr::getattr(ctx).await,
         Action::VdiLockList => cmd::lock::list(ctx).await,
         Action::VdiLockUnlock => cmd::lock::unlock(ctx).await,
+        Action::VdiBackup => cmd::backup::backup(ctx).await,
+        Action::VdiRestore => cmd::backup::restore(ctx).await,
         Action::VdiSnapshot => cmd::vdi::snapshot(ctx).await,
         Action::VdiClone => cmd::vdi::clone(ctx).await,
         Action::VdiRollback => cmd::vdi::rollback(ctx).await,

@@ -210,6 +210,8 @@ pub enum Action {
     VdiGetattr,
     VdiLockList,
     VdiLockUnlock,
+    VdiBackup,
+    VdiRestore,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -454,7 +456,7 @@ const VDI: &[Sub] = &[
         "sFaphT",
         "create an incremental backup between two snapshots and outputs to STDOUT",
         NL | ARG,
-        None,
+        Some(VdiBackup),
     ),
     leaf(
         "restore",
@@ -462,7 +464,7 @@ const VDI: &[Sub] = &[
         "saphTBI",
         "restore snapshot images from a backup provided in STDIN",
         NL | ARG,
-        None,
+        Some(VdiRestore),
     ),
     leaf(
         "alter-copy",

@@ -2,6 +2,7 @@
 //! the original's `dog/common.c`.
 
 pub mod attr;
+pub mod backup;
 pub mod cluster;
 pub mod lock;
 pub mod node;
