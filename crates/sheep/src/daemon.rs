@@ -50,6 +50,7 @@ pub struct Sheep {
     pub reclaim: mpsc::UnboundedSender<u64>,
     /// One codec per erasure-code policy in use.
     pub codecs: Mutex<std::collections::HashMap<u8, Arc<sd_ec::Codec>>>,
+    pub stats: crate::server::Stats,
 }
 
 impl Sheep {
@@ -285,6 +286,15 @@ impl Sheep {
                     }
                 }
                 Effect::RecoveryEnabled => self.recovery.wake(),
+                Effect::RedundancyChanged => {
+                    let (joined, epoch) = {
+                        let st = self.state.lock().unwrap();
+                        (st.joined, st.epoch)
+                    };
+                    if joined && epoch > 0 {
+                        self.recovery.start(self, epoch);
+                    }
+                }
                 Effect::Shutdown => {
                     if self.state.lock().unwrap().joined {
                         let mut cfg = self.persisted_config(&self.state.lock().unwrap());
@@ -391,6 +401,7 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         ledger_lock: tokio::sync::Mutex::new(()),
         reclaim: reclaim_tx,
         codecs: Mutex::default(),
+        stats: Default::default(),
     });
     {
         let s = sheep.clone();

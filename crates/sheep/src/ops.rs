@@ -120,6 +120,28 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             }
         }
         op::GET_LOGLEVEL => reply_data(&req, 6i32.to_le_bytes().to_vec()),
+        op::STAT => reply_data(&req, sheep.stats.encode()),
+        op::MD_INFO => {
+            // `struct sd_md_info`: 64 × {idx i32, free u64 @8, used u64 @16,
+            // path[4096] @24}, then nr; one disk here: the object directory.
+            const MD_INFO_SIZE: usize = 64 * 4120 + 8;
+            let mut b = vec![0u8; MD_INFO_SIZE];
+            if !sheep.opts.gateway {
+                let s = sheep.clone();
+                let used = tokio::task::spawn_blocking(move || s.store.used_bytes())
+                    .await
+                    .unwrap_or(0);
+                let size = sheep.this.space;
+                le::put_u64(&mut b, 8, size.saturating_sub(used));
+                le::put_u64(&mut b, 16, used);
+                let path = sheep.store.obj_dir().to_string_lossy().into_owned();
+                let n = path.len().min(4095);
+                b[24..24 + n].copy_from_slice(&path.as_bytes()[..n]);
+                le::put_u32(&mut b, 64 * 4120, 1);
+            }
+            reply_data(&req, b)
+        }
+        op::REPAIR_REPLICA => repair_replica(sheep, &req).await,
         op::STAT_RECOVERY => reply_data(&req, sheep.recovery.state().encode().to_vec()),
         op::GET_OBJ_LIST => {
             let s = sheep.clone();
@@ -170,6 +192,39 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             }
         }
         _ => reply(&req, SdRes::INVALID_PARMS),
+    }
+}
+
+/// REPAIR_REPLICA: pull `forw.oid` from the node at `forw.addr:port` and
+/// store it here (dog vdi check repairing a missing or damaged copy).
+async fn repair_replica(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
+    let a = &req.args;
+    let oid = le::u64_at(a, 0);
+    let from =
+        std::net::SocketAddr::new(bytes_to_ip(a[8..24].try_into().unwrap()), le::u16_at(a, 24));
+    let key = sd_store::ObjKey::replica(oid);
+    let mut r = SdReq::new(op::READ_PEER);
+    r.flags = flag::CMD_RECOVERY;
+    r.epoch = sheep.epoch();
+    r.data_length = sheep.file_size(&key, 0) as u32;
+    r.set_obj(ObjArgs {
+        oid,
+        tgt_epoch: sheep.epoch(),
+        ..Default::default()
+    });
+    let (rsp, data) = sheep.peers.exec(from, &r, &[]).await;
+    if rsp.result != SdRes::SUCCESS {
+        return reply(req, rsp.result);
+    }
+    let s = sheep.clone();
+    match tokio::task::spawn_blocking(move || {
+        s.store.create_and_write(&key, data.len() as u64, 0, &data)
+    })
+    .await
+    {
+        Ok(Ok(())) => reply(req, SdRes::SUCCESS),
+        Ok(Err(e)) => reply(req, e.res()),
+        Err(_) => reply(req, SdRes::EIO),
     }
 }
 
@@ -227,6 +282,7 @@ pub async fn cluster(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
             | op::RELEASE_VDI
             | op::DEL_VDI
             | op::FORCE_RECOVER
+            | op::GET_VDI_ATTR
     );
     if !has_work {
         if req.opcode == op::MAKE_FS {
@@ -258,13 +314,17 @@ pub async fn cluster(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         Ok(end) => sheep.wait_applied(end).await,
         Err(_) => return reply(&req, SdRes::CLUSTER_ERROR),
     }
-    let (mut rsp, data, broadcast) = crate::vdi::work(sheep, &req, &payload).await;
-    if broadcast && rsp.result == SdRes::SUCCESS {
+    let crate::vdi::WorkDone {
+        mut rsp,
+        data,
+        broadcast,
+    } = crate::vdi::work(sheep, &req, &payload).await;
+    if let Some(bdata) = broadcast.filter(|_| rsp.result == SdRes::SUCCESS) {
         if let Err(e) = sheep
             .broadcast(OpMessage {
                 req,
                 rsp,
-                data: payload,
+                data: bdata,
             })
             .await
         {

@@ -60,6 +60,14 @@ impl PeerPool {
 
 /// Executes a peer request on the local store.
 pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let len = payload.len();
+    sheep
+        .stats
+        .count(true, req.opcode, len, execute(sheep, req, payload))
+        .await
+}
+
+async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
     // Epoch rule (§1.7): older requests are refused, newer ones wait.
     let my = sheep.epoch();

@@ -32,6 +32,8 @@ struct Inner {
     pending: BTreeSet<u64>,
     /// Last epoch whose ring was used to retire objects to `.stale`.
     marked_epoch: u32,
+    /// Bumped by every (re)start; a pass whose generation is old stops.
+    generation: u64,
     /// Whether the VDI table was merged from every member since start.
     vdis_synced: bool,
 }
@@ -82,6 +84,7 @@ impl Recovery {
         {
             let mut i = self.inner.lock().unwrap();
             i.epoch = epoch;
+            i.generation += 1;
             i.in_recovery = true;
             i.phase = PHASE_PREPARE;
             i.finished = 0;
@@ -91,9 +94,10 @@ impl Recovery {
                 i.marked_epoch = epoch - 1;
             }
         }
+        let generation = self.inner.lock().unwrap().generation;
         let s = sheep.clone();
         tokio::spawn(async move {
-            if let Err(e) = run(&s, epoch).await {
+            if let Err(e) = run(&s, epoch, generation).await {
                 tracing::error!("recovery of epoch {epoch} failed: {e:#}");
             }
         });
@@ -104,6 +108,7 @@ impl Recovery {
         {
             let mut i = self.inner.lock().unwrap();
             i.epoch = epoch;
+            i.generation += 1;
             i.in_recovery = false;
             i.pending.clear();
             i.marked_epoch = epoch;
@@ -111,8 +116,8 @@ impl Recovery {
         self.prepared.send_replace(epoch);
     }
 
-    fn current(&self, epoch: u32) -> bool {
-        self.inner.lock().unwrap().epoch == epoch
+    fn current(&self, generation: u64) -> bool {
+        self.inner.lock().unwrap().generation == generation
     }
 
     async fn wait_prepared(&self, sheep: &Sheep) {
@@ -353,7 +358,7 @@ async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {
     }
 }
 
-async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
+async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<()> {
     let me = sheep.this.nid;
     let view = sheep.view();
     if view.epoch != epoch {
@@ -397,7 +402,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
             let mut list = None;
             for _ in 0..3 {
                 list = obj_list(sheep, n).await;
-                if list.is_some() || !sheep.recovery.current(epoch) {
+                if list.is_some() || !sheep.recovery.current(generation) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -410,7 +415,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
         }
         {
             let mut i = sheep.recovery.inner.lock().unwrap();
-            if i.epoch != epoch {
+            if i.generation != generation {
                 return Ok(());
             }
             i.total = wanted.len() as u64;
@@ -421,7 +426,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
         let mut since_pause = 0u32;
         for oid in wanted {
             loop {
-                if !sheep.recovery.current(epoch) {
+                if !sheep.recovery.current(generation) {
                     return Ok(());
                 }
                 if !sheep.state.lock().unwrap().disable_recovery {
@@ -448,7 +453,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
     }
     {
         let mut i = sheep.recovery.inner.lock().unwrap();
-        if i.epoch != epoch {
+        if i.generation != generation {
             return Ok(());
         }
         i.phase = PHASE_NOTIFY;
@@ -461,7 +466,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32) -> anyhow::Result<()> {
         ..Default::default()
     });
     let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
-    let done = sheep.recovery.current(epoch);
+    let done = sheep.recovery.current(generation);
     if done {
         let mut i = sheep.recovery.inner.lock().unwrap();
         i.in_recovery = false;

@@ -176,9 +176,12 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::DECREF_PEER => Peer,
         op::READ_VDIS | op::GET_CLUSTER_DEFAULT => Local { force: true },
         op::FLUSH_VDI | op::DISCARD_OBJ => Local { force: false },
-        op::NEW_VDI | op::LOCK_VDI | op::RELEASE_VDI | op::GET_VDI_INFO | op::DEL_VDI => {
-            Cluster { force: false }
-        }
+        op::NEW_VDI
+        | op::LOCK_VDI
+        | op::RELEASE_VDI
+        | op::GET_VDI_INFO
+        | op::DEL_VDI
+        | op::GET_VDI_ATTR => Cluster { force: false },
         op::GET_NODE_LIST
         | op::STAT_CLUSTER
         | op::GET_STORE_LIST
@@ -203,15 +206,120 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::COMPLETE_RECOVERY
         | op::NOTIFY_VDI_ADD
         | op::CLEANUP => Cluster { force: true },
-        op::ENABLE_RECOVER | op::DISABLE_RECOVER | op::ALTER_CLUSTER_COPY => {
-            Cluster { force: false }
-        }
+        op::ENABLE_RECOVER
+        | op::DISABLE_RECOVER
+        | op::ALTER_CLUSTER_COPY
+        | op::ALTER_VDI_COPY
+        | op::REWEIGHT => Cluster { force: false },
+        op::REPAIR_REPLICA | op::STAT | op::MD_INFO => Local { force: false },
         _ => return None,
     })
 }
 
+/// Request counters of this node (`struct sd_stat`, STAT / `dog node stat`).
+#[derive(Default)]
+pub struct Stats {
+    counters: [std::sync::atomic::AtomicU64; 15],
+}
+
+// Indexes into `Stats::counters`, in `sd_stat` order.
+const GWAY_ACTIVE: usize = 0;
+const PEER_ACTIVE: usize = 1;
+const GWAY_TOTAL: usize = 2;
+const PEER_TOTAL: usize = 3;
+const GWAY_RX: usize = 4;
+const GWAY_TX: usize = 5;
+const PEER_RX: usize = 6;
+const PEER_TX: usize = 7;
+const GWAY_REMOVE: usize = 8;
+const GWAY_READ: usize = 9;
+const GWAY_WRITE: usize = 10;
+const PEER_REMOVE: usize = 12;
+const PEER_READ: usize = 13;
+const PEER_WRITE: usize = 14;
+
+impl Stats {
+    fn add(&self, i: usize, v: u64) {
+        self.counters[i].fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn sub(&self, i: usize, v: u64) {
+        self.counters[i].fetch_sub(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The 120-byte `sd_stat`.
+    pub fn encode(&self) -> Vec<u8> {
+        self.counters
+            .iter()
+            .flat_map(|c| c.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes())
+            .collect()
+    }
+}
+
 /// Validates and executes one request.
 pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    if class(req.opcode) != Some(Class::Gateway) {
+        return execute(sheep, req, payload).await;
+    }
+    sheep
+        .stats
+        .count(
+            false,
+            req.opcode,
+            payload.len(),
+            execute(sheep, req, payload),
+        )
+        .await
+}
+
+impl Stats {
+    /// Runs `fut` (a gateway or peer request) while counting it.
+    pub async fn count(
+        &self,
+        peer: bool,
+        opcode: u8,
+        rx_len: usize,
+        fut: impl std::future::Future<Output = Reply>,
+    ) -> Reply {
+        let (active, total, rx, tx, rd, wr, rm) = if peer {
+            (
+                PEER_ACTIVE,
+                PEER_TOTAL,
+                PEER_RX,
+                PEER_TX,
+                PEER_READ,
+                PEER_WRITE,
+                PEER_REMOVE,
+            )
+        } else {
+            (
+                GWAY_ACTIVE,
+                GWAY_TOTAL,
+                GWAY_RX,
+                GWAY_TX,
+                GWAY_READ,
+                GWAY_WRITE,
+                GWAY_REMOVE,
+            )
+        };
+        let st = self;
+        st.add(active, 1);
+        st.add(total, 1);
+        st.add(rx, rx_len as u64);
+        st.add(
+            match opcode {
+                op::READ_OBJ | op::READ_PEER => rd,
+                op::REMOVE_OBJ | op::REMOVE_PEER => rm,
+                _ => wr,
+            },
+            1,
+        );
+        let r = fut.await;
+        st.add(tx, r.1.len() as u64);
+        st.sub(active, 1);
+        r
+    }
+}
+
+async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     if req.opcode >= 0x80 {
         if req.proto_ver != SD_SHEEP_PROTO_VER {
             return reply(&req, SdRes::VER_MISMATCH);

@@ -175,12 +175,22 @@ pub enum Effect {
     ConfigChanged,
     /// Recovery was re-enabled.
     RecoveryEnabled,
+    /// A VDI's copy count changed: place its objects anew.
+    RedundancyChanged,
     /// A node other than us joined; fetch its VDI state.
     PeerJoined(SdNode),
 }
 
-/// `vdi_state.lock_state` of a VDI nobody holds.
+/// `vdi_state.lock_state` values (§6.6).
 pub const LOCK_UNLOCKED: u32 = 1;
+pub const LOCK_LOCKED: u32 = 2;
+pub const LOCK_SHARED: u32 = 3;
+/// Participant states of a shared lock.
+pub const PART_MODIFIED: u32 = 1;
+pub const PART_SHARED: u32 = 2;
+pub const PART_INVALIDATED: u32 = 3;
+/// LOCK_VDI / RELEASE_VDI `vdi.type`.
+pub const LOCK_TYPE_SHARED: u32 = 1;
 
 /// A fixed-size bitmap over the 2^24 VDI ids.
 #[derive(Clone)]
@@ -227,6 +237,71 @@ pub struct VdiTable {
 }
 
 impl VdiTable {
+    /// Whether `node` may take the lock of `vid` of `lock_type` now.
+    pub fn can_lock(&self, vid: u32, lock_type: u32, node: &NodeId) -> bool {
+        let Some(s) = self.states.get(&vid) else {
+            return true;
+        };
+        if lock_type == LOCK_TYPE_SHARED {
+            s.lock_state != LOCK_LOCKED
+                && (s.participants.len() < 31 || s.participants.iter().any(|p| p.1 == *node))
+        } else {
+            s.lock_state == LOCK_UNLOCKED
+        }
+    }
+
+    /// Applies a granted LOCK_VDI.
+    pub fn lock(&mut self, vid: u32, lock_type: u32, node: NodeId) {
+        let Some(s) = self.states.get_mut(&vid) else {
+            return;
+        };
+        if lock_type == LOCK_TYPE_SHARED {
+            if s.participants.iter().any(|p| p.1 == node) {
+                return;
+            }
+            let state = match s.participants.is_empty() {
+                true => PART_MODIFIED,
+                false if s.participants.iter().any(|p| p.0 == PART_MODIFIED) => PART_INVALIDATED,
+                false => PART_SHARED,
+            };
+            s.participants.push((state, node));
+            s.lock_state = LOCK_SHARED;
+        } else {
+            s.lock_state = LOCK_LOCKED;
+            s.lock_owner = node;
+        }
+    }
+
+    /// Applies RELEASE_VDI (the owner of a normal lock is not checked, as
+    /// in the original).
+    pub fn release(&mut self, vid: u32, lock_type: u32, node: &NodeId) {
+        let Some(s) = self.states.get_mut(&vid) else {
+            return;
+        };
+        if lock_type == LOCK_TYPE_SHARED {
+            s.participants.retain(|p| p.1 != *node);
+            if s.participants.is_empty() {
+                s.lock_state = LOCK_UNLOCKED;
+            }
+        } else if s.lock_state == LOCK_LOCKED {
+            s.lock_state = LOCK_UNLOCKED;
+            s.lock_owner = NodeId::default();
+        }
+    }
+
+    /// A node left: it no longer takes part in shared locks (normal locks
+    /// stay, as in the original).
+    pub fn forget_participant(&mut self, node: &NodeId) {
+        for s in self.states.values_mut() {
+            if s.lock_state == LOCK_SHARED {
+                s.participants.retain(|p| p.1 != *node);
+                if s.participants.is_empty() {
+                    s.lock_state = LOCK_UNLOCKED;
+                }
+            }
+        }
+    }
+
     /// Records a VDI (from NEW_VDI, a scan of local inodes or a peer).
     pub fn add(&mut self, mut s: VdiState) {
         if s.lock_state == 0 {
@@ -368,6 +443,7 @@ impl ClusterState {
                 self.members
                     .retain(|m| !(m.node.nid == *nid && m.incarnation == *incarnation));
                 if self.members.len() != before {
+                    self.vdis.forget_participant(nid);
                     self.recompute_vnodes();
                     if self.status == Status::Ok {
                         self.new_epoch(d.time, &mut fx);
@@ -551,6 +627,23 @@ impl ClusterState {
                 });
             }
             op::DEL_VDI => self.vdis.mark_deleted(m.rsp.vdi_id()),
+            op::LOCK_VDI if m.data.len() >= NODE_ID_SIZE => self.vdis.lock(
+                m.rsp.vdi_id(),
+                m.req.vdi().lock_type,
+                NodeId::decode(&m.data),
+            ),
+            op::RELEASE_VDI if m.data.len() >= NODE_ID_SIZE => self.vdis.release(
+                m.req.vdi().base_vdi_id,
+                m.req.vdi().lock_type,
+                &NodeId::decode(&m.data),
+            ),
+            op::ALTER_VDI_COPY => {
+                let a = m.req.vdi_state();
+                if let Some(s) = self.vdis.states.get_mut(&a.new_vid) {
+                    s.nr_copies = a.copies;
+                    fx.push(Effect::RedundancyChanged);
+                }
+            }
             op::NOTIFY_VDI_ADD => {
                 let s = m.req.vdi_state();
                 if s.old_vid != 0 {

@@ -110,31 +110,151 @@ fn now_ctime() -> u64 {
 
 /// Runs the work phase of a cluster operation on this node. Returns the
 /// response, its payload, and whether the main phase must be broadcast.
-pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> (SdRsp, Vec<u8>, bool) {
+/// What a work phase produced: the response and its payload, and the data
+/// of the main phase to broadcast (None: nothing to broadcast).
+pub struct WorkDone {
+    pub rsp: SdRsp,
+    pub data: Vec<u8>,
+    pub broadcast: Option<Vec<u8>>,
+}
+
+pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> WorkDone {
     let mut rsp = SdRsp::for_req(req, SdRes::SUCCESS);
-    let res: Result<bool, SdRes> = match req.opcode {
-        op::NEW_VDI => new_vdi(sheep, req, payload, &mut rsp).await.map(|_| true),
-        op::GET_VDI_INFO | op::LOCK_VDI => {
-            vdi_info(sheep, req, payload, &mut rsp).await.map(|_| false)
-        }
-        op::RELEASE_VDI => Ok(false),
-        op::DEL_VDI => del_vdi(sheep, req, payload, &mut rsp).await.map(|_| true),
+    let mut data = Vec::new();
+    let locking = sheep.view().flags & cluster_flag::USE_LOCK != 0;
+    let me = sheep.this.nid;
+    let nid_bytes = || {
+        let mut b = vec![0u8; NODE_ID_SIZE];
+        me.encode_into(&mut b);
+        b
+    };
+    let res: Result<Option<Vec<u8>>, SdRes> = match req.opcode {
+        op::NEW_VDI => new_vdi(sheep, req, payload, &mut rsp)
+            .await
+            .map(|_| Some(Vec::new())),
+        op::GET_VDI_INFO => vdi_info(sheep, req, payload, &mut rsp).await.map(|_| None),
+        op::LOCK_VDI => match vdi_info(sheep, req, payload, &mut rsp).await {
+            Err(e) => Err(e),
+            Ok(()) if !locking => Ok(None),
+            Ok(()) => {
+                let can = sheep.state.lock().unwrap().vdis.can_lock(
+                    rsp.vdi_id(),
+                    req.vdi().lock_type,
+                    &me,
+                );
+                if can {
+                    Ok(Some(nid_bytes()))
+                } else {
+                    Err(SdRes::VDI_LOCKED)
+                }
+            }
+        },
+        op::RELEASE_VDI => Ok(locking.then(nid_bytes)),
+        op::DEL_VDI => del_vdi(sheep, req, payload, &mut rsp)
+            .await
+            .map(|_| Some(Vec::new())),
+        op::GET_VDI_ATTR => vdi_attr(sheep, req, payload, &mut rsp).await.map(|_| None),
         op::FORCE_RECOVER => {
             let st = sheep.state.lock().unwrap();
             if st.status != Status::WaitForJoin {
                 Err(SdRes::FORCE_RECOVER)
             } else {
-                let data = encode_nodes(&st.last_epoch_nodes);
-                drop(st);
-                return (rsp, data, true);
+                data = encode_nodes(&st.last_epoch_nodes);
+                Ok(Some(Vec::new()))
             }
         }
         _ => Err(SdRes::INVALID_PARMS),
     };
     match res {
-        Ok(b) => (rsp, Vec::new(), b),
-        Err(r) => (SdRsp::for_req(req, r), Vec::new(), false),
+        Ok(broadcast) => WorkDone {
+            rsp,
+            data,
+            broadcast,
+        },
+        Err(r) => WorkDone {
+            rsp: SdRsp::for_req(req, r),
+            data: Vec::new(),
+            broadcast: None,
+        },
     }
+}
+
+/// GET_VDI_ATTR (§5.7): find, create or delete the attribute object of
+/// (name, tag, snap_id, key), probing from its hashed slot.
+async fn vdi_attr(
+    sheep: &Arc<Sheep>,
+    req: &SdReq,
+    payload: &[u8],
+    rsp: &mut SdRsp,
+) -> Result<(), SdRes> {
+    if payload.len() < VDI_ATTR_VALUE_OFFSET || payload.len() > VDI_ATTR_SIZE {
+        return Err(SdRes::INVALID_PARMS);
+    }
+    let (name, tag) = (cstr(&payload[..256]), cstr(&payload[256..512]));
+    let snapid = req.vdi().snapid;
+    let found = lookup(sheep, name, tag, snapid).await.map_err(|e| e.0)?;
+    let h = read_header(sheep, found.vid)
+        .await
+        .map_err(|_| SdRes::VDI_READ)?;
+    let mut attr = payload.to_vec();
+    attr[512..520].copy_from_slice(&h.create_time.to_le_bytes());
+    // The slot key: name and tag with padding, snap_id, key.
+    let mut k = Vec::with_capacity(772);
+    k.extend_from_slice(&payload[..512]);
+    k.extend_from_slice(&payload[520..524]);
+    k.extend_from_slice(&payload[528..784]);
+    let first = (fnv1a(&k, FNV1A_64_INIT) & 0xFFFF_FFFF) as u32;
+    let hvid = sd_hash_vdi(name);
+    let copies = h.nr_copies;
+    let (creat, excl, del) = (
+        req.flags & flag::CMD_CREAT != 0,
+        req.flags & flag::CMD_EXCL != 0,
+        req.flags & flag::CMD_DEL != 0,
+    );
+    let mut id = first;
+    loop {
+        let oid = vid_to_attr_oid(hvid, id);
+        if creat && !excl {
+            gateway::create(sheep, oid, 0, attr, copies)
+                .await
+                .map_err(|_| SdRes::VDI_WRITE)?;
+            break;
+        }
+        match gateway::read(sheep, oid, 0, VDI_ATTR_VALUE_OFFSET, copies).await {
+            Err(SdRes::NO_OBJ) if creat => {
+                gateway::create(sheep, oid, 0, attr, copies)
+                    .await
+                    .map_err(|_| SdRes::VDI_WRITE)?;
+                break;
+            }
+            Err(r) => return Err(r),
+            Ok(hdr) => {
+                let same = hdr[..512] == payload[..512]
+                    && hdr[520..524] == payload[520..524]
+                    && hdr[528..784] == payload[528..784];
+                if same {
+                    if excl {
+                        return Err(SdRes::VDI_EXIST);
+                    } else if del {
+                        gateway::write(sheep, oid, 0, vec![0], copies)
+                            .await
+                            .map_err(|_| SdRes::VDI_WRITE)?;
+                    } else if creat {
+                        gateway::create(sheep, oid, 0, attr, copies)
+                            .await
+                            .map_err(|_| SdRes::VDI_WRITE)?;
+                    }
+                    break;
+                }
+            }
+        }
+        id = id.wrapping_add(1);
+        if id == first {
+            return Err(SdRes::FULL_VDI);
+        }
+    }
+    rsp.set_vdi(hvid, id, copies, h.block_size_shift);
+    Ok(())
 }
 
 async fn vdi_info(
