@@ -354,7 +354,7 @@ mod tests {
     fn changed_range_trims_identical_sectors() {
         let from = vec![0u8; 8 * SECTOR_SIZE];
         let mut to = from.clone();
-        assert_eq!(changed_range(&to, &from), (0, 0));
+        assert_eq!(changed_range(&to, &from), (8 * SECTOR_SIZE, 0));
         to[3 * SECTOR_SIZE + 7] = 1;
         assert_eq!(changed_range(&to, &from), (3 * SECTOR_SIZE, SECTOR_SIZE));
         to[5 * SECTOR_SIZE] = 1;
