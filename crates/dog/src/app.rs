@@ -382,6 +382,8 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::VdiLockUnlock => cmd::lock::unlock(ctx).await,
         Action::VdiBackup => cmd::backup::backup(ctx).await,
         Action::VdiRestore => cmd::backup::restore(ctx).await,
+        Action::VdiCheck => cmd::check::vdi_check(ctx).await,
+        Action::ClusterCheck => cmd::check::cluster_check(ctx).await,
         Action::VdiSnapshot => cmd::vdi::snapshot(ctx).await,
         Action::VdiClone => cmd::vdi::clone(ctx).await,
         Action::VdiRollback => cmd::vdi::rollback(ctx).await,

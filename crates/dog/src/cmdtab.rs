@@ -212,6 +212,8 @@ pub enum Action {
     VdiLockUnlock,
     VdiBackup,
     VdiRestore,
+    VdiCheck,
+    ClusterCheck,
 }
 
 /// A subcommand (or nested subcommand) of the tree.
@@ -328,7 +330,7 @@ const VDI: &[Sub] = &[
         "seaphT",
         "check and repair image's consistency",
         NL | ARG,
-        None,
+        Some(VdiCheck),
     ),
     leaf(
         "create",
@@ -660,7 +662,14 @@ const CLUSTER: &[Sub] = &[
         CLUSTER_RECOVER,
     ),
     leaf("reweight", None, "aphT", "reweight the cluster", 0, None),
-    leaf("check", None, "aphT", "check and repair cluster", NL, None),
+    leaf(
+        "check",
+        None,
+        "aphT",
+        "check and repair cluster",
+        NL,
+        Some(ClusterCheck),
+    ),
     leaf(
         "alter-copy",
         None,

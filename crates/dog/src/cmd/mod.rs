@@ -3,6 +3,7 @@
 
 pub mod attr;
 pub mod backup;
+pub mod check;
 pub mod cluster;
 pub mod lock;
 pub mod node;
