@@ -386,7 +386,7 @@ mod tests {
         );
         assert_eq!(
             vote_majority(&[copy(true, 2), copy(true, 1), copy(true, 1)]),
-            Ok(1)
+            Ok(2)
         );
         assert_eq!(
             vote_majority(&[copy(false, 0), copy(true, 1), copy(false, 0)]),
