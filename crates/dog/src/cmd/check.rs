@@ -406,7 +406,7 @@ mod tests {
                 copy(true, 3),
                 copy(true, 1)
             ]),
-            Ok(0)
+            Ok(4)
         );
     }
 }
