@@ -928,7 +928,8 @@ fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// `vdi write <name> [<offset> [<len>]]`: stdin into the VDI, object by
 /// object. On a short read the rest of the current piece is written as
-/// zeros and dog stops (QUIRK, CLI.md §2.3.15).
+/// zeros and dog stops (QUIRK, CLI.md §2.3.15). A write of several
+/// objects shows the progress bar on a terminal.
 pub async fn write(ctx: &mut Ctx) -> Res<()> {
     let name = ctx.take_operand().unwrap_or_default();
     let (offset, len) = range_operands(ctx)?;
@@ -971,6 +972,11 @@ pub async fn write(ctx: &mut Ctx) -> Res<()> {
             return ret(1);
         }
         done += n as u64;
+        // Writes of more than one object show their progress (stdout is
+        // free: the data comes from stdin).
+        if total > obj {
+            show_progress(done, total, false);
+        }
     }
     Ok(())
 }
