@@ -177,25 +177,29 @@ async fn block_is_mutually_exclusive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_session_produces_leave() {
+async fn dropped_session_produces_one_leave() {
     let Some(zk) = server() else { return };
     let a = driver(&zk.addr(), "drop", 10_000);
     let b = driver(&zk.addr(), "drop", 10_000);
+    let c = driver(&zk.addr(), "drop", 10_000);
     let mut ra = a.join(node(7000), vec![]).await.unwrap();
     let rb = b.join(node(7001), vec![]).await.unwrap();
+    let mut rc = c.join(node(7002), vec![]).await.unwrap();
     let inc_b = b.incarnation().unwrap();
-    assert!(is_join(&next(&mut ra).await, 7000));
-    assert!(is_join(&next(&mut ra).await, 7001));
+    let joins = take(&mut ra, 3).await;
+    assert_eq!(joins, take(&mut rc, 3).await);
     // A crash without a goodbye: the client goes away, no LEAVE appended.
     let t = Instant::now();
     drop(rb);
     drop(b);
     let ev = until_leave(&mut ra, 7001).await;
-    assert!(matches!(ev.event, Event::Leave { incarnation, .. } if incarnation == inc_b));
     eprintln!("closed session -> LEAVE in {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(3));
-    // Exactly one LEAVE for it.
-    quiet(&mut ra, Duration::from_millis(300)).await;
+    assert!(matches!(ev.event, Event::Leave { incarnation, .. } if incarnation == inc_b));
+    assert_eq!(next(&mut rc).await, ev);
+    // Both survivors noticed; exactly one LEAVE reached the stream.
+    quiet(&mut ra, Duration::from_millis(500)).await;
+    quiet(&mut rc, Duration::from_millis(10)).await;
 }
 
 /// Not a test on its own: the body of the member process that
@@ -246,16 +250,18 @@ async fn killed_member_produces_leave() {
             .unwrap(),
     );
     let out = child.0.stdout.take().unwrap();
-    tokio::task::spawn_blocking(move || {
+    let ready = tokio::task::spawn_blocking(move || {
         for line in std::io::BufReader::new(out).lines() {
             if line.unwrap().ends_with(READY) {
                 return;
             }
         }
         panic!("the member process ended before joining");
-    })
-    .await
-    .unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("the member process joins in time")
+        .unwrap();
     assert!(is_join(&next(&mut ra).await, 7000));
     assert!(is_join(&next(&mut ra).await, 7100));
     // The child holds the block; ours waits for its death.
@@ -488,4 +494,36 @@ async fn survives_a_server_restart_within_the_session_timeout() {
     for r in [&mut ra, &mut rb] {
         quiet(r, Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joiner_replays_a_long_history() {
+    let Some(zk) = server() else { return };
+    const N: usize = 3000;
+    let a = driver(&zk.addr(), "long", 10_000);
+    let _ra = a.join(node(7000), vec![]).await.unwrap();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..N).step_by(8) {
+                a.notify((i as u32).to_le_bytes().to_vec()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let appended = t.elapsed();
+    let b = driver(&zk.addr(), "long", 10_000);
+    let t = Instant::now();
+    let mut rb = b.join(node(7001), vec![]).await.unwrap();
+    let all = take(&mut rb, N + 2).await;
+    eprintln!(
+        "{N} events appended in {appended:?}; a joiner replayed them in {:?}",
+        t.elapsed()
+    );
+    assert!(all.iter().enumerate().all(|(i, d)| d.seq == i as u64 + 1));
+    assert!(is_join(&all[N + 1], 7001));
 }
