@@ -89,7 +89,7 @@ impl Driver {
                 ZkOptions::parse(rest)?,
             )))),
             _ => Err(ClusterError::Option(format!(
-                "invalid cluster driver '{s}': expected {DRIVER_SYNTAX}"
+                "unknown cluster driver '{s}' (expected {DRIVER_SYNTAX})"
             ))),
         }
     }

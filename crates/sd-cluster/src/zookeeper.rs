@@ -108,7 +108,7 @@ pub struct ZkOptions {
 }
 
 fn option_error(what: impl fmt::Display) -> ClusterError {
-    ClusterError::Option(format!("{what}; expected {DRIVER_SYNTAX}"))
+    ClusterError::Option(format!("{what} (expected {DRIVER_SYNTAX})"))
 }
 
 fn check_server(s: &str) -> std::result::Result<(), String> {
@@ -165,7 +165,7 @@ impl ZkOptions {
     /// Parses the option string after `zookeeper:`.
     pub fn parse(s: &str) -> Result<ZkOptions> {
         if s.is_empty() {
-            return Err(option_error("You must specify zookeeper servers"));
+            return Err(option_error("You must specify zookeeper servers."));
         }
         let mut servers = Vec::new();
         let mut cluster_id: Option<String> = None;
@@ -215,7 +215,7 @@ impl ZkOptions {
             }
         }
         if servers.is_empty() {
-            return Err(option_error("You must specify zookeeper servers"));
+            return Err(option_error("You must specify zookeeper servers."));
         }
         Ok(ZkOptions {
             servers,
