@@ -99,6 +99,18 @@ pub struct Store {
     stale_dir: PathBuf,
     epoch_dir: PathBuf,
     nosync: bool,
+    /// Group commit of directory syncs (see [`Store::sync_dir`]).
+    dir_sync: DirSync,
+}
+
+/// Renames into one directory become durable with one `fsync` of the
+/// directory; concurrent creates share it. A caller takes a ticket after
+/// its rename; whoever syncs records the last ticket issued before it
+/// started, and every caller whose ticket is covered returns at once.
+#[derive(Default)]
+struct DirSync {
+    issued: std::sync::atomic::AtomicU64,
+    synced: std::sync::Mutex<u64>,
 }
 
 impl Store {
@@ -125,6 +137,7 @@ impl Store {
             stale_dir,
             epoch_dir,
             nosync,
+            dir_sync: DirSync::default(),
         })
     }
 
@@ -149,9 +162,22 @@ impl Store {
         Ok(())
     }
     fn sync_dir(&self, d: &Path) -> Result<()> {
-        if !self.nosync {
-            File::open(d)?.sync_all()?;
+        if self.nosync {
+            return Ok(());
         }
+        if d != self.obj_dir {
+            File::open(d)?.sync_all()?;
+            return Ok(());
+        }
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.dir_sync.issued.fetch_add(1, SeqCst) + 1;
+        let mut synced = self.dir_sync.synced.lock().unwrap();
+        if *synced >= ticket {
+            return Ok(());
+        }
+        let covers = self.dir_sync.issued.load(SeqCst);
+        File::open(d)?.sync_all()?;
+        *synced = covers;
         Ok(())
     }
 
