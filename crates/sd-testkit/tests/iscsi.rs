@@ -84,6 +84,7 @@ struct Tgtd {
     control: u16,
     portal: u16,
     log: PathBuf,
+    tids: Vec<u32>,
 }
 
 impl Tgtd {
@@ -116,6 +117,7 @@ impl Tgtd {
                 control,
                 portal,
                 log,
+                tids: Vec::new(),
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -163,7 +165,8 @@ impl Tgtd {
     }
 
     /// Target `tid` named `iqn` with LUN 1 on `vdi` through sheep `port`.
-    fn export(&self, tid: u32, iqn: &str, port: u16, vdi: &str) -> String {
+    fn export(&mut self, tid: u32, iqn: &str, port: u16, vdi: &str) -> String {
+        self.tids.push(tid);
         let tid = tid.to_string();
         self.adm(&[
             "--mode",
@@ -209,13 +212,34 @@ impl Drop for Tgtd {
             eprintln!("tgtd log:\n{}", self.log_text());
         }
         if let Some(mut child) = self.child.take() {
-            // Graceful first (closes the LUNs: RELEASE_VDI), then SIGKILL.
+            // Graceful first: remove the targets (closes the LUNs, so tgt
+            // sends RELEASE_VDI), then the system (tgtd exits), then SIGKILL.
             let c = self.control.to_string();
-            let _ = Command::new("tgtadm")
-                .args(["-C", &c, "--mode", "system", "--op", "delete", "--force"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let adm = |args: &[&str]| {
+                // Bounded: a wedged tgtd must not hang the cleanup.
+                let Ok(mut a) = Command::new("tgtadm")
+                    .args(["-C", &c])
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                else {
+                    return;
+                };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while a.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = a.kill();
+                let _ = a.wait();
+            };
+            for tid in &self.tids {
+                let t = tid.to_string();
+                adm(&[
+                    "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", &t,
+                ]);
+            }
+            adm(&["--mode", "system", "--op", "delete"]);
             let deadline = Instant::now() + Duration::from_secs(3);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -343,7 +367,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     let early = pattern(11, 6 * MIB + 1024);
     dog_write(&c, 1, "iv", early_off, &early);
 
-    let tgtd = Tgtd::start(c.root());
+    let mut tgtd = Tgtd::start(c.root());
     let url = tgtd.export(1, IQN, c.nodes[0].port, "iv");
     let show = tgtd.adm(&["--mode", "target", "--op", "show"]);
     assert!(
