@@ -34,12 +34,12 @@
 //!   uses the same marker). A crashed process is detected when ZooKeeper
 //!   expires its session: within the session timeout (+ one server tick).
 //! * **Session loss.** When the session expires, or ZooKeeper has been
-//!   unreachable for a whole session timeout (by then the ensemble has
-//!   expired it and the others have appended our LEAVE), the driver stops:
-//!   the delivery channel closes and every later call returns
-//!   [`ClusterError::SessionExpired`]. The daemon must then stop serving
-//!   (it has a stale view) — see [`crate::Driver::join`]. A shorter
-//!   disconnection is invisible apart from delayed events and calls.
+//!   unreachable for about a session timeout since we last heard from it
+//!   (when the ensemble expires the session and the others append our
+//!   LEAVE), the driver stops: the delivery channel closes and every later
+//!   call returns [`ClusterError::SessionExpired`]. The daemon must then
+//!   stop serving (it has a stale view) — see [`crate::Driver::join`]. A
+//!   shorter disconnection is invisible apart from delayed events and calls.
 //! * **Appends are not retried** on a connection loss: the event may or
 //!   may not be in the stream, the caller gets an error (a retried append
 //!   could apply an operation twice). LEAVEs are retried (the marker makes
@@ -280,8 +280,10 @@ enum Ended {
 
 /// One joined session: what the background tasks and the calls share.
 struct Session {
-    /// The client, until the session ends (then why it ended).
-    client: Mutex<std::result::Result<zk::Client, Ended>>,
+    /// The client; dropped when the session ends.
+    client: Mutex<Option<zk::Client>>,
+    /// Why the session ended, once it has (the first reason wins).
+    ended: watch::Sender<Option<Ended>>,
     /// This generation's queue, `B/queue/<gen>`.
     queue: String,
     /// This generation's LEAVE markers, `B/left/<gen>`.
@@ -289,7 +291,8 @@ struct Session {
     members: String,
     me: NodeId,
     incarnation: u64,
-    /// Set to stop the background tasks.
+    /// Stops the background tasks (set when the session ends, or when the
+    /// stream's receiver is gone).
     stop: watch::Sender<bool>,
     /// Members according to the stream read so far (incarnation → id).
     tracked: Mutex<HashMap<u64, NodeId>>,
@@ -297,35 +300,61 @@ struct Session {
     joined: Notify,
 }
 
+fn ended_error(why: Ended) -> ClusterError {
+    match why {
+        Ended::Left => ClusterError::Stopped,
+        Ended::Lost => ClusterError::SessionExpired,
+    }
+}
+
 impl Session {
     fn client(&self) -> Result<zk::Client> {
-        match &*self.client.lock().unwrap() {
-            Ok(c) => Ok(c.clone()),
-            Err(Ended::Left) => Err(ClusterError::Stopped),
-            Err(Ended::Lost) => Err(ClusterError::SessionExpired),
+        if let Some(why) = self.ended() {
+            return Err(ended_error(why));
         }
+        self.client
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(ClusterError::Stopped)
     }
 
     fn ended(&self) -> Option<Ended> {
-        self.client.lock().unwrap().as_ref().err().copied()
+        *self.ended.borrow()
     }
 
-    /// Ends the session (first reason wins) and stops the tasks; the
+    /// Ends the session (the first reason wins) and stops the tasks; the
     /// ZooKeeper session closes once the last client clone is dropped.
     fn end(&self, why: Ended) {
-        {
-            let mut c = self.client.lock().unwrap();
-            if c.is_ok() {
-                if why == Ended::Lost {
-                    tracing::error!(
-                        "zookeeper session {:#x} lost: this node is out of the cluster",
-                        self.incarnation
-                    );
-                }
-                *c = Err(why);
+        let first = self.ended.send_if_modified(|e| {
+            let first = e.is_none();
+            if first {
+                *e = Some(why);
             }
+            first
+        });
+        if first {
+            if why == Ended::Lost {
+                tracing::error!(
+                    "zookeeper session {:#x} lost: this node is out of the cluster",
+                    self.incarnation
+                );
+            }
+            self.client.lock().unwrap().take();
         }
         self.stop.send_replace(true);
+    }
+
+    /// Runs `op` unless the session ends first (then fails with the
+    /// reason), so no call waits past the end of its session.
+    async fn until_ended<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut ended = self.ended.subscribe();
+        tokio::select! {
+            r = op => r,
+            why = ended.wait_for(Option::is_some) => {
+                Err(why.ok().and_then(|w| *w).map_or(ClusterError::Stopped, ended_error))
+            }
+        }
     }
 
     /// Retries `op` across connection losses (for idempotent operations).
@@ -536,7 +565,8 @@ impl ZkDriver {
             (gen, reset)
         };
         let session = Arc::new(Session {
-            client: Mutex::new(Ok(client.clone())),
+            client: Mutex::new(Some(client.clone())),
+            ended: watch::Sender::new(None),
             queue: format!("{}/{gen:010}", p.queues()),
             left: format!("{}/{gen:010}", p.lefts()),
             members: p.members(),
@@ -564,14 +594,17 @@ impl ZkDriver {
     async fn append(&self, event: Event) -> Result<u64> {
         let s = self.session()?;
         let client = s.client()?;
-        let (_, sequence) = client
-            .create(
-                &format!("{}/", s.queue),
-                &event.encode(now_secs()),
-                &PERSISTENT_SEQ,
-            )
-            .await?;
-        Ok(sequence.into_i64() as u64 + 1)
+        s.until_ended(async {
+            let (_, sequence) = client
+                .create(
+                    &format!("{}/", s.queue),
+                    &event.encode(now_secs()),
+                    &PERSISTENT_SEQ,
+                )
+                .await?;
+            Ok(sequence.into_i64() as u64 + 1)
+        })
+        .await
     }
 
     /// Broadcasts `msg` in total order; returns its stream position.
@@ -589,16 +622,22 @@ impl ZkDriver {
     /// ephemeral sequential znodes, so a dead holder's lock vanishes with
     /// its session).
     pub async fn block(&self) -> Result<ZkBlockGuard> {
-        let client = self.session()?.client()?;
+        let s = self.session()?;
+        let client = s.client()?;
         let dir = self.paths.block_lock();
-        let lock = client
-            .lock(
-                zk::LockPrefix::new_curator(&dir, "block-")?,
-                &[],
-                zk::LockOptions::new(zk::Acls::anyone_all()).with_ancestor_options(PERSISTENT)?,
-            )
-            .await?
-            .into_owned();
+        let lock = s
+            .until_ended(async {
+                let lock = client
+                    .lock(
+                        zk::LockPrefix::new_curator(&dir, "block-")?,
+                        &[],
+                        zk::LockOptions::new(zk::Acls::anyone_all())
+                            .with_ancestor_options(PERSISTENT)?,
+                    )
+                    .await?;
+                Ok(lock.into_owned())
+            })
+            .await?;
         Ok(ZkBlockGuard {
             lock: Some(lock),
             runtime: tokio::runtime::Handle::current(),
@@ -611,14 +650,17 @@ impl ZkDriver {
     pub async fn stream_end(&self) -> Result<u64> {
         let s = self.session()?;
         let client = s.client()?;
-        s.retry(|| client.sync(&s.queue)).await?;
-        let stat = s
-            .retry(|| client.check_stat(&s.queue))
-            .await?
-            .ok_or(ClusterError::SessionExpired)?;
-        // Entries are never deleted from a live generation, so the child
-        // version counts the creations: the last entry's seq.
-        Ok(stat.cversion as u64)
+        s.until_ended(async {
+            s.retry(|| client.sync(&s.queue)).await?;
+            let stat = s
+                .retry(|| client.check_stat(&s.queue))
+                .await?
+                .ok_or(ClusterError::SessionExpired)?;
+            // Entries are never deleted from a live generation, so the
+            // child version counts the creations: the last entry's seq.
+            Ok(stat.cversion as u64)
+        })
+        .await
     }
 
     /// Leaves cleanly: appends our LEAVE, stops the stream and closes the
@@ -632,9 +674,11 @@ impl ZkDriver {
             Err(ClusterError::Stopped) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let r = append_leave(&s, &client, s.me, s.incarnation).await;
+        let r = s
+            .until_ended(async { Ok(append_leave(&s, &client, s.me, s.incarnation).await?) })
+            .await;
         s.end(Ended::Left);
-        Ok(r?)
+        r
     }
 
     /// Our incarnation id (the ZooKeeper session id), once joined.
@@ -694,12 +738,20 @@ enum Next {
 /// channel (by returning) when the session ends or the receiver is gone.
 async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSender<Delivered>) {
     let mut stop = s.stop.subscribe();
+    tokio::select! {
+        _ = read_entries(&s, &client, &tx) => {}
+        _ = stop.wait_for(|v| *v) => {}
+        _ = tx.closed() => {}
+    }
+    // Stop the other tasks too (a no-op if the session already ended).
+    s.stop.send_replace(true);
+}
+
+/// The reader's loop; returns when it cannot go on.
+async fn read_entries(s: &Session, client: &zk::Client, tx: &mpsc::UnboundedSender<Delivered>) {
     let mut next: i64 = 0;
     let mut batch = 1usize;
     loop {
-        if *stop.borrow() {
-            break;
-        }
         // Catch up: request a batch of entries at once (pipelined).
         let paths: Vec<String> = (0..batch as i64)
             .map(|i| entry_path(&s.queue, next + i))
@@ -710,9 +762,8 @@ async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSen
         for r in reads {
             match r.await {
                 Ok((data, _)) => {
-                    if !s.deliver(&tx, next as u64 + 1, &data) {
-                        outcome = Next::Stop;
-                        break;
+                    if !s.deliver(tx, next as u64 + 1, &data) {
+                        return;
                     }
                     next += 1;
                     got += 1;
@@ -722,13 +773,13 @@ async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSen
                     break;
                 }
                 Err(e) => {
-                    outcome = on_error(&s, e).await;
+                    outcome = on_error(s, e).await;
                     break;
                 }
             }
         }
         match outcome {
-            Next::Stop => break,
+            Next::Stop => return,
             Next::Got if got == batch => {
                 batch = (batch * 2).min(MAX_BATCH);
                 continue;
@@ -744,8 +795,8 @@ async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSen
         let watcher = match client.check_and_watch_stat(&path).await {
             Ok((Some(_), _)) => continue,
             Ok((None, w)) => w,
-            Err(e) => match on_error(&s, e).await {
-                Next::Stop => break,
+            Err(e) => match on_error(s, e).await {
+                Next::Stop => return,
                 _ => continue,
             },
         };
@@ -755,15 +806,15 @@ async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSen
             Ok(Some(st)) if i64::from(st.cversion) > next => {
                 match client.get_data(&path).await {
                     Ok((data, _)) => {
-                        if !s.deliver(&tx, next as u64 + 1, &data) {
-                            break;
+                        if !s.deliver(tx, next as u64 + 1, &data) {
+                            return;
                         }
                     }
                     Err(zk::Error::NoNode) => {
                         tracing::warn!("queue entry {path} is missing; skipping it");
                     }
-                    Err(e) => match on_error(&s, e).await {
-                        Next::Stop => break,
+                    Err(e) => match on_error(s, e).await {
+                        Next::Stop => return,
                         _ => continue,
                     },
                 }
@@ -774,21 +825,15 @@ async fn read_stream(s: Arc<Session>, client: zk::Client, tx: mpsc::UnboundedSen
             Ok(None) => {
                 // Our generation was collected: a reset happened without us.
                 s.end(Ended::Lost);
-                break;
+                return;
             }
-            Err(e) => match on_error(&s, e).await {
-                Next::Stop => break,
+            Err(e) => match on_error(s, e).await {
+                Next::Stop => return,
                 _ => continue,
             },
         }
-        tokio::select! {
-            _ = watcher.changed() => {}
-            _ = tx.closed() => break,
-            _ = stop.wait_for(|v| *v) => break,
-        }
+        watcher.changed().await;
     }
-    // Stop the other tasks too (a no-op if the session already ended).
-    s.stop.send_replace(true);
 }
 
 /// Handles a failed read: ends the session on fatal errors, else pauses.
@@ -811,11 +856,16 @@ async fn on_error(s: &Session, e: zk::Error) -> Next {
 /// whose znode is gone.
 async fn watch_members(s: Arc<Session>, client: zk::Client) {
     let mut stop = s.stop.subscribe();
+    tokio::select! {
+        _ = check_members(&s, &client) => {}
+        _ = stop.wait_for(|v| *v) => {}
+    }
+}
+
+/// The liveness loop; returns when the session is unusable.
+async fn check_members(s: &Session, client: &zk::Client) {
     let mut reported: HashSet<u64> = HashSet::new();
     loop {
-        if *stop.borrow() {
-            return;
-        }
         // Snapshot the stream's members *before* listing the znodes: a
         // member whose JOIN we have read had its znode before the JOIN.
         let known: Vec<(u64, NodeId)> = s
@@ -847,7 +897,7 @@ async fn watch_members(s: Arc<Session>, client: zk::Client) {
                 "member {} (incarnation {inc:#x}) is gone",
                 nid.to_addr_string()
             );
-            if let Err(e) = append_leave(&s, &client, nid, inc).await {
+            if let Err(e) = append_leave(s, client, nid, inc).await {
                 if fatal(&e) {
                     return;
                 }
@@ -863,16 +913,19 @@ async fn watch_members(s: Arc<Session>, client: zk::Client) {
         tokio::select! {
             _ = watcher.changed() => {}
             _ = s.joined.notified() => {}
-            _ = stop.wait_for(|v| *v) => return,
         }
     }
 }
 
 /// Ends the session when ZooKeeper says it expired, or when it has been
-/// unreachable for a whole session timeout (the ensemble has expired it by
-/// then; the client cannot learn that until it reconnects).
+/// unreachable for about a session timeout `T` since the last reply (the
+/// ensemble expires it then; the client cannot learn that until it
+/// reconnects). The client declares a connection lost after `2/5 T` of
+/// silence (`zookeeper-client`'s default), so giving up `3/5 T` after `Disconnected` stops this node about
+/// when the others drop it (earlier, never later, when the connection
+/// broke at once).
 async fn watch_session(s: Arc<Session>, client: zk::Client) {
-    let timeout = client.session_timeout();
+    let give_up_after = client.session_timeout() * 3 / 5;
     let mut states = client.state_watcher();
     let mut stop = s.stop.subscribe();
     let mut deadline: Option<Instant> = None;
@@ -887,7 +940,7 @@ async fn watch_session(s: Arc<Session>, client: zk::Client) {
             state = states.changed() => match state {
                 zk::SessionState::Disconnected => {
                     tracing::warn!("zookeeper connection lost; reconnecting");
-                    deadline.get_or_insert(Instant::now() + timeout);
+                    deadline.get_or_insert(Instant::now() + give_up_after);
                 }
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                     deadline = None;
@@ -900,7 +953,7 @@ async fn watch_session(s: Arc<Session>, client: zk::Client) {
                 }
             },
             _ = give_up => {
-                tracing::error!("zookeeper unreachable for {timeout:?}");
+                tracing::error!("zookeeper unreachable for {give_up_after:?} after a connection loss");
                 s.end(Ended::Lost);
                 return;
             }
