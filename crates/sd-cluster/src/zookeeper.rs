@@ -40,6 +40,12 @@
 //!   call returns [`ClusterError::SessionExpired`]. The daemon must then
 //!   stop serving (it has a stale view) — see [`crate::Driver::join`]. A
 //!   shorter disconnection is invisible apart from delayed events and calls.
+//!   Dropping the driver and its receiver closes the session: the others
+//!   see the member znode vanish and append our LEAVE at once.
+//! * **Restarts.** A node restarting while its old session still lives
+//!   (within the timeout) joins the old generation and sees the LEAVE of
+//!   its previous incarnation once that session expires; likewise a whole
+//!   cluster restarted within the timeout replays its old generation.
 //! * **Appends are not retried** on a connection loss: the event may or
 //!   may not be in the stream, the caller gets an error (a retried append
 //!   could apply an operation twice). LEAVEs are retried (the marker makes
