@@ -1,7 +1,9 @@
 //! A VDI served over iSCSI by Debian's unmodified tgt through its built-in
 //! sheepdog backing store (the original wire protocol), driven by libiscsi:
-//! the iscsi-test-cu conformance suites, and data written on one side (iSCSI
-//! or `dog`) read back byte-identical on the other.
+//! the iscsi-test-cu conformance suites, data written on one side (iSCSI or
+//! `dog`) read back byte-identical on the other, the LUN through sheep's unix
+//! socket, and a snapshot taken behind tgt's back (READONLY, inode reload,
+//! copy-on-write).
 //!
 //! tgt keeps only four digits of a sheep port (`snprintf(port_s, 5, ..)`),
 //! so the cluster runs on ports ≤ 9999.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 const IQN: &str = "iqn.2026-11.org.sheepdog.test:iv";
+const IQN2: &str = "iqn.2026-11.org.sheepdog.test:iv-unix";
 const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iscsi_rw.py");
 
 fn have(tool: &str) -> bool {
@@ -164,8 +167,10 @@ impl Tgtd {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Target `tid` named `iqn` with LUN 1 on `vdi` through sheep `port`.
-    fn export(&mut self, tid: u32, iqn: &str, port: u16, vdi: &str) -> String {
+    /// Target `tid` named `iqn` with LUN 1 on a VDI; returns its URL.
+    /// `backing` is tgt's sheepdog path: `tcp:HOST:PORT:VDI` or
+    /// `unix:SOCKET:VDI`.
+    fn export(&mut self, tid: u32, iqn: &str, backing: &str) -> String {
         self.tids.push(tid);
         let tid = tid.to_string();
         self.adm(&[
@@ -190,7 +195,7 @@ impl Tgtd {
             "--bstype",
             "sheepdog",
             "--backing-store",
-            &format!("tcp:127.0.0.1:{port}:{vdi}"),
+            backing,
         ]);
         self.adm(&[
             "--mode",
@@ -368,7 +373,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     dog_write(&c, 1, "iv", early_off, &early);
 
     let mut tgtd = Tgtd::start(c.root());
-    let url = tgtd.export(1, IQN, c.nodes[0].port, "iv");
+    let url = tgtd.export(1, IQN, &format!("tcp:127.0.0.1:{}:iv", c.nodes[0].port));
     let show = tgtd.adm(&["--mode", "target", "--op", "show"]);
     assert!(
         show.contains("Backing store type: sheepdog") && show.contains("Size: 67 MB"),
@@ -435,6 +440,61 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
         "LUN and VDI differ at {:?}",
         first_diff(&all_iscsi, &all_dog)
     );
+
+    // The same VDI through sheep's unix socket (`<dir>/sock`) on node 2.
+    let sock = c.nodes[2].dir.join("sock");
+    let url2 = tgtd.export(2, IQN2, &format!("unix:{}:iv", sock.display()));
+    let got = iscsi_read(&url2, 0, 64 * MIB);
+    assert!(
+        got == all_dog,
+        "unix-socket LUN and VDI differ at {:?}",
+        first_diff(&got, &all_dog)
+    );
+
+    // A snapshot taken behind tgt's back: its next write gets READONLY,
+    // tgt reloads the inode and writes copy-on-write into the new working
+    // VDI; the snapshot keeps the old bytes.
+    c.dog_ok(&["vdi", "snapshot", "-s", "before", "iv"]);
+    let cow_off = 9 * MIB + 4096;
+    let cow = pattern(14, MIB + 512);
+    iscsi_write(&url, cow_off, &cow);
+    let now = dog_read(&c, 0, "iv", cow_off, cow.len());
+    assert!(
+        now == cow,
+        "write after snapshot -> dog read differs at {:?}",
+        first_diff(&now, &cow)
+    );
+    let out = c.dog_at(
+        1,
+        &[
+            "vdi",
+            "read",
+            "-s",
+            "before",
+            "iv",
+            &cow_off.to_string(),
+            &cow.len().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "dog vdi read -s before: {}",
+        text(&out)
+    );
+    let snap = out.stdout;
+    let old = &all_dog[cow_off..cow_off + cow.len()];
+    assert!(
+        snap == old,
+        "snapshot changed at {:?}",
+        first_diff(&snap, old)
+    );
+    let got = iscsi_read(&url, cow_off, cow.len());
+    assert!(
+        got == cow,
+        "iSCSI read after COW differs at {:?}",
+        first_diff(&got, &cow)
+    );
+
     let control = tgtd.control;
     drop(tgtd);
     assert!(
