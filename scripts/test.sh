@@ -11,6 +11,10 @@ for pkg_cmd in "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "
     pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
     command -v "$cmd" >/dev/null || need+=("$pkg")
 done
+# ZooKeeper (started by the tests themselves) and python3 for the iSCSI helper.
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -q && $SUDO apt-get install -y -q $(printf "%s\n" "${need[@]}" | sort -u)

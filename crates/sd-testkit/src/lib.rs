@@ -86,6 +86,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub shm: PathBuf,
     pub extra_args: Vec<String>,
+    /// The `-c` argument; the cluster's private local driver by default.
+    pub driver: String,
 }
 
 impl Cluster {
@@ -96,17 +98,25 @@ impl Cluster {
 
     /// Starts `n` nodes on ports in `[min, max)` with extra sheep args.
     pub fn start_with(n: usize, min: u16, max: u16, extra: &[&str]) -> Cluster {
+        Self::start_full(n, min, max, extra, None)
+    }
+
+    /// Starts `n` nodes on ports in `[min, max)` with extra sheep args on
+    /// `driver` (the cluster's private local driver if None).
+    pub fn start_full(n: usize, min: u16, max: u16, extra: &[&str], driver: Option<&str>) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("sdtest")
             .tempdir()
             .expect("tempdir");
         let shm = root.path().join("shm");
         let base = free_ports(n + 4, min, max);
+        let driver = driver.map_or_else(|| format!("local:{}", shm.display()), str::to_string);
         let mut c = Cluster {
             root,
             nodes: Vec::new(),
             shm,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            driver,
         };
         for i in 0..n {
             c.add_node(base + i as u16, i as u32, false);
@@ -116,6 +126,12 @@ impl Cluster {
         }
         c.wait_nodes(n);
         c
+    }
+
+    /// Starts `n` storage nodes on the cluster driver `driver` (e.g.
+    /// `zookeeper:127.0.0.1:2181/test1,timeout=2000`).
+    pub fn start_driver(n: usize, driver: &str) -> Cluster {
+        Self::start_full(n, 20000, 60000, &["-n"], Some(driver))
     }
 
     /// Starts `n` storage nodes that also serve NBD (see [`Cluster::nbd_uri`]).
@@ -168,7 +184,7 @@ impl Cluster {
         let n = &self.nodes[i];
         let mut cmd = Command::new(sheep_bin());
         cmd.arg(&n.dir)
-            .args(["-f", "-c", &format!("local:{}", self.shm.display())])
+            .args(["-f", "-c", &self.driver])
             .args(["-p", &n.port.to_string(), "-z", &n.zone.to_string()])
             .args(&self.extra_args);
         if n.gateway {

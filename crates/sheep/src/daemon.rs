@@ -1,10 +1,10 @@
 //! The daemon: one [`Sheep`] shared by every connection and worker.
 
-use crate::opts::{ClusterOpt, Opts};
+use crate::opts::Opts;
 use crate::recovery::Recovery;
 use crate::state::{ClusterState, Effect, JoinInfo, OpMessage, Status};
 use anyhow::Context;
-use sd_cluster::{Delivered, LocalDriver};
+use sd_cluster::{Delivered, Driver};
 use sd_proto::*;
 use sd_ring::Ring;
 use sd_store::Store;
@@ -36,7 +36,7 @@ pub struct Sheep {
     pub opts: Opts,
     pub this: SdNode,
     pub store: Store,
-    pub driver: Arc<LocalDriver>,
+    pub driver: Driver,
     pub state: Mutex<ClusterState>,
     pub view: watch::Sender<View>,
     pub applied: watch::Sender<u64>,
@@ -51,6 +51,8 @@ pub struct Sheep {
     /// One codec per erasure-code policy in use.
     pub codecs: Mutex<std::collections::HashMap<u8, Arc<sd_ec::Codec>>>,
     pub stats: crate::server::Stats,
+    /// Set once this node leaves on purpose (the stream then ends).
+    pub leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Sheep {
@@ -315,6 +317,17 @@ impl Sheep {
     }
 
     async fn event_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivered>) {
+        self.apply_stream(&mut rx).await;
+        if !self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            // The driver dropped us (e.g. a ZooKeeper session expired): the
+            // rest of the cluster has moved on, so our view is stale and we
+            // must not serve I/O with it.
+            tracing::error!("lost the cluster driver's event stream; stopping");
+            self.request_exit(1);
+        }
+    }
+
+    async fn apply_stream(self: &Arc<Self>, rx: &mut mpsc::UnboundedReceiver<Delivered>) {
         while let Some(d) = rx.recv().await {
             let seq = d.seq;
             let fx = {
@@ -331,15 +344,19 @@ impl Sheep {
     }
 }
 
-/// Advertised address: `-y`, else the bind address, else 127.0.0.1 (the
-/// local driver's address).
-fn advertised(o: &Opts) -> IpAddr {
+/// Advertised address: `-y`, else the bind address, else what the driver
+/// suggests (127.0.0.1 for the local driver; for ZooKeeper, the address
+/// that routes to the ensemble).
+fn advertised(o: &Opts, driver: &Driver) -> IpAddr {
     o.myaddr
         .or(o.bind.filter(|b| !b.is_unspecified()))
+        .or_else(|| driver.local_addr().ok())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
+/// Runs the daemon; `ready` is told 0 once the node has joined the cluster
+/// (the launching command of a daemonized sheep exits with it).
+pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Result<()> {
     let store = Store::open(&dir, o.nosync).context("opening the store")?;
     let mut config = store.read_config()?.unwrap_or_default();
     if config.ctime == 0 && o.vnodes.is_none() {
@@ -351,7 +368,8 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         let (_, free) = store.fs_space()?;
         config.space = free + store.used_bytes();
     }
-    let mut nid = NodeId::new(advertised(&o), o.port);
+    let driver = Driver::from_option(&o.cluster)?;
+    let mut nid = NodeId::new(advertised(&o, &driver), o.port);
     if let Some((a, p)) = o.io_addr {
         nid.io_addr = ip_to_bytes(a);
         nid.io_port = p;
@@ -366,8 +384,6 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         zone: o.zone.unwrap_or_else(|| nid.default_zone()),
         space: if o.gateway { 0 } else { config.space },
     };
-    let ClusterOpt::Local(path) = &o.cluster;
-    let driver = Arc::new(LocalDriver::new(path)?);
     let my_epoch = store.latest_epoch()?;
     let epoch_nodes = if my_epoch > 0 {
         store.read_epoch(my_epoch)?.map(|e| e.0).unwrap_or_default()
@@ -402,6 +418,7 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         reclaim: reclaim_tx,
         codecs: Mutex::default(),
         stats: Default::default(),
+        leaving: Default::default(),
     });
     {
         let s = sheep.clone();
@@ -431,6 +448,8 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
         .join(this, join.encode())
         .await
         .context("joining the cluster")?;
+    sheep.state.lock().unwrap().my_incarnation = driver.incarnation();
+    ready(0);
     tokio::spawn(sheep.clone().event_loop(rx));
     for l in listeners {
         tokio::spawn(l);
@@ -463,6 +482,7 @@ pub async fn run(o: Opts, dir: PathBuf) -> anyhow::Result<()> {
     };
     // Let in-flight responses (e.g. to KILL_NODE) reach their clients.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    sheep.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = driver.leave().await;
     let _ = std::fs::remove_file(dir.join("sock"));
     tracing::info!("shutdown");

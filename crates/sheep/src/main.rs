@@ -35,8 +35,10 @@ fn lock_base(dir: &std::path::Path) -> std::io::Result<File> {
 }
 
 /// Forks twice; the original process exits with the status the grandchild
-/// reports through a pipe (0 once it holds the base lock).
-fn daemonize(dir: &std::path::Path) -> File {
+/// reports through the returned pipe descriptor (1 if it cannot lock the
+/// base directory; otherwise what the daemon reports once it has joined
+/// the cluster, so an unreachable cluster service fails the command).
+fn daemonize(dir: &std::path::Path) -> (File, i32) {
     let mut fds = [0i32; 2];
     // SAFETY: plain POSIX calls before any thread exists.
     unsafe {
@@ -77,10 +79,8 @@ fn daemonize(dir: &std::path::Path) -> File {
             std::process::exit(1);
         }
     };
-    status(0);
     // SAFETY: redirecting the standard descriptors to /dev/null.
     unsafe {
-        libc::close(fds[1]);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         libc::dup2(null, 0);
         libc::dup2(null, 1);
@@ -89,7 +89,18 @@ fn daemonize(dir: &std::path::Path) -> File {
             libc::close(null);
         }
     }
-    lock
+    (lock, fds[1])
+}
+
+/// Reports the start-up status to the launching process (once).
+fn report(fd: i32, code: i32) {
+    if fd >= 0 {
+        // SAFETY: writing one byte to, then closing, our end of the pipe.
+        unsafe {
+            libc::write(fd, [code as u8].as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
 }
 
 fn init_logging(o: &opts::Opts, dir: &std::path::Path) {
@@ -142,9 +153,9 @@ fn main() {
     }
     let dir = dir.canonicalize().unwrap_or(dir);
     let foreground = o.foreground || o.log_stdout;
-    let lock = if foreground {
+    let (lock, status_fd) = if foreground {
         match lock_base(&dir) {
-            Ok(l) => l,
+            Ok(l) => (l, -1),
             Err(_) => {
                 eprintln!("another sheep daemon is using {}", dir.display());
                 std::process::exit(1);
@@ -152,6 +163,12 @@ fn main() {
         }
     } else {
         daemonize(&dir)
+    };
+    let reported = std::sync::atomic::AtomicBool::new(false);
+    let ready = |code: i32| {
+        if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            report(status_fd, code);
+        }
     };
     init_logging(&o, &dir);
     // SAFETY: ignoring SIGPIPE so a dead peer socket is an error, not death.
@@ -163,14 +180,16 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let code = rt.block_on(async {
-        match daemon::run(o.clone(), dir.clone()).await {
+        match daemon::run(o.clone(), dir.clone(), &ready).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e:#}");
+                eprintln!("{e:#}");
                 1
             }
         }
     });
+    ready(code);
     if let Some(p) = &o.pidfile {
         let _ = std::fs::remove_file(p);
     }

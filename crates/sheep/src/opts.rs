@@ -9,7 +9,8 @@ pub struct Opts {
     pub dir: String,
     pub port: u16,
     pub bind: Option<IpAddr>,
-    pub cluster: ClusterOpt,
+    /// The `-c` argument (`local[:path]`, `zookeeper:...`), validated.
+    pub cluster: String,
     pub zone: Option<u32>,
     pub nosync: bool,
     pub gateway: bool,
@@ -25,11 +26,6 @@ pub struct Opts {
     pub nbd: Option<std::net::SocketAddr>,
 }
 
-/// The `-c` cluster driver choice.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClusterOpt {
-    Local(String),
-}
 
 /// What the command line asks for.
 pub enum Parsed {
@@ -163,7 +159,7 @@ fn help() -> String {
 }
 
 fn version() -> String {
-    format!("Sheepdog daemon version {VERSION}\n\nSupported features:\n\tCluster drivers: local\n\tMiscellaneous: none\n")
+    format!("Sheepdog daemon version {VERSION}\n\nSupported features:\n\tCluster drivers: zookeeper local\n\tMiscellaneous: none\n")
 }
 
 /// C `strtoll` base 10 over the whole string: optional whitespace and `+`,
@@ -183,7 +179,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         dir: "/tmp".into(),
         port: sd_proto::SD_LISTEN_PORT,
         bind: None,
-        cluster: ClusterOpt::Local(String::new()),
+        cluster: "local".into(),
         zone: None,
         nosync: false,
         gateway: false,
@@ -331,16 +327,17 @@ fn parse_nbd(v: &str) -> Result<std::net::SocketAddr, OptError> {
     v.parse::<std::net::SocketAddr>().map_err(|_| bad())
 }
 
-fn parse_cluster(v: &str) -> Result<ClusterOpt, OptError> {
-    let (name, rest) = match v.split_once(':') {
-        Some((n, r)) => (n, r),
-        None => (v, ""),
-    };
+fn parse_cluster(v: &str) -> Result<String, OptError> {
+    let (name, rest) = v.split_once(':').unwrap_or((v, ""));
     match name {
-        "local" => Ok(ClusterOpt::Local(rest.to_string())),
+        "local" => Ok(v.to_string()),
+        "zookeeper" => match sd_cluster::ZkOptions::parse(rest) {
+            Ok(_) => Ok(v.to_string()),
+            Err(e) => Err(err(e.to_string())),
+        },
         _ => Err(OptError {
             stderr: format!("Invalid cluster driver '{v}'"),
-            stdout: "\nSupported features:\n\tCluster drivers: local\n".into(),
+            stdout: "\nSupported features:\n\tCluster drivers: zookeeper local\n".into(),
         }),
     }
 }

@@ -334,6 +334,9 @@ impl VdiTable {
 /// The agreed cluster state.
 pub struct ClusterState {
     pub me: NodeId,
+    /// Our incarnation once joined: a JOIN is ours only if it carries it
+    /// (a previous incarnation of the same address may still be replayed).
+    pub my_incarnation: Option<u64>,
     pub members: Vec<Member>,
     pub joined: bool,
     pub status: Status,
@@ -355,6 +358,7 @@ impl ClusterState {
     pub fn new(me: NodeId, config: SheepdogConfig) -> Self {
         ClusterState {
             me,
+            my_incarnation: None,
             members: Vec::new(),
             joined: false,
             status: Status::WaitForFormat,
@@ -469,7 +473,7 @@ impl ClusterState {
     }
 
     fn apply_join(&mut self, m: Member, info: JoinInfo, time: u64, fx: &mut Vec<Effect>) {
-        let is_me = m.node.nid == self.me;
+        let is_me = m.node.nid == self.me && self.my_incarnation.is_none_or(|i| i == m.incarnation);
         let refuse = |st: &mut Self, fx: &mut Vec<Effect>, r: SdRes| {
             if is_me {
                 fx.push(Effect::JoinRefused(r));
