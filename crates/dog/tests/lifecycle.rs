@@ -766,3 +766,30 @@ fn redundancy_changes() {
         "The cluster's redundancy level is already set to 3, nothing changed.\n"
     );
 }
+
+/// The smallest sequence the randomized model found leaking: an object
+/// shared by a snapshot chain and a clone of its first snapshot. The
+/// ledger goes [1,0,-1] → [0,2,-1] → [0,1,0] → [0,0,0] in memory, but
+/// the write-back of the shrunk ledger leaves the stale -1 in the file.
+#[test]
+#[ignore = "server bug: DECREF_PEER writes a shrunk ledger back without truncating it"]
+fn shared_object_is_reclaimed_after_snapshots_and_a_clone() {
+    let Some(c) = cluster("2") else { return };
+    c.dog_ok(&["vdi", "create", "-z", "20", "v", "4M"]);
+    write(&c, "v", 0, b"hi");
+    c.dog_ok(&["vdi", "snapshot", "-s", "t8", "v"]);
+    c.dog_ok(&["vdi", "snapshot", "-s", "t9", "v"]);
+    c.dog_ok(&["vdi", "clone", "-s", "t8", "v", "c9"]);
+    for args in [
+        &["vdi", "delete", "v"][..],
+        &["vdi", "delete", "-s", "t8", "v"],
+        &["vdi", "delete", "-s", "t9", "v"],
+        &["vdi", "delete", "c9"],
+    ] {
+        let out = c.dog(args);
+        assert_eq!((out.status.code(), err(&out)), (Some(0), String::new()));
+    }
+    wait_until("every object file to be removed", || {
+        c.nodes.iter().all(|n| n.objects().is_empty())
+    });
+}
