@@ -793,3 +793,47 @@ fn shared_object_is_reclaimed_after_snapshots_and_a_clone() {
         c.nodes.iter().all(|n| n.objects().is_empty())
     });
 }
+
+/// A client holding the inode of a working VDI that is snapshotted
+/// behind its back: its next write answers READONLY, and the shared
+/// client path reloads the working VDI by name and writes there with
+/// copy-on-write, as QEMU does. The snapshot keeps the old data.
+#[test]
+fn write_follows_a_snapshot_taken_behind_the_clients_back() {
+    use sd_client::vdi::{read_inode, read_range, write_range};
+    let Some(c) = cluster("2") else { return };
+    c.dog_ok(&["vdi", "create", "v", "12M"]);
+    let old = pattern(11, 4 * MIB);
+    write(&c, "v", 0, &old);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ep = sd_client::Endpoint::Tcp(format!("127.0.0.1:{}", c.nodes[2].port).parse().unwrap());
+    let mut conn = rt.block_on(sd_client::Connection::connect(&ep)).unwrap();
+    let vid = vid_of(&c, "v", 0);
+    let mut inode = rt.block_on(read_inode(&mut conn, vid)).unwrap();
+
+    c.dog_ok(&["vdi", "snapshot", "-s", "snap", "v"]);
+    // Object 0 is the (now read-only) VDI's own, object 1 unallocated.
+    let new = pattern(12, 2 * MIB);
+    let at = 3 * MIB;
+    rt.block_on(write_range(&mut conn, &mut inode, at as u64, &new, 0))
+        .unwrap();
+    let cur = vid_of(&c, "v", 0);
+    assert_ne!(cur, vid);
+    assert_eq!(inode.header.vdi_id, cur);
+
+    let mut want = old.clone();
+    want.resize(8 * MIB, 0);
+    want[at..at + new.len()].copy_from_slice(&new);
+    assert!(read(&c, "v", &[], 0, 8 * MIB) == want);
+    let mut snap = old;
+    snap.resize(8 * MIB, 0);
+    assert!(read(&c, "v", &["-s", "snap"], 0, 8 * MIB) == snap);
+    // The client's reloaded inode reads the same.
+    let mut buf = vec![0; 8 * MIB];
+    rt.block_on(read_range(&mut conn, &inode, 0, &mut buf, 0))
+        .unwrap();
+    assert!(buf == want);
+}
