@@ -322,8 +322,11 @@ impl Sheep {
             // The driver dropped us (e.g. a ZooKeeper session expired): the
             // rest of the cluster has moved on, so our view is stale and we
             // must not serve I/O with it.
-            tracing::error!("lost the cluster driver's event stream; stopping");
-            self.request_exit(1);
+            tracing::error!("lost the cluster driver's event stream; stopping I/O and rejoining");
+            let mut v = self.view();
+            v.status = Status::Shutdown;
+            self.view.send_replace(v);
+            self.request_exit(EXIT_REJOIN);
         }
     }
 
@@ -343,6 +346,10 @@ impl Sheep {
         }
     }
 }
+
+/// Exit status asking `main` to restart this daemon in place (same pid,
+/// same options) so it rejoins as a new incarnation.
+pub const EXIT_REJOIN: i32 = 75;
 
 /// Advertised address: `-y`, else the bind address, else what the driver
 /// suggests (127.0.0.1 for the local driver; for ZooKeeper, the address
@@ -482,12 +489,20 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     };
     // Let in-flight responses (e.g. to KILL_NODE) reach their clients.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    sheep.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+    sheep
+        .leaving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = driver.leave().await;
     let _ = std::fs::remove_file(dir.join("sock"));
     tracing::info!("shutdown");
-    if code != 0 {
-        anyhow::bail!("exiting with status {code}");
+    match code {
+        0 => Ok(()),
+        EXIT_REJOIN => Err(Rejoin.into()),
+        _ => anyhow::bail!("exiting with status {code}"),
     }
-    Ok(())
 }
+
+/// The daemon stopped because the cluster dropped it; `main` re-executes.
+#[derive(Debug, thiserror::Error)]
+#[error("rejoining the cluster")]
+pub struct Rejoin;

@@ -182,6 +182,7 @@ fn main() {
     let code = rt.block_on(async {
         match daemon::run(o.clone(), dir.clone(), &ready).await {
             Ok(()) => 0,
+            Err(e) if e.is::<daemon::Rejoin>() => daemon::EXIT_REJOIN,
             Err(e) => {
                 tracing::error!("{e:#}");
                 eprintln!("{e:#}");
@@ -195,5 +196,23 @@ fn main() {
     }
     drop(lock);
     let _ = std::io::stderr().flush();
+    if code == daemon::EXIT_REJOIN {
+        // Start over in place: a fresh incarnation replays the cluster's
+        // stream and rejoins; already a daemon, it stays in the foreground.
+        use std::os::unix::process::CommandExt;
+        // The command line stays the same (tools find sheep by it), with
+        // `-f` appended.
+        let argv0 = std::env::args().next().unwrap_or_else(|| "sheep".into());
+        let mut args: Vec<String> = std::env::args().skip(1).collect();
+        if !args.iter().any(|a| a == "-f" || a == "--foreground") {
+            args.push("-f".into());
+        }
+        let err = std::process::Command::new("/proc/self/exe")
+            .arg0(argv0)
+            .args(&args)
+            .exec();
+        eprintln!("failed to restart: {err}");
+        std::process::exit(1);
+    }
     std::process::exit(code);
 }

@@ -26,7 +26,6 @@ pub struct Opts {
     pub nbd: Option<std::net::SocketAddr>,
 }
 
-
 /// What the command line asks for.
 pub enum Parsed {
     Run(Box<Opts>),
