@@ -403,6 +403,10 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     let off = 3 * MIB + 512;
     let data = pattern(12, 5 * MIB + 1536);
     iscsi_write(&url, off, &data);
+    // SYNCHRONIZE CACHE: tgt sends FLUSH_VDI (INVALID_PARMS = no object
+    // cache, which tgt takes as success, as with the original).
+    let o = run_for("python3", &[HELPER, "sync", &url], &[], 60);
+    assert!(o.status.success(), "SYNCHRONIZE CACHE: {}", text(&o));
     for i in 0..3 {
         let got = dog_read(&c, i, "iv", off, data.len());
         assert!(

@@ -3,6 +3,7 @@
 
   iscsi_rw.py write URL OFFSET < data        write stdin at byte OFFSET
   iscsi_rw.py read  URL OFFSET LEN > data    read LEN bytes at byte OFFSET
+  iscsi_rw.py sync  URL                      SYNCHRONIZE CACHE(10) of the whole LUN
   iscsi_rw.py bench URL read|write|randread|randwrite BS QD SECONDS
                                              prints "<ios> <seconds> <iops> <MB/s>"
 
@@ -24,6 +25,7 @@ for name, res, args in [
     ("iscsi_get_error", C.c_char_p, [P]),
     ("iscsi_write16_sync", P, [P, I, U64, P, U32, I, I, I, I, I, I]),
     ("iscsi_write16_task", P, [P, I, U64, P, U32, I, I, I, I, I, I, CB, P]),
+    ("iscsi_synchronizecache10_sync", P, [P, I, I, I, I, I]),
     ("scsi_cdb_read16", P, [U64, U32, I, I, I, I, I, I]),
     ("scsi_task_add_data_in_buffer", I, [P, I, P]),
     ("iscsi_scsi_command_sync", P, [P, I, P, P]),
@@ -146,6 +148,8 @@ def main():
             check(ctx, t, f"read16 at {off + i}")
             out.write(buf.raw)
         out.flush()
+    elif a[0] == "sync" and len(a) == 2:
+        check(ctx, L.iscsi_synchronizecache10_sync(ctx, lun, 0, 0, 0, 0), "synchronize cache")
     elif a[0] == "bench" and len(a) == 6:
         bench(ctx, lun, a[2], int(a[3]), int(a[4]), float(a[5]))
     else:
