@@ -5,6 +5,7 @@
 //! SIGKILL is a real crash) with its own store directory and a per-cluster
 //! local-driver path, on ports picked free at start.
 
+pub mod netns;
 pub mod zk;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -12,12 +12,12 @@
 //! slf4j-api, jetty, ...); `slf4j-simple` only makes the server log to
 //! `<dir>/zookeeper.log`. A small `sh` watchdog runs java and kills it when
 //! the test process goes away. `SD_ZK_CLASSPATH` overrides the jar list for
-//! other installations. The server listens on 127.0.0.1 on a free port,
-//! ticks every 200 ms (so sessions of 400 ms .. 60 s are allowed) and keeps
+//! other installations. The server listens on 127.0.0.1 (or the address
+//! given to [`ZkServer::start_on`]) on a free port, ticks every 200 ms (so sessions of 400 ms .. 60 s are allowed) and keeps
 //! its data across [`ZkServer::restart`].
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ exit 0";
 /// A running standalone ZooKeeper, killed and removed on drop.
 pub struct ZkServer {
     dir: tempfile::TempDir,
+    ip: IpAddr,
     port: u16,
     child: Option<Child>,
 }
@@ -56,6 +57,13 @@ impl ZkServer {
     /// Starts a server, or says why it cannot (ZooKeeper or Java missing,
     /// or the server did not come up).
     pub fn try_start() -> Result<ZkServer, String> {
+        Self::try_start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Like [`ZkServer::try_start`], listening on `ip` (e.g. the bridge
+    /// address of [`crate::netns::Hosts`], so sheep in other network
+    /// namespaces reach it).
+    pub fn try_start_on(ip: IpAddr) -> Result<ZkServer, String> {
         let cp = jars();
         if let Some(missing) = cp.split(':').find(|j| !Path::new(j).exists()) {
             return Err(format!(
@@ -66,7 +74,7 @@ impl ZkServer {
             .prefix("sdzk")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
@@ -76,7 +84,7 @@ impl ZkServer {
             "tickTime={TICK_MS}\n\
              dataDir={data}\n\
              clientPort={port}\n\
-             clientPortAddress=127.0.0.1\n\
+             clientPortAddress={ip}\n\
              minSessionTimeout={min}\n\
              maxSessionTimeout=60000\n\
              maxClientCnxns=0\n\
@@ -90,6 +98,7 @@ impl ZkServer {
         std::fs::write(conf.join("zoo.cfg"), cfg).map_err(|e| e.to_string())?;
         let mut s = ZkServer {
             dir,
+            ip,
             port,
             child: None,
         };
@@ -102,9 +111,35 @@ impl ZkServer {
         Self::try_start().unwrap_or_else(|e| panic!("cannot start ZooKeeper: {e}"))
     }
 
-    /// `127.0.0.1:<port>`, for a `zookeeper:` option.
+    /// Starts a server listening on `ip`; panics if it cannot.
+    pub fn start_on(ip: IpAddr) -> ZkServer {
+        Self::try_start_on(ip).unwrap_or_else(|e| panic!("cannot start ZooKeeper: {e}"))
+    }
+
+    /// `<ip>:<port>` (`127.0.0.1:<port>` by default), for a `zookeeper:`
+    /// option.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
+    }
+
+    /// The address the server listens on.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Whether the server process is running (not [`ZkServer::stop`]ped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts a stopped server again on the same address and port with
+    /// the same data; does nothing if it is running. Panics if it does not
+    /// come up.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn()
+                .unwrap_or_else(|e| panic!("cannot start ZooKeeper again: {e}"));
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -185,7 +220,7 @@ impl ZkServer {
     }
 
     fn ruok(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut s) = TcpStream::connect((self.ip, self.port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
