@@ -137,6 +137,19 @@ impl Sheep {
         }
     }
 
+    /// The file this node should hold for `oid` under the current ring
+    /// (its strip for an erasure-coded object), if it is a target.
+    pub fn local_key(&self, oid: u64) -> Option<sd_store::ObjKey> {
+        self.key_in(&self.view().ring, oid).map(|(_, k)| k)
+    }
+
+    /// This node's index in the placement of `oid` under `ring`, and the
+    /// file it should hold there.
+    pub fn key_in(&self, ring: &Ring, oid: u64) -> Option<(usize, sd_store::ObjKey)> {
+        let idx = ring.target_index(oid, self.copies_of(oid), &self.this.nid)?;
+        Some((idx, self.obj_key(oid, 0, idx as u8)))
+    }
+
     /// Size of the file holding `key` (a strip is `1/d` of the object).
     pub fn file_size(&self, key: &sd_store::ObjKey, hint: u8) -> u64 {
         let size = self.object_size(key.oid);

@@ -108,7 +108,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let missing: Vec<u8> = payload
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                .filter(|&oid| !sheep.store.exists(&ObjKey::replica(oid)))
+                .filter(|&oid| !sheep.local_key(oid).is_some_and(|k| sheep.store.exists(&k)))
                 .flat_map(|oid| oid.to_le_bytes())
                 .collect();
             if missing.is_empty() {

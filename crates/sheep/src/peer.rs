@@ -192,11 +192,9 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         } else {
             let used = l.len() - l.iter().rev().take_while(|&&b| b == 0).count();
             let used = (used.div_ceil(8) * 8).min(l.len());
-            if existed {
-                st.write(&key, 0, &l[..used])?;
-            } else {
-                st.create_and_write(&key, used as u64, 0, &l[..used])?;
-            }
+            // Replaced whole (atomically), so a counter that dropped to
+            // zero past the new end does not survive in the old file.
+            st.create_and_write(&key, used as u64, 0, &l[..used])?;
         }
         Ok(all_zero)
     })

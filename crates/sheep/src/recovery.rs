@@ -169,17 +169,9 @@ impl Recovery {
     }
 }
 
-/// This node's index in the current placement of `oid`, and the file it
-/// should hold there.
-fn my_key(sheep: &Sheep, ring: &Ring, oid: u64) -> Option<(usize, ObjKey)> {
-    let copies = sheep.copies_of(oid);
-    let idx = ring.target_index(oid, copies, &sheep.this.nid)?;
-    Some((idx, sheep.obj_key(oid, 0, idx as u8)))
-}
-
 /// Whether this node should keep the local file `k` under `ring`.
 fn keeps(sheep: &Sheep, ring: &Ring, k: &ObjKey) -> bool {
-    match my_key(sheep, ring, k.oid) {
+    match sheep.key_in(ring, k.oid) {
         Some((_, want)) => want == *k,
         None => false,
     }
@@ -194,7 +186,7 @@ async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
         return;
     }
     let ring = sheep.view().ring;
-    if let Some((idx, key)) = my_key(sheep, &ring, oid) {
+    if let Some((idx, key)) = sheep.key_in(&ring, oid) {
         if !sheep.store.exists(&key) {
             match fetch(sheep, &key, idx, epoch).await {
                 Some(data) => {
@@ -408,7 +400,10 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             for oid in list.unwrap_or_default() {
-                if my_key(sheep, &view.ring, oid).is_some_and(|(_, k)| !sheep.store.exists(&k)) {
+                if sheep
+                    .key_in(&view.ring, oid)
+                    .is_some_and(|(_, k)| !sheep.store.exists(&k))
+                {
                     wanted.insert(oid);
                 }
             }
