@@ -2,8 +2,8 @@
 //! sheepdog backing store (the original wire protocol), driven by libiscsi:
 //! the iscsi-test-cu conformance suites, data written on one side (iSCSI or
 //! `dog`) read back byte-identical on the other, the LUN through sheep's unix
-//! socket, and a snapshot taken behind tgt's back (READONLY, inode reload,
-//! copy-on-write).
+//! socket, a snapshot taken behind tgt's back (READONLY, inode reload,
+//! copy-on-write), and a node other than tgt's gateway lost.
 //!
 //! tgt keeps only four digits of a sheep port (`snprintf(port_s, 5, ..)`),
 //! so the cluster runs on ports ≤ 9999.
@@ -361,7 +361,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
         text(&lib)
     );
 
-    let c = Cluster::start_with(3, 7100, 9999, &["-n"]);
+    let mut c = Cluster::start_with(3, 7100, 9999, &["-n"]);
     assert!(c.nodes.iter().all(|n| n.port <= 9999));
     c.format("3");
     c.dog_ok(&["vdi", "create", "iv", "64M"]);
@@ -497,6 +497,31 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
         got == cow,
         "iSCSI read after COW differs at {:?}",
         first_diff(&got, &cow)
+    );
+
+    // A node that is no LUN's gateway dies (node 0 serves tid 1, node 2
+    // tid 2; tgt would retry a dead gateway forever): the gateway retries
+    // against the new membership and tgt never sees an error.
+    c.kill(1);
+    let late_off = 30 * MIB + 512;
+    let late = pattern(15, 3 * MIB);
+    let t = Instant::now();
+    iscsi_write(&url, late_off, &late);
+    eprintln!(
+        "3 MiB iSCSI write right after node loss took {:?}",
+        t.elapsed()
+    );
+    let got = dog_read(&c, 2, "iv", late_off, late.len());
+    assert!(
+        got == late,
+        "write after node loss -> dog read differs at {:?}",
+        first_diff(&got, &late)
+    );
+    let got = iscsi_read(&url, late_off, late.len());
+    assert!(
+        got == late,
+        "iSCSI read after node loss differs at {:?}",
+        first_diff(&got, &late)
     );
 
     let control = tgtd.control;
