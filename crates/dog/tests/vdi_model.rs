@@ -134,6 +134,9 @@ fn run_seed(c: &Cluster, seed: u64, reclaim: bool) {
         if !with_snaps.is_empty() {
             ops.extend([(Op::Clone, 10), (Op::Rollback, 10), (Op::DeleteSnapshot, 8)]);
         }
+        if ops.is_empty() {
+            ops.push((Op::Create, 1));
+        }
         let mut pick = rng.below(ops.iter().map(|o| o.1).sum());
         let op = ops
             .iter()
@@ -148,7 +151,12 @@ fn run_seed(c: &Cluster, seed: u64, reclaim: bool) {
         if op == Op::Create {
             let name = format!("s{seed}v{names}");
             names += 1;
-            run.dog(&["vdi", "create", "-z", SHIFT, &name, &size], b"");
+            // A third of the VDIs are erasure coded (2 data + 1 parity).
+            let mut args = vec!["vdi", "create", "-z", SHIFT, &name, &size];
+            if rng.below(3) == 0 {
+                args.extend_from_slice(&["-c", "2:1"]);
+            }
+            run.dog(&args, b"");
             fams.push(Family {
                 name,
                 working: Some(vec![0; SIZE]),
