@@ -49,7 +49,8 @@ pub async fn listen(sheep: &Arc<Sheep>, dir: &Path) -> anyhow::Result<Vec<Listen
         loop {
             if let Ok((sock, _)) = tcp.accept().await {
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(serve(s.clone(), sock));
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                tokio::spawn(serve(s.clone(), sock, Some(fd)));
             }
         }
     }));
@@ -60,7 +61,8 @@ pub async fn listen(sheep: &Arc<Sheep>, dir: &Path) -> anyhow::Result<Vec<Listen
             loop {
                 if let Ok((sock, _)) = io.accept().await {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(serve(s.clone(), sock));
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                    tokio::spawn(serve(s.clone(), sock, Some(fd)));
                 }
             }
         }));
@@ -72,14 +74,37 @@ pub async fn listen(sheep: &Arc<Sheep>, dir: &Path) -> anyhow::Result<Vec<Listen
     out.push(Box::pin(async move {
         loop {
             if let Ok((sock, _)) = unix.accept().await {
-                tokio::spawn(serve(s.clone(), sock));
+                tokio::spawn(serve(s.clone(), sock, None));
             }
         }
     }));
     Ok(out)
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(sheep: Arc<Sheep>, sock: S) {
+/// Asks the kernel to acknowledge received data at once. A client that
+/// writes a header and its payload separately without TCP_NODELAY (tgt)
+/// otherwise waits for our delayed ACK before sending the payload.
+fn quick_ack(fd: Option<std::os::fd::RawFd>) {
+    if let Some(fd) = fd {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
+    sheep: Arc<Sheep>,
+    sock: S,
+    tcp_fd: Option<std::os::fd::RawFd>,
+) {
     let (mut rd, mut wr) = tokio::io::split(sock);
     let (tx, mut rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
     let writer = {
@@ -121,6 +146,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(sheep: Arc<Sheep>, so
         }
         let mut payload = Vec::new();
         if req.has_payload() {
+            quick_ack(tcp_fd);
             payload = vec![0u8; req.data_length as usize];
             if rd.read_exact(&mut payload).await.is_err() {
                 break;
