@@ -1,0 +1,690 @@
+//! Sheepdog across hosts: one sheep per network namespace (see
+//! `sd_testkit::netns`) on a real ZooKeeper on the bridge, under faults,
+//! with `sdload` writing self-describing blocks and verifying every
+//! acknowledged write afterwards:
+//!
+//! * 20 rounds of SIGKILL of a random sheep during writes, restart,
+//!   recovery: no acknowledged write lost, 3 copies on distinct zones.
+//! * a host partitioned mid-write: its session expires, the rest carries
+//!   on, it never serves stale data, and after healing it rejoins.
+//! * ZooKeeper restarted within and beyond the session timeout.
+//! * `dog cluster shutdown` and restart of every node (WAIT_FOR_JOIN), and
+//!   `cluster recover force` without a node that is gone for good.
+//! * zones spanning hosts, a gateway-only host, and `-i` on a separate
+//!   data network that carries all peer traffic.
+//!
+//! Needs root (network namespaces) and ZooKeeper (`./scripts/test.sh`
+//! installs it). The tests run one at a time: each starts several sheep and
+//! a JVM. `SD_KEEP=1` keeps stores and logs; a failing test keeps them too
+//! and prints where.
+
+use sd_testkit::netns::*;
+use sd_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sdload_bin() -> PathBuf {
+    bin_dir().join("sdload")
+}
+
+fn vid_of(name: &str) -> u32 {
+    sd_proto::sd_hash_vdi(name.as_bytes())
+}
+
+/// Formats with 3 copies and creates VDI `name` of `size`.
+fn format_and_create(c: &NetCluster, name: &str, size: &str) {
+    c.dog_ok(0, &["cluster", "format", "-c", "3"]);
+    c.dog_ok(0, &["vdi", "create", name, size]);
+}
+
+/// A background `sdload write`.
+struct Load {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// 256 blocks, one every 256 KiB: 16 objects of a 64 MiB VDI.
+const LOAD_SHAPE: &[&str] = &["--blocks", "256", "--stride", "262144"];
+
+impl Load {
+    /// Starts writing to `vdi` through `addrs` until stopped.
+    fn start(c: &NetCluster, addrs: &[usize], vdi: &str, journal: &Path, tag: &str) -> Load {
+        let out = c.root.path().join(format!("sdload.{tag}.out"));
+        let err = c.root.path().join(format!("sdload.{tag}.err"));
+        let list: Vec<String> = addrs.iter().map(|&i| c.addr(i).to_string()).collect();
+        let child = Command::new(sdload_bin())
+            .args([
+                "write",
+                "--addr",
+                &list.join(","),
+                "--vdi",
+                vdi,
+                "--journal",
+            ])
+            .arg(journal)
+            .args(LOAD_SHAPE)
+            .args([
+                "--duration",
+                "100000",
+                "--workers",
+                "4",
+                "--op-timeout",
+                "10",
+                "--give-up",
+                "60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn sdload");
+        Load {
+            child: Some(child),
+            out,
+            err,
+        }
+    }
+
+    /// Stops the load (SIGTERM: current writes finish) and returns its
+    /// summary line; panics if it failed.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sdload did not stop within 90 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.err).unwrap_or_default();
+        assert!(st.success(), "sdload write failed ({st}): {out}\n{err}");
+        out.lines().last().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `key=<number>` from an sdload summary line.
+fn field(summary: &str, key: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| {
+            v.trim_end_matches("MiB/s")
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {key}= in '{summary}'")) as u64
+}
+
+/// `sdload verify` through host `at`: every acknowledged write reads back.
+fn try_verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> Result<String, String> {
+    let out = Command::new(sdload_bin())
+        .args([
+            "verify",
+            "--addr",
+            &c.addr(at).to_string(),
+            "--vdi",
+            vdi,
+            "--journal",
+        ])
+        .arg(journal)
+        .args(["--retry-for", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text.lines().last().unwrap_or_default().to_string())
+    } else {
+        Err(format!(
+            "verification through host {at} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> String {
+    try_verify(c, at, vdi, journal).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `sdload check` of every store: every replica of every object holds
+/// each acknowledged block, and every object has `copies` copies.
+fn try_check_files(c: &NetCluster, journal: &Path, copies: usize) -> Result<(), String> {
+    let mut cmd = Command::new(sdload_bin());
+    cmd.args(["check", "--journal"]).arg(journal);
+    for d in c.store_dirs() {
+        cmd.arg("--store").arg(d);
+    }
+    let out = cmd
+        .args(["--copies", &copies.to_string()])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "replica check failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn check_files(c: &NetCluster, journal: &Path, copies: usize) {
+    try_check_files(c, journal, copies).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every object of `vdi` has exactly `copies` copies on distinct zones.
+fn try_redundancy(c: &NetCluster, vdi: &str, copies: usize) -> Result<(), String> {
+    let bad = c.redundancy_problems(vid_of(vdi), copies);
+    if c.copies_of_vdi(vid_of(vdi)).is_empty() {
+        return Err(format!("no object of {vdi} found"));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "objects without {copies} copies on distinct zones:\n{}",
+            bad.join("\n")
+        ))
+    }
+}
+
+fn assert_redundancy(c: &NetCluster, vdi: &str, copies: usize) {
+    try_redundancy(c, vdi, copies).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn log_tails(c: &NetCluster) -> String {
+    (0..c.nodes.len())
+        .map(|i| c.log_tail(i, 15))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Tiny xorshift for reproducible random choices (seed printed).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("SD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+#[test]
+fn kill_rounds_lose_no_acknowledged_write() {
+    let _g = serial();
+    let mut c = NetCluster::start(NetOpts {
+        hosts: 5,
+        timeout_ms: 2000,
+        ..Default::default()
+    });
+    format_and_create(&c, "v", "64M");
+    let journal = c.root.path().join("kill.journal");
+    let s = seed();
+    eprintln!("kill rounds: SD_SEED={s}");
+    let mut rng = Rng(s);
+    let mut total_acked = 0;
+    let mut failures: Vec<String> = Vec::new();
+    for round in 0..20 {
+        let victim = rng.below(5);
+        let gw = (victim + 1 + rng.below(4)) % 5;
+        let load = Load::start(&c, &[gw], "v", &journal, &format!("r{round}"));
+        std::thread::sleep(Duration::from_millis(300 + rng.below(500) as u64));
+        let t = Instant::now();
+        c.kill(victim);
+        let others: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
+        if round % 2 == 0 {
+            // Let the others notice (session expiry) before it comes back.
+            c.wait_view(&others, 4, 30);
+        } else {
+            // Back while its old session may still be alive.
+            std::thread::sleep(Duration::from_millis(rng.below(1000) as u64));
+        }
+        let left = t.elapsed();
+        c.start_node(victim);
+        c.wait_up(victim);
+        c.wait_nodes(5);
+        c.wait_recovery(90);
+        let recovered = t.elapsed();
+        let summary = load.stop();
+        total_acked += field(&summary, "acked");
+        eprintln!(
+            "round {round}: killed host {victim} (load via {gw}), {} {left:.1?}, recovered after {recovered:.1?}; {summary}",
+            if round % 2 == 0 { "left the view after" } else { "restarted after" },
+        );
+        // Every check runs every round; the failures are reported together
+        // at the end (a later round may show what an earlier one caused).
+        let checks = [
+            try_verify(&c, rng.below(5), "v", &journal).map(|v| eprintln!("round {round}: {v}")),
+            try_check_files(&c, &journal, 3),
+            try_redundancy(&c, "v", 3),
+        ];
+        for e in checks.into_iter().filter_map(Result::err) {
+            eprintln!("round {round}: FAILED: {e}");
+            failures.push(format!("round {round} (killed host {victim}): {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed checks:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        total_acked > 1000,
+        "the load made progress ({total_acked} writes)"
+    );
+}
+
+#[test]
+fn partitioned_host_expires_never_serves_stale_and_rejoins() {
+    let _g = serial();
+    let mut c = NetCluster::start(NetOpts {
+        hosts: 5,
+        timeout_ms: 2500,
+        ..Default::default()
+    });
+    format_and_create(&c, "v", "64M");
+    let journal = c.root.path().join("part.journal");
+    let load = Load::start(&c, &[0], "v", &journal, "part");
+    std::thread::sleep(Duration::from_secs(1));
+    let p = 4;
+    // A reader inside the partitioned host, through its own sheep, for
+    // the whole partition: every read that succeeds must return at least
+    // what was acknowledged before it started.
+    let watch_out = c.root.path().join("watch.out");
+    let watcher = c
+        .hosts
+        .command(p, sdload_bin())
+        .args([
+            "watch",
+            "--addr",
+            &c.addr(p).to_string(),
+            "--vdi",
+            "v",
+            "--journal",
+        ])
+        .arg(&journal)
+        .args(["--duration", "14"])
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    c.hosts.partition(p);
+    let others = [0, 1, 2, 3];
+    c.wait_view(&others, 4, 30);
+    let left = t.elapsed();
+    let acked_at_leave = journal_acks(&journal);
+    // The rest carries on without the partitioned host.
+    std::thread::sleep(Duration::from_secs(4));
+    let acked_during = journal_acks(&journal) - acked_at_leave;
+    assert!(
+        acked_during > 50,
+        "writes continue during the partition ({acked_during})"
+    );
+    // The partitioned sheep stopped serving: its own dog cannot get a
+    // node list with a running cluster from it.
+    let own = c.hosts.run(
+        p,
+        dog_bin().to_str().unwrap(),
+        &["cluster", "info", "-a", &c.hosts.ip(p).to_string()],
+    );
+    let own_info = String::from_utf8_lossy(&own.stdout).into_owned();
+    assert!(
+        !own.status.success() || !own_info.starts_with("Cluster status: running"),
+        "the partitioned sheep still claims a running cluster {:.1?} after the others evicted it:\n{own_info}\n{}",
+        t.elapsed(),
+        c.log_tail(p, 30)
+    );
+    let watched = watcher.wait_with_output().unwrap();
+    let w = std::fs::read_to_string(&watch_out).unwrap_or_default();
+    assert!(
+        watched.status.success(),
+        "the partitioned host served stale data:\n{w}\n{}",
+        c.log_tail(p, 40)
+    );
+    assert!(
+        field(w.lines().last().unwrap(), "reads_failed") > 0,
+        "reads through the partitioned host failed at some point: {w}"
+    );
+    c.hosts.heal(p);
+    // It comes back on its own (re-exec and rejoin) or, if it gave up
+    // while ZooKeeper was unreachable, is restarted.
+    let healed = Instant::now();
+    let back = (|| {
+        while healed.elapsed() < Duration::from_secs(20) {
+            if !c.running(p) {
+                return false;
+            }
+            if c.view_at(0).is_some_and(|v| v.len() == 5) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })();
+    if !back {
+        eprintln!(
+            "partitioned sheep exited with {:?}; restarting it",
+            c.exit_status(p)
+        );
+        c.start_node(p);
+        c.wait_up(p);
+    }
+    c.wait_nodes(5);
+    c.wait_recovery(90);
+    let summary = load.stop();
+    eprintln!(
+        "partition: left the others' view after {left:.1?}, {acked_during} writes acknowledged in 4 s without it, rejoined by itself: {back}; {summary}; watcher: {}",
+        w.trim()
+    );
+    verify(&c, p, "v", &journal);
+    verify(&c, 1, "v", &journal);
+    check_files(&c, &journal, 3);
+    assert_redundancy(&c, "v", 3);
+}
+
+/// Acknowledged writes in a journal so far.
+fn journal_acks(journal: &Path) -> u64 {
+    std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("A "))
+        .count() as u64
+}
+
+#[test]
+fn zookeeper_restart_within_and_beyond_the_session_timeout() {
+    let _g = serial();
+    let timeout_ms = 8000;
+    let mut c = NetCluster::start(NetOpts {
+        hosts: 4,
+        timeout_ms,
+        ..Default::default()
+    });
+    format_and_create(&c, "v", "64M");
+    let journal = c.root.path().join("zk.journal");
+    let epoch = c.epoch_at(0);
+    let load = Load::start(&c, &[0, 1], "v", &journal, "zk1");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Within the timeout: nobody notices beyond a delay.
+    let t = Instant::now();
+    c.zk.stop();
+    std::thread::sleep(Duration::from_millis(1000));
+    c.zk.start_again();
+    let outage = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.alive(),
+        vec![0, 1, 2, 3],
+        "every sheep rode out a {outage:.1?} ZooKeeper outage\n{}",
+        log_tails(&c)
+    );
+    c.wait_nodes(4);
+    assert_eq!(c.epoch_at(0), epoch, "no membership change");
+    let summary = load.stop();
+    eprintln!("ZooKeeper down for {outage:.1?}: {summary}");
+    verify(&c, 2, "v", &journal);
+
+    // Beyond it: every sheep stops serving (and exits, or waits), then
+    // the cluster comes back once ZooKeeper does.
+    let load = Load::start(&c, &[0, 1], "v", &journal, "zk2");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    c.zk.stop();
+    let limit = Duration::from_millis(timeout_ms as u64 * 2);
+    let mut stopped = [None; 4];
+    while t.elapsed() < limit && stopped.iter().any(|s| s.is_none()) {
+        for (i, s) in stopped.iter_mut().enumerate() {
+            if s.is_none() {
+                let serving = c.running(i)
+                    && c.dog_at(i, &["cluster", "info"])
+                        .stdout
+                        .starts_with(b"Cluster status: running");
+                if !serving {
+                    *s = Some(t.elapsed());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stopped.iter().all(|s| s.is_some()),
+        "sheep still serving {limit:?} after ZooKeeper went away: {stopped:?}\n{}",
+        log_tails(&c)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let exits: Vec<_> = (0..4).map(|i| c.exit_status(i)).collect();
+    c.zk.start_again();
+    for i in 0..4 {
+        if !c.running(i) {
+            c.start_node(i);
+        }
+    }
+    for i in 0..4 {
+        c.wait_up(i);
+    }
+    wait_until(60, "the cluster running again", || {
+        (0..4).all(|i| {
+            c.dog_at(i, &["cluster", "info"])
+                .stdout
+                .starts_with(b"Cluster status: running")
+        })
+    });
+    c.wait_nodes(4);
+    c.wait_recovery(90);
+    let summary = load.stop();
+    eprintln!("ZooKeeper down beyond the timeout: stopped serving after {stopped:?}, exits {exits:?}; {summary}");
+    verify(&c, 3, "v", &journal);
+    check_files(&c, &journal, 3);
+    assert_redundancy(&c, "v", 3);
+}
+
+#[test]
+fn whole_cluster_shutdown_and_restart() {
+    let _g = serial();
+    let mut c = NetCluster::start(NetOpts {
+        hosts: 4,
+        timeout_ms: 3000,
+        ..Default::default()
+    });
+    format_and_create(&c, "v", "64M");
+    let journal = c.root.path().join("shutdown.journal");
+    let load = Load::start(&c, &[1], "v", &journal, "sd1");
+    std::thread::sleep(Duration::from_secs(2));
+    let summary = load.stop();
+    assert!(field(&summary, "acked") > 0);
+
+    assert_eq!(c.dog_ok(0, &["cluster", "shutdown"]), "");
+    for i in 0..4 {
+        let st = c.nodes[i].child.take().unwrap().wait().unwrap();
+        assert!(st.success(), "host {i} exits with 0 after shutdown: {st}");
+    }
+    // Three of four back: the cluster waits for the last epoch's nodes.
+    for i in [2, 0, 1] {
+        c.start_node(i);
+    }
+    for i in [2, 0, 1] {
+        c.wait_up(i);
+    }
+    wait_until(30, "WAIT_FOR_JOIN", || {
+        String::from_utf8_lossy(&c.dog_at(0, &["cluster", "info"]).stdout)
+            .starts_with("Cluster status: Waiting for other nodes to join cluster")
+    });
+    let out = c.dog_at(1, &["vdi", "read", "v", "0", "4096"]);
+    assert!(
+        !out.status.success(),
+        "no I/O before every node of the last epoch is back"
+    );
+    c.start_node(3);
+    c.wait_up(3);
+    wait_until(30, "running", || {
+        (0..4).all(|i| {
+            c.dog_at(i, &["cluster", "info"])
+                .stdout
+                .starts_with(b"Cluster status: running")
+        })
+    });
+    c.wait_nodes(4);
+    c.wait_recovery(60);
+    for i in 0..4 {
+        verify(&c, i, "v", &journal);
+    }
+    check_files(&c, &journal, 3);
+    assert_redundancy(&c, "v", 3);
+
+    // Again, and host 3 is gone for good: force recovery on the rest.
+    assert_eq!(c.dog_ok(0, &["cluster", "shutdown"]), "");
+    for i in 0..4 {
+        c.nodes[i].child.take().unwrap().wait().unwrap();
+    }
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    for i in 0..3 {
+        c.wait_up(i);
+    }
+    wait_until(30, "WAIT_FOR_JOIN", || {
+        c.dog_at(2, &["cluster", "info"])
+            .stdout
+            .starts_with(b"Cluster status: Waiting for other nodes")
+    });
+    let out = c.dog_stdin(0, &["cluster", "recover", "force"], b"yes\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_nodes(3);
+    c.wait_recovery(60);
+    verify(&c, 2, "v", &journal);
+    let _ = std::fs::remove_dir_all(c.nodes[3].dir.join("obj"));
+    check_files(&c, &journal, 3);
+    assert_redundancy(&c, "v", 3);
+}
+
+#[test]
+fn zones_gateway_and_data_network() {
+    let _g = serial();
+    // Six storage hosts in three zones, a gateway-only seventh, and a
+    // second network for I/O between sheep.
+    let mut c = NetCluster::start(NetOpts {
+        hosts: 7,
+        zones: Some(vec![0, 0, 1, 1, 2, 2, 9]),
+        gateways: vec![6],
+        timeout_ms: 3000,
+        data_net: true,
+        ..Default::default()
+    });
+    format_and_create(&c, "v", "64M");
+
+    // -i is advertised: the node list carries every storage node's data
+    // address and port.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes = rt.block_on(async {
+        let ep = sd_client::Endpoint::Tcp(c.addr(0));
+        let mut conn = sd_client::Connection::connect(&ep).await.unwrap();
+        sd_client::vdi::get_node_list(&mut conn).await.unwrap()
+    });
+    assert_eq!(nodes.len(), 7);
+    for i in 0..7 {
+        let n = nodes
+            .iter()
+            .find(|n| n.nid.ip() == std::net::IpAddr::V4(c.hosts.ip(i)))
+            .unwrap_or_else(|| panic!("host {i} in the node list {nodes:?}"));
+        assert_eq!(
+            n.nid.io_socket_addr(),
+            std::net::SocketAddr::new(c.hosts.data_ip(i).into(), IO_PORT),
+            "host {i} advertises its -i address"
+        );
+        assert_eq!(n.zone, c.nodes[i].zone);
+        assert_eq!(n.nr_vnodes == 0, i == 6, "only host 6 is a gateway");
+    }
+
+    // Sheep cannot reach each other's main addresses any more; only the
+    // data network connects them (clients and ZooKeeper are unaffected).
+    for i in 0..7 {
+        for j in 0..7 {
+            if i != j {
+                c.hosts.set_route_to(i, c.hosts.ip(j), false);
+            }
+        }
+    }
+    let journal = c.root.path().join("zones.journal");
+    let load = Load::start(&c, &[6], "v", &journal, "gw");
+    std::thread::sleep(Duration::from_secs(3));
+    let summary = load.stop();
+    assert!(
+        field(&summary, "acked") > 100,
+        "I/O through the gateway over the data network: {summary}"
+    );
+    assert_eq!(field(&summary, "errors"), 0, "no errors: {summary}");
+    verify(&c, 6, "v", &journal);
+    verify(&c, 3, "v", &journal);
+    assert!(
+        c.objects(6).is_empty(),
+        "the gateway stores nothing: {:?}",
+        c.objects(6)
+    );
+    assert_redundancy(&c, "v", 3);
+    check_files(&c, &journal, 3);
+
+    // Losing a host: recovery (over the data network) restores three
+    // copies on three zones from the five that are left.
+    let load = Load::start(&c, &[6], "v", &journal, "gw2");
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill(2);
+    c.wait_nodes(6);
+    c.wait_recovery(60);
+    let summary = load.stop();
+    let _ = std::fs::remove_dir_all(c.nodes[2].dir.join("obj"));
+    assert_redundancy(&c, "v", 3);
+    check_files(&c, &journal, 3);
+    verify(&c, 5, "v", &journal);
+    eprintln!("zones/gateway/-i: {summary}");
+}
