@@ -192,7 +192,9 @@ fn read_exact_stdin(buf: &mut [u8]) -> std::io::Result<bool> {
 /// old current VDI's parent.
 ///
 /// Unlike the original, the stream header is checked before the current
-/// VDI is deleted, so a bad or empty stream changes nothing.
+/// VDI is deleted, so a bad or empty stream changes nothing, and records
+/// outside the VDI or its objects are refused as a corrupted stream
+/// instead of being written past the buffer or the index.
 pub async fn restore(ctx: &mut Ctx) -> Res<()> {
     let name = ctx.take_operand().unwrap_or_default();
     let o = &ctx.opts.vdi;

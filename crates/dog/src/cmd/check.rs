@@ -360,7 +360,11 @@ pub async fn cluster_check(ctx: &mut Ctx) -> Res<()> {
         } else {
             m.s("fix vdi ").b(h.name_bytes()).s("\n").out();
         }
-        do_vdi_check(ctx, &inode).await?;
+        // As the original, a VDI that cannot be checked does not stop
+        // the others (only the fatal errors that end dog do).
+        if let Err(e @ End::Exit(_)) = do_vdi_check(ctx, &inode).await {
+            return Err(e);
+        }
     }
     Ok(())
 }
