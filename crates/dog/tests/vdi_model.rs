@@ -279,12 +279,14 @@ fn run_seed(c: &Cluster, seed: u64, strict: bool) {
     }
 
     // Every copy of every object agrees: the check repairs nothing.
-    let check = String::from_utf8(run.dog(&["cluster", "check"], b"")).unwrap();
-    if let Some(l) = check
-        .lines()
-        .find(|l| !l.starts_with("fix ") && !l.starts_with("finish "))
-    {
-        run.fail(&format!("cluster check repaired something: {l}\n{check}"));
+    if strict {
+        let check = String::from_utf8(run.dog(&["cluster", "check"], b"")).unwrap();
+        let fixed = check
+            .lines()
+            .find(|l| !l.starts_with("fix ") && !l.starts_with("finish "));
+        if let Some(l) = fixed {
+            run.fail(&format!("cluster check repaired something: {l}\n{check}"));
+        }
     }
 
     // Delete everything; the stores must drain.
