@@ -51,15 +51,12 @@ async fn find_attr(
     }
 }
 
-/// Reads all of stdin, at most `max` bytes (the original's reread loop
-/// stops once its buffer is full).
-fn read_stdin_upto(max: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut v = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(max as u64)
-        .read_to_end(&mut v)?;
+/// A value from stdin: all of it, at most [`SD_MAX_VDI_ATTR_VALUE_LEN`]
+/// bytes.
+fn read_stdin_value() -> std::io::Result<Vec<u8>> {
+    let mut v = vec![0; SD_MAX_VDI_ATTR_VALUE_LEN];
+    let n = super::vdi::read_stdin(&mut v)?;
+    v.truncate(n);
     Ok(v)
 }
 
@@ -81,7 +78,8 @@ pub async fn setattr(ctx: &mut Ctx) -> Res<()> {
         }
         Some(v) => v,
         None if delete => Vec::new(),
-        None => match read_stdin_upto(SD_MAX_VDI_ATTR_VALUE_LEN) {
+        // At most the largest value: the original stops reading there.
+        None => match read_stdin_value() {
             Ok(v) => v,
             Err(e) => {
                 err!(

@@ -7,7 +7,7 @@
 //! length, reserved = 0} followed by `length` bytes of the object at
 //! `offset`; an end marker record with index 0xFFFFFFFF and zeros.
 
-use super::vdi::{do_vdi_create, do_vdi_delete, open_vdi};
+use super::vdi::{do_vdi_create, do_vdi_delete, open_vdi, read_stdin};
 use super::{report, ret};
 use crate::app::Ctx;
 use crate::out::{show_progress, write_raw};
@@ -172,18 +172,7 @@ pub async fn backup(ctx: &mut Ctx) -> Res<()> {
 
 /// Reads exactly `buf.len()` bytes from stdin; false on a short read.
 fn read_exact_stdin(buf: &mut [u8]) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut got = 0;
-    let mut stdin = std::io::stdin().lock();
-    while got < buf.len() {
-        match stdin.read(&mut buf[got..]) {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
+    read_stdin(buf).map(|n| n == buf.len())
 }
 
 /// `vdi restore -s <snapshot> <name> < stream`: the current VDI is

@@ -905,8 +905,9 @@ pub async fn read(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
-/// Reads from stdin until `buf` is full or EOF (the original's `xread`).
-fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads from stdin until `buf` is full or EOF (the original's `xread`);
+/// returns the number of bytes read.
+pub fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         // SAFETY: reads into the unfilled tail of a live buffer.
