@@ -5,7 +5,7 @@
 //!               [--duration S] [--blocks N] [--stride BYTES] [--first BYTES]
 //!               [--workers W] [--op-timeout S] [--give-up S] [--report S]
 //! sdload verify --addr IP:PORT[,...] --vdi NAME --journal FILE [--retry-for S]
-//! sdload watch  --addr IP:PORT[,...] --vdi NAME --journal FILE --duration S
+//! sdload watch  --addr IP:PORT[,...] --vdi NAME --journal FILE --duration S [--op-timeout S]
 //! sdload check  --journal FILE --store DIR [--store DIR...] [--copies N]
 //! ```
 //!
@@ -222,6 +222,29 @@ fn parse_block(l: &Layout, b: u32, data: &[u8]) -> Content {
     Content::Gen(gen)
 }
 
+/// When the client built the block found in `data` (UTC time of day), to
+/// tell which write a stale block came from; empty if it has no header.
+fn block_time(data: &[u8]) -> String {
+    if data.len() < 40 || &data[0..8] != MAGIC {
+        return String::new();
+    }
+    let ns = u64::from_le_bytes(data[32..40].try_into().unwrap());
+    let (secs, ms) = (ns / 1_000_000_000, ns / 1_000_000 % 1000);
+    let day = secs % 86400;
+    format!(
+        " (block built by the client at {:02}:{:02}:{:02}.{ms:03} UTC)",
+        day / 3600,
+        day / 60 % 60,
+        day % 60
+    )
+}
+
+/// Judges `data` read back for block `b`; None if acceptable, else why not.
+fn judge_data(l: &Layout, st: &BlockState, b: u32, data: &[u8]) -> Option<String> {
+    st.judge(&parse_block(l, b, data))
+        .map(|why| format!("{why}{}", block_time(data)))
+}
+
 // ---------------------------------------------------------------- journal
 
 /// Per-block knowledge from a journal.
@@ -375,7 +398,7 @@ const USAGE: &str = "usage:
   sdload write  --addr IP:PORT[,IP:PORT...] --vdi NAME --journal FILE [--duration S] [--blocks N]
                 [--stride BYTES] [--first BYTES] [--workers W] [--op-timeout S] [--give-up S] [--report S]
   sdload verify --addr IP:PORT[,...] --vdi NAME --journal FILE [--retry-for S]
-  sdload watch  --addr IP:PORT[,...] --vdi NAME --journal FILE --duration S
+  sdload watch  --addr IP:PORT[,...] --vdi NAME --journal FILE --duration S [--op-timeout S]
   sdload check  --journal FILE --store DIR [--store DIR...] [--copies N]";
 
 fn usage(msg: &str) -> ! {
@@ -590,6 +613,8 @@ macro_rules! retrying {
 
 #[derive(Default)]
 struct Stats {
+    /// Longest time from first sending a write to its acknowledgement, µs.
+    max_latency_us: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
     given_up: AtomicU64,
@@ -635,7 +660,8 @@ async fn write_one(
     let data = make_block(l, b, gen);
     let off = l.offset(b);
     sh.journal.record('I', b, gen);
-    let deadline = Instant::now() + Duration::from_secs_f64(sh.opts.give_up);
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs_f64(sh.opts.give_up);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -673,6 +699,9 @@ async fn write_one(
                 *inode = ino;
                 sh.journal.record('A', b, gen);
                 sh.stats.acked.fetch_add(1, Ordering::Relaxed);
+                sh.stats
+                    .max_latency_us
+                    .fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if attempt > 1 {
                     sh.stats.retried_ok.fetch_add(1, Ordering::Relaxed);
                 }
@@ -880,13 +909,14 @@ async fn run_write(o: Opts) -> i32 {
     let s = &sh.stats;
     let acked = s.acked.load(Ordering::Relaxed);
     println!(
-        "sdload write: vdi={} vid={:x} blocks={} acked={acked} unacked={} retried_ok={} errors={} elapsed={secs:.1}s rate={:.2}MiB/s",
+        "sdload write: vdi={} vid={:x} blocks={} acked={acked} unacked={} retried_ok={} errors={} max_latency={:.2}s elapsed={secs:.1}s rate={:.2}MiB/s",
         layout.name,
         layout.vid,
         layout.blocks,
         s.given_up.load(Ordering::Relaxed),
         s.retried_ok.load(Ordering::Relaxed),
         s.errors.load(Ordering::Relaxed),
+        s.max_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
         acked as f64 * BLOCK as f64 / (1 << 20) as f64 / secs.max(1e-9),
     );
     0
@@ -955,7 +985,7 @@ async fn run_verify(o: Opts) -> i32 {
             }
         };
         let c = parse_block(&l, b, &data);
-        match st.judge(&c) {
+        match judge_data(&l, &st, b, &data) {
             Some(why) => rep.problem(format!("block {b} (offset {}): {why}", l.offset(b))),
             None => match c {
                 Content::Zero => zero += 1,
@@ -971,25 +1001,33 @@ async fn run_verify(o: Opts) -> i32 {
     i32::from(rep.problems > 0)
 }
 
-async fn run_watch(o: Opts) -> i32 {
-    use rand::Rng;
+/// What one `watch` reader saw.
+#[derive(Default)]
+struct Watched {
+    ok: u64,
+    failed: u64,
+    last_ok: Option<f64>,
+    first_fail: Option<f64>,
+    problems: Vec<String>,
+    errors: HashMap<String, u64>,
+}
+
+/// One `watch` reader: its own connection and journal view, random blocks
+/// until `end`.
+async fn watch_task(o: Opts, k: usize, t0: Instant, end: Instant) -> Watched {
+    use rand::{Rng, SeedableRng};
+    let mut w = Watched::default();
     let mut j = match JournalReader::open(&o.journal) {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("sdload: {e}");
-            return 2;
+            w.problems.push(e);
+            return w;
         }
     };
     let l = j.layout.clone();
-    let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(o.duration.unwrap());
-    let mut cl = Client::new(&o.addrs, 0, Duration::from_secs_f64(o.op_timeout.min(5.0)));
+    let mut cl = Client::new(&o.addrs, k, Duration::from_secs_f64(o.op_timeout));
     let mut inode: Option<Inode> = None;
-    let mut rep = Report::default();
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut last_ok: Option<f64> = None;
-    let mut first_fail: Option<f64> = None;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rngs::StdRng::from_entropy();
     while Instant::now() < end {
         let ino = match &inode {
             Some(i) => i.clone(),
@@ -999,12 +1037,14 @@ async fn run_watch(o: Opts) -> i32 {
                     i
                 }
                 Ok(_) => {
-                    eprintln!("sdload: VDI '{}' is no longer vid {:x}", o.vdi, l.vid);
-                    return 2;
+                    w.problems
+                        .push(format!("VDI '{}' is no longer vid {:x}", o.vdi, l.vid));
+                    return w;
                 }
-                Err(_) => {
-                    failed += 1;
-                    first_fail.get_or_insert(t0.elapsed().as_secs_f64());
+                Err(e) => {
+                    w.failed += 1;
+                    *w.errors.entry(e).or_default() += 1;
+                    w.first_fail.get_or_insert(t0.elapsed().as_secs_f64());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -1017,34 +1057,78 @@ async fn run_watch(o: Opts) -> i32 {
         match cl.read_block(&ino, l.offset(b)).await {
             Ok(data) => {
                 j.refresh();
-                let now = j.blocks[b as usize];
                 let st = BlockState {
                     acked: before.acked,
-                    sent: now.sent,
+                    sent: j.blocks[b as usize].sent,
                 };
-                ok += 1;
-                last_ok = Some(t0.elapsed().as_secs_f64());
-                if let Some(why) = st.judge(&parse_block(&l, b, &data)) {
-                    rep.problem(format!(
+                w.ok += 1;
+                w.last_ok = Some(t0.elapsed().as_secs_f64());
+                if let Some(why) = judge_data(&l, &st, b, &data) {
+                    w.problems.push(format!(
                         "read of block {b} started at t={started:.2}s: {why}"
                     ));
                 }
             }
-            Err(_) => {
-                failed += 1;
-                first_fail.get_or_insert(started);
-                inode = None;
+            Err(e) => {
+                // The inode is kept: the blocks' objects are allocated, and
+                // reads must keep trying the sheep's own copies.
+                w.failed += 1;
+                *w.errors.entry(e).or_default() += 1;
+                w.first_fail.get_or_insert(started);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+    w
+}
+
+/// `watch`: four readers through `--addr` for `--duration` seconds.
+async fn run_watch(o: Opts) -> i32 {
+    if let Err(e) = JournalReader::open(&o.journal) {
+        eprintln!("sdload: {e}");
+        return 2;
+    }
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(o.duration.unwrap());
+    let tasks: Vec<_> = (0..4)
+        .map(|k| tokio::spawn(watch_task(o.clone(), k, t0, end)))
+        .collect();
+    let mut all = Watched::default();
+    for t in tasks {
+        let Ok(w) = t.await else { continue };
+        all.ok += w.ok;
+        all.failed += w.failed;
+        all.last_ok = match (all.last_ok, w.last_ok) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        all.first_fail = match (all.first_fail, w.first_fail) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        all.problems.extend(w.problems);
+        for (e, n) in w.errors {
+            *all.errors.entry(e).or_default() += n;
+        }
+    }
+    let mut rep = Report::default();
+    for p in all.problems {
+        rep.problem(p);
+    }
     let f = |v: Option<f64>| v.map_or("-".to_string(), |t| format!("{t:.2}"));
     println!(
-        "sdload watch: reads_ok={ok} reads_failed={failed} last_ok_at={} first_fail_at={} problems={}",
-        f(last_ok),
-        f(first_fail),
+        "sdload watch: reads_ok={} reads_failed={} last_ok_at={} first_fail_at={} problems={}",
+        all.ok,
+        all.failed,
+        f(all.last_ok),
+        f(all.first_fail),
         rep.problems
     );
+    let mut errors: Vec<_> = all.errors.into_iter().collect();
+    errors.sort_by_key(|e| std::cmp::Reverse(e.1));
+    for (e, n) in errors.iter().take(5) {
+        eprintln!("sdload watch: {n} reads failed: {e}");
+    }
     i32::from(rep.problems > 0)
 }
 
@@ -1080,7 +1164,7 @@ fn run_check(o: Opts) -> i32 {
                     // A short object file reads as zeros past its end.
                     data[n..].fill(0);
                 }
-                if let Some(why) = j.blocks[b as usize].judge(&parse_block(l, b, &data)) {
+                if let Some(why) = judge_data(l, &j.blocks[b as usize], b, &data) {
                     rep.problem(format!(
                         "{}: block {b} (offset {at}): {why}",
                         path.display()
