@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v cargo >/dev/null || { echo "cargo is required (install Rust stable)" >&2; exit 1; }
-for pkg_cmd in "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy" "fio:fio" "tgt:tgtd" "libiscsi-bin:iscsi-test-cu"; do
+for pkg_cmd in "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy" "fio:fio" "tgt:tgtd" "libiscsi-bin:iscsi-test-cu" "python3:python3"; do
     pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
     command -v "$cmd" >/dev/null || need+=("$pkg")
 done
