@@ -316,6 +316,7 @@ fn fio_verify_and_node_loss_under_load() {
     c.format("3");
     c.dog_ok(&["vdi", "create", "vol", "128M"]);
     let uri = c.nbd_uri(0, "vol");
+    let fio_dir = c.root().to_path_buf();
     let fio = |extra: &[&str]| {
         let mut args = vec![
             "--name=t",
@@ -331,7 +332,11 @@ fn fio_verify_and_node_loss_under_load() {
             "--output-format=terse",
         ];
         args.extend_from_slice(extra);
-        let o = Command::new("fio").args(&args).output().unwrap();
+        let o = Command::new("fio")
+            .args(&args)
+            .current_dir(&fio_dir)
+            .output()
+            .unwrap();
         (
             o.status.success(),
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
@@ -345,8 +350,10 @@ fn fio_verify_and_node_loss_under_load() {
     let victim = 3;
     let h = std::thread::spawn({
         let uri = uri.clone();
+        let dir = c.root().to_path_buf();
         move || {
             let o = Command::new("fio")
+                .current_dir(dir)
                 .args([
                     "--name=load",
                     "--ioengine=nbd",

@@ -159,6 +159,11 @@ impl Sheep {
         }
     }
 
+    /// Whether this node has the state of `vid`.
+    pub fn knows_vdi(&self, vid: u32) -> bool {
+        self.state.lock().unwrap().vdis.states.contains_key(&vid)
+    }
+
     /// Whether `vid` is a snapshot (its data objects are read-only).
     pub fn is_snapshot(&self, vid: u32) -> bool {
         self.state

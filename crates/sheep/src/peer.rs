@@ -88,6 +88,16 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     }
     let key = sheep.obj_key(o.oid, o.copy_policy, o.ec_index);
     let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
+    if req.opcode == op::CREATE_AND_WRITE_PEER
+        && !is_vdi_obj(o.oid)
+        && !sheep.knows_vdi(oid_to_vid(o.oid))
+    {
+        // The object's size comes from its VDI: a VDI created a moment ago
+        // may not be applied here yet, so catch up with the stream first.
+        if let Ok(end) = sheep.driver.stream_end().await {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sheep.wait_applied(end)).await;
+        }
+    }
     match req.opcode {
         // A create or remove replaces whatever recovery would bring back.
         op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER => sheep.recovery.claim(sheep, o.oid).await,
