@@ -104,7 +104,13 @@ impl Cluster {
 
     /// Starts `n` nodes on ports in `[min, max)` with extra sheep args on
     /// `driver` (the cluster's private local driver if None).
-    pub fn start_full(n: usize, min: u16, max: u16, extra: &[&str], driver: Option<&str>) -> Cluster {
+    pub fn start_full(
+        n: usize,
+        min: u16,
+        max: u16,
+        extra: &[&str],
+        driver: Option<&str>,
+    ) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("sdtest")
             .tempdir()
