@@ -1,10 +1,10 @@
 //! Randomized (seeded, reproducible) sequences of create / write /
 //! snapshot / clone / rollback / delete through dog against a real
 //! cluster, checked against an in-memory model of every VDI's bytes:
-//! every read must match the model. In the strict variant `cluster
-//! check` must also find every copy consistent at the end, and once
-//! everything is deleted no object file may remain in any store
-//! (reclaim is asynchronous, so the stores get a few seconds to drain).
+//! every read must match the model, and once everything is deleted no
+//! object file may remain in any store (reclaim is asynchronous, so the
+//! stores get a few seconds to drain). In the strict variant `cluster
+//! check` must also find every copy consistent at the end.
 //!
 //! A failure prints the seed and the steps so far; rerun one seed with
 //! `VDI_MODEL_SEED=<seed> cargo test --release -p dog --test vdi_model`
@@ -105,8 +105,7 @@ impl Run<'_> {
 }
 
 /// Runs the sequence of `seed`; with `strict`, also requires every copy
-/// of every object to agree at the end and the stores to be empty once
-/// everything is deleted.
+/// of every object to agree at the end.
 fn run_seed(c: &Cluster, seed: u64, strict: bool) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut run = Run {
@@ -308,9 +307,6 @@ fn run_seed(c: &Cluster, seed: u64, strict: bool) {
     if std::env::var_os("VDI_MODEL_LOG").is_some() {
         eprintln!("seed {seed}:\n{}", run.log);
     }
-    if !strict {
-        return;
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<String> = c
@@ -357,10 +353,9 @@ fn random_lifecycles_match_the_model() {
     run_seeds(false);
 }
 
-/// The same sequences; at the end every copy agrees (`cluster check`),
-/// and once everything is deleted no object file remains.
+/// The same sequences; at the end every copy agrees (`cluster check`).
 #[test]
-#[ignore = "server bugs: DECREF_PEER writes a shrunk ledger back without truncating it (objects never reclaimed); a peer that has not applied a new VDI yet creates its objects with the cluster's default object size (replicas differ)"]
-fn copies_agree_and_deleting_everything_reclaims_every_object() {
+#[ignore = "server bug: a peer that has not applied a new VDI yet creates its objects with the cluster's default object size (replicas differ)"]
+fn copies_agree_at_the_end() {
     run_seeds(true);
 }
