@@ -10,6 +10,7 @@
 # Prints a markdown section for docs/BENCHMARKS.md (also left in
 # $ROOT/section.md when KEEP=1).
 #   bench/recovery.sh [size_mib] [rounds]
+# SKIP_LEAVE=1 skips part 1; KEEP=1 keeps the stores and logs.
 # Needs ZooKeeper (./scripts/test.sh installs it) and the release binaries
 # (built here; CARGO_TARGET_DIR is honoured).
 set -euo pipefail
@@ -18,6 +19,7 @@ SIZE_MIB=${1:-1024}
 ROUNDS=${2:-5}
 cargo build --release --bins >/dev/null
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+l_min=- l_med=- l_max=- z3_min=- z3_med=- z3_max=- z10_min=- z10_med=- z10_max=-
 ZK_CP=${SD_ZK_CLASSPATH:-/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar}
 ROOT=$(mktemp -d /var/tmp/sdrecov.XXXXXX)
 PORT=$((17000 + RANDOM % 2000))
@@ -55,7 +57,7 @@ java -Xmx64m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$ROOT/zk/conf:$ZK_CP"
     > "$ROOT/zk/log" 2>&1 < /dev/null &
 ZKPID=$!
 for _ in $(seq 300); do
-    if exec 3<>/dev/tcp/127.0.0.1/$ZKPORT 2>/dev/null; then
+    if { exec 3<>/dev/tcp/127.0.0.1/$ZKPORT; } 2>/dev/null; then
         printf ruok >&3; r=$(timeout 1 cat <&3 || true); exec 3<&-
         [ "$r" = imok ] && break
     fi
@@ -109,9 +111,11 @@ leave() {
     stop_cluster "$tag"
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f %.2f", a[1], a[int((NR+1)/2)], a[NR]}'
 }
-read -r l_min l_med l_max <<< "$(leave local "local:$ROOT/shm")"
-read -r z3_min z3_med z3_max <<< "$(leave zk3 "zookeeper:127.0.0.1:$ZKPORT/leave3,timeout=3000")"
-read -r z10_min z10_med z10_max <<< "$(leave zk10 "zookeeper:127.0.0.1:$ZKPORT/leave10,timeout=10000")"
+if [ -z "${SKIP_LEAVE:-}" ]; then
+    read -r l_min l_med l_max <<< "$(leave local "local:$ROOT/shm")"
+    read -r z3_min z3_med z3_max <<< "$(leave zk3 "zookeeper:127.0.0.1:$ZKPORT/leave3,timeout=3000")"
+    read -r z10_min z10_med z10_max <<< "$(leave zk10 "zookeeper:127.0.0.1:$ZKPORT/leave10,timeout=10000")"
+fi
 
 # ---------------------------------------------------------------- 2./3. recovery
 tag=rec
@@ -144,8 +148,8 @@ sleep 10
 ta=$(now)
 kill -TERM $LOADPID; wait $LOADPID || true; LOADPID=
 # Full redundancy: every object of the data VDI on all three survivors.
-vid=$(dog vdi list -r -p $PORT | awk '$2 == "data" {print $3}')
-pre=$(printf '00%06x' "$vid")
+vid=$(dog vdi list -r -p $PORT | awk '$2 == "data" {print $8}')
+pre=$(printf '00%06x' "0x$vid")
 objs=$(( (SIZE_MIB + 3) / 4 ))
 copies=0
 for i in 0 1 2; do copies=$((copies + $(ls "$ROOT/$tag/s$i/obj" | grep -c "^$pre" || true))); done
@@ -157,8 +161,9 @@ dog vdi read data -p $((PORT + 1)) | cmp - "$ROOT/data"
 # (seconds since sdload started) per second, in writes/s.
 rate() {
     awk -v a="$1" -v b="$2" '
-        { t = $2; sub("t=", "", t); n = $3; sub("acked=", "", n) }
-        t <= a { na = n; ta = t } t <= b { nb = n; tb = t }
+        $1 == "sdload:" { t = substr($2, 3) + 0; n = substr($3, 7) + 0 }
+        $1 == "sdload:" && t <= a { na = n; ta = t }
+        $1 == "sdload:" && t <= b { nb = n; tb = t }
         END { if (tb > ta) printf "%.0f", (nb - na) / (tb - ta); else print 0 }' "$ROOT/load.out"
 }
 rel() { echo "$1 - $ts" | bc -l; }

@@ -420,6 +420,21 @@ impl Drop for Hosts {
     }
 }
 
+/// Makes the child (and what it execs) get SIGKILL when the spawning
+/// thread's process dies, so a killed test leaves no process behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sheep port on every host (each host has its own addresses).
 pub const SHEEP_PORT: u16 = 7000;
 /// Port of the `-i` listener on the data network.
@@ -572,9 +587,9 @@ impl NetCluster {
             .append(true)
             .open(self.root.path().join(format!("stderr.{i}")))
             .unwrap();
-        let child = self
-            .hosts
-            .command(i, sheep_bin())
+        let mut cmd = self.hosts.command(i, sheep_bin());
+        die_with_parent(&mut cmd);
+        let child = cmd
             .args(self.sheep_args(i))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -811,8 +826,8 @@ impl Drop for NetCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
-        if std::thread::panicking() || std::env::var_os("SD_KEEP").is_some() {
-            // Keep the stores and logs of a failed test for diagnosis.
+        if std::env::var_os("SD_KEEP").is_some() {
+            // Keep the stores and logs for diagnosis.
             let p = std::mem::replace(
                 &mut self.root,
                 tempfile::Builder::new()
@@ -821,6 +836,11 @@ impl Drop for NetCluster {
                     .unwrap(),
             );
             eprintln!("multi-host cluster files kept in {}", p.keep().display());
+        } else if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                eprintln!("{}", self.log_tail(i, 20));
+            }
+            eprintln!("(SD_KEEP=1 keeps the stores, logs and journals of a run)");
         }
     }
 }

@@ -35,6 +35,13 @@ fn sdload_bin() -> PathBuf {
     bin_dir().join("sdload")
 }
 
+/// An `sdload` command that dies with the test process.
+fn sdload() -> Command {
+    let mut cmd = Command::new(sdload_bin());
+    die_with_parent(&mut cmd);
+    cmd
+}
+
 fn vid_of(name: &str) -> u32 {
     sd_proto::sd_hash_vdi(name.as_bytes())
 }
@@ -61,7 +68,7 @@ impl Load {
         let out = c.root.path().join(format!("sdload.{tag}.out"));
         let err = c.root.path().join(format!("sdload.{tag}.err"));
         let list: Vec<String> = addrs.iter().map(|&i| c.addr(i).to_string()).collect();
-        let child = Command::new(sdload_bin())
+        let child = sdload()
             .args([
                 "write",
                 "--addr",
@@ -143,7 +150,7 @@ fn field(summary: &str, key: &str) -> u64 {
 
 /// `sdload verify` through host `at`: every acknowledged write reads back.
 fn try_verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> Result<String, String> {
-    let out = Command::new(sdload_bin())
+    let out = sdload()
         .args([
             "verify",
             "--addr",
@@ -174,7 +181,7 @@ fn verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> String {
 /// `sdload check` of every store: every replica of every object holds
 /// each acknowledged block, and every object has `copies` copies.
 fn try_check_files(c: &NetCluster, journal: &Path, copies: usize) -> Result<(), String> {
-    let mut cmd = Command::new(sdload_bin());
+    let mut cmd = sdload();
     cmd.args(["check", "--journal"]).arg(journal);
     for d in c.store_dirs() {
         cmd.arg("--store").arg(d);
@@ -332,9 +339,9 @@ fn partitioned_host_expires_never_serves_stale_and_rejoins() {
     // the whole partition: every read that succeeds must return at least
     // what was acknowledged before it started.
     let watch_out = c.root.path().join("watch.out");
-    let watcher = c
-        .hosts
-        .command(p, sdload_bin())
+    let mut watcher = c.hosts.command(p, sdload_bin());
+    die_with_parent(&mut watcher);
+    let watcher = watcher
         .args([
             "watch",
             "--addr",
