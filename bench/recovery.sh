@@ -182,7 +182,8 @@ section=$(cat <<MD
 ## Recovery: failure detection, time to full redundancy, client I/O during recovery
 
 Command: \`bench/recovery.sh $SIZE_MIB $ROUNDS\` ($(date -u +%Y-%m-%d), $(nproc) cores, loopback,
-ZooKeeper $(basename "$(readlink -f /usr/share/java/zookeeper.jar)" .jar) standalone with tickTime 200 ms).
+ZooKeeper $(dpkg-query -W -f '${Version}' zookeeper 2>/dev/null || echo '?') standalone with tickTime 200 ms, load average
+$(cut -d' ' -f1 /proc/loadavg) at the end: other engineers' jobs share the machine).
 
 **SIGKILL to leaving the view**, 4 nodes, $ROUNDS kills each (dog polled every 10 ms on a survivor):
 
