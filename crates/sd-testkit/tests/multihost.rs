@@ -15,8 +15,8 @@
 //!
 //! Needs root (network namespaces) and ZooKeeper (`./scripts/test.sh`
 //! installs it). The tests run one at a time: each starts several sheep and
-//! a JVM. `SD_KEEP=1` keeps stores and logs; a failing test keeps them too
-//! and prints where.
+//! a JVM. A failing test prints the tail of every sheep's log; `SD_KEEP=1`
+//! keeps the stores, logs and sdload journals and prints where.
 
 use sd_testkit::netns::*;
 use sd_testkit::*;
