@@ -53,6 +53,7 @@ pub struct Sheep {
     pub stats: crate::server::Stats,
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
+    pub obj_locks: crate::peer::ObjLocks,
 }
 
 impl Sheep {
@@ -218,17 +219,17 @@ impl Sheep {
     async fn execute(self: &Arc<Self>, fx: Vec<Effect>) -> anyhow::Result<()> {
         for f in fx {
             match f {
-                Effect::Joined => {
+                Effect::Joined { into_running } => {
                     let (cfg, history, cluster_epoch) = {
                         let st = self.state.lock().unwrap();
                         (self.persisted_config(&st), st.history.clone(), st.epoch)
                     };
                     let my_epoch = self.store.latest_epoch()?;
                     if cfg.ctime != 0 {
-                        // Rejoining a running cluster after missing epochs:
-                        // what we hold may be outdated, so it only serves
-                        // as stale copies until recovery proves otherwise.
-                        if my_epoch != 0 && my_epoch + 1 < cluster_epoch {
+                        // Joining a cluster that ran without us: what we
+                        // hold may have missed writes, so it only serves as
+                        // stale copies until recovery brings current ones.
+                        if my_epoch != 0 && (into_running || my_epoch + 1 < cluster_epoch) {
                             for k in self.store.list()? {
                                 self.store.move_to_stale(&k, my_epoch)?;
                             }
@@ -444,6 +445,7 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         codecs: Mutex::default(),
         stats: Default::default(),
         leaving: Default::default(),
+        obj_locks: Default::default(),
     });
     {
         let s = sheep.clone();

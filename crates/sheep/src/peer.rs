@@ -67,19 +67,56 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         .await
 }
 
-async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
-    let o = req.obj();
-    // Epoch rule (§1.7): older requests are refused, newer ones wait.
-    let my = sheep.epoch();
-    if o.oid != 0 {
-        let diff = req.epoch.wrapping_sub(my) as i32;
-        if diff < 0 && req.flags & flag::CMD_RECOVERY == 0 {
-            return reply(&req, SdRes::OLD_NODE_VER);
-        }
-        if diff > 0 && !sheep.wait_epoch(req.epoch, Duration::from_secs(10)).await {
-            return reply(&req, SdRes::NEW_NODE_VER);
+/// Per-object ordering between writes and recovery reads on this node.
+///
+/// Writes hold their object's stripe shared and check the epoch while
+/// holding it; a recovery read (another node copying the object for a
+/// newer epoch) holds it exclusively. So once a recovery read has been
+/// served, no write of an older epoch can still land here: it either
+/// finished before the copy was taken or is refused (OLD_NODE_VER) and
+/// retried by its gateway against the new placement.
+pub struct ObjLocks {
+    stripes: Vec<tokio::sync::RwLock<()>>,
+}
+
+impl Default for ObjLocks {
+    fn default() -> Self {
+        ObjLocks {
+            stripes: (0..1024).map(|_| tokio::sync::RwLock::new(())).collect(),
         }
     }
+}
+
+impl ObjLocks {
+    fn stripe(&self, oid: u64) -> &tokio::sync::RwLock<()> {
+        &self.stripes[(sd_hash_oid(oid) % self.stripes.len() as u64) as usize]
+    }
+}
+
+async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    let o = req.obj();
+    let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
+    let mutating = matches!(
+        req.opcode,
+        op::WRITE_PEER | op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER
+    );
+    // Epoch rule (§1.7): newer requests wait for this node to catch up,
+    // older ones are refused (here, and again under the object's lock).
+    let stale = |sheep: &Sheep| {
+        o.oid != 0
+            && (req.epoch.wrapping_sub(sheep.epoch()) as i32) < 0
+            && req.flags & flag::CMD_RECOVERY == 0
+    };
+    if o.oid != 0
+        && (req.epoch.wrapping_sub(sheep.epoch()) as i32) > 0
+        && !sheep.wait_epoch(req.epoch, Duration::from_secs(10)).await
+    {
+        return reply(&req, SdRes::NEW_NODE_VER);
+    }
+    if stale(sheep) {
+        return reply(&req, SdRes::OLD_NODE_VER);
+    }
+
     if sheep.opts.gateway {
         return reply(&req, SdRes::NO_OBJ);
     }
@@ -87,7 +124,6 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return decref(sheep, &req).await;
     }
     let key = sheep.obj_key(o.oid, o.copy_policy, o.ec_index);
-    let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
     if req.opcode == op::CREATE_AND_WRITE_PEER
         && !is_vdi_obj(o.oid)
         && !sheep.knows_vdi(oid_to_vid(o.oid))
@@ -105,6 +141,22 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         // recovered first, so no request ever sees a hole.
         _ if !recovery_read => sheep.recovery.ensure(sheep, o.oid).await,
         _ => {}
+    }
+    // Taken after any recovery of this object (which may wait on other
+    // nodes), so no lock is held across the network.
+    let stripe = sheep.obj_locks.stripe(o.oid);
+    let _shared = if mutating {
+        Some(stripe.read().await)
+    } else {
+        None
+    };
+    let _exclusive = if recovery_read {
+        Some(stripe.write().await)
+    } else {
+        None
+    };
+    if stale(sheep) {
+        return reply(&req, SdRes::OLD_NODE_VER);
     }
     let s = sheep.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {

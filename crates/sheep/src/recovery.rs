@@ -281,7 +281,16 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
             return Some(d);
         }
     }
-    None
+    // Last resort: our own stale copy (better than nothing when it is the
+    // only one left).
+    read_peer(
+        sheep,
+        &sheep.this,
+        key,
+        epoch.saturating_sub(1),
+        flag::CMD_WILDCARD,
+    )
+    .await
 }
 
 /// Rebuilds strip `j` of an EC object from `d` other strips: strip `k` is

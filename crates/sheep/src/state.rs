@@ -153,7 +153,9 @@ impl NewVdiOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Our own JOIN was accepted; persist the cluster's config.
-    Joined,
+    /// `into_running`: the cluster was serving without us, so anything we
+    /// hold may have missed writes.
+    Joined { into_running: bool },
     /// Our own JOIN was refused.
     JoinRefused(SdRes),
     /// A new epoch began with these members.
@@ -474,6 +476,7 @@ impl ClusterState {
 
     fn apply_join(&mut self, m: Member, info: JoinInfo, time: u64, fx: &mut Vec<Effect>) {
         let is_me = m.node.nid == self.me && self.my_incarnation.is_none_or(|i| i == m.incarnation);
+        let into_running = self.status == Status::Ok && !self.members.is_empty();
         let refuse = |st: &mut Self, fx: &mut Vec<Effect>, r: SdRes| {
             if is_me {
                 fx.push(Effect::JoinRefused(r));
@@ -521,7 +524,7 @@ impl ClusterState {
         }
         if is_me {
             self.joined = true;
-            fx.insert(0, Effect::Joined);
+            fx.insert(0, Effect::Joined { into_running });
         } else if self.joined {
             fx.push(Effect::PeerJoined(m.node));
         }
@@ -742,7 +745,12 @@ mod tests {
     fn format_join_leave_epochs() {
         let mut s = ClusterState::new(node(7000).nid, Default::default());
         let fresh = JoinInfo::default();
-        assert_eq!(s.apply(&join(1, 7000, &fresh)), vec![Effect::Joined]);
+        assert_eq!(
+            s.apply(&join(1, 7000, &fresh)),
+            vec![Effect::Joined {
+                into_running: false
+            }]
+        );
         assert_eq!(s.status, Status::WaitForFormat);
         s.apply(&join(2, 7001, &fresh));
         let fx = s.apply(&format(3));
