@@ -842,7 +842,6 @@ fn write_follows_a_snapshot_taken_behind_the_clients_back() {
 /// the new VDI yet falls back to the cluster default (4 MiB), and the
 /// replicas' hashes then differ.
 #[test]
-#[ignore = "server bug: a peer that has not applied a new VDI yet creates its objects with the cluster's default object size"]
 fn new_vdi_objects_have_its_object_size_on_every_replica() {
     let Some(c) = cluster("2") else { return };
     for i in 0..40 {
