@@ -189,6 +189,9 @@ async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
     if let Some((idx, key)) = sheep.key_in(&ring, oid) {
         if !sheep.store.exists(&key) {
             match fetch(sheep, &key, idx, epoch).await {
+                // Placement may have moved on while fetching: a copy this
+                // node no longer should hold must not be stored.
+                Some(_) if sheep.key_in(&sheep.view().ring, oid) != Some((idx, key)) => {}
                 Some(data) => {
                     let s = sheep.clone();
                     let r = tokio::task::spawn_blocking(move || {

@@ -122,6 +122,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
         })
     };
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let mut hdr = [0u8; SD_HEADER_SIZE];
         if rd.read_exact(&mut hdr).await.is_err() {
@@ -157,12 +158,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
         };
         let sheep = sheep.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let r = handle(&sheep, req, payload).await;
             let _ = tx.send(r).await;
             drop(permit);
         });
     }
+    // The client is gone: its unanswered requests must not go on retrying
+    // in the background, where an old write could land after newer ones
+    // the client sent again on another connection.
+    tasks.abort_all();
     drop(tx);
     let _ = writer.await;
 }
