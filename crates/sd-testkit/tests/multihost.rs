@@ -257,7 +257,7 @@ fn seed() -> u64 {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): acknowledged writes found stale after repeated SIGKILL/restart rounds on ZooKeeper; daemon fixes landed after this failed and were not yet re-verified"]
+#[ignore = "open bug (issue 6): after some SIGKILL/restart rounds one host keeps a copy with stale blocks (reads through the cluster stay correct, the replica file check fails)"]
 fn kill_rounds_lose_no_acknowledged_write() {
     let _g = serial();
     let mut c = NetCluster::start(NetOpts {
@@ -324,7 +324,6 @@ fn kill_rounds_lose_no_acknowledged_write() {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): a partitioned host's copies found stale after healing; daemon fixes landed after this failed and were not yet re-verified"]
 fn partitioned_host_expires_never_serves_stale_and_rejoins() {
     let _g = serial();
     let mut c = NetCluster::start(NetOpts {
@@ -522,7 +521,6 @@ fn journal_acks(journal: &Path) -> u64 {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): fails after a ZooKeeper restart beyond the session timeout; not yet diagnosed"]
 fn zookeeper_restart_within_and_beyond_the_session_timeout() {
     let _g = serial();
     let timeout_ms = 8000;
