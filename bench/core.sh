@@ -6,6 +6,7 @@
 #   bench/core.sh [size_mib]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SIZE_MIB=${1:-1024}
 cargo build --release --bins >/dev/null
 BIN=$PWD/target/release
@@ -78,14 +79,4 @@ same filesystem (what 3 durable copies cost on this disk).
 MD
 )
 echo "$section"
-touch docs/BENCHMARKS.md
-grep -q '^# Benchmarks' docs/BENCHMARKS.md || sed -i '1i # Benchmarks\n' docs/BENCHMARKS.md
-python3 - "$section" <<'PY'
-import sys, re
-p = 'docs/BENCHMARKS.md'
-s = open(p).read()
-sec = sys.argv[1].rstrip() + '\n'
-pat = re.compile(r'^## Core: .*?(?=^## |\Z)', re.S | re.M)
-s = pat.sub(lambda m: sec + '\n', s) if pat.search(s) else s.rstrip() + '\n\n' + sec
-open(p, 'w').write(s)
-PY
+write_section "Core: " "$section"

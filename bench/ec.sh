@@ -5,6 +5,7 @@
 #   bench/ec.sh [size_mib] [runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SIZE_MIB=${1:-512}
 RUNS=${2:-3}
 cargo build --release --bins >/dev/null
@@ -62,15 +63,4 @@ VDI over NBD and back out; median of $RUNS runs each.
 MD
 )
 echo "$section"
-touch docs/BENCHMARKS.md
-python3 - "$section" <<'PY'
-import sys, re
-p = 'docs/BENCHMARKS.md'
-s = open(p).read()
-if not s.startswith('# Benchmarks'):
-    s = '# Benchmarks\n\n' + s
-sec = sys.argv[1].rstrip() + '\n'
-pat = re.compile(r'^## Erasure coding end to end.*?(?=^## |\Z)', re.S | re.M)
-s = pat.sub(lambda m: sec + '\n', s) if pat.search(s) else s.rstrip() + '\n\n' + sec
-open(p, 'w').write(s)
-PY
+write_section "Erasure coding end to end" "$section"

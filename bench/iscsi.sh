@@ -11,6 +11,7 @@
 # (libiscsi-bin), fio, python3. tgtd needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNTIME=${1:-1}
 REPS=${2:-5}
 SIZE_MIB=512
@@ -198,14 +199,4 @@ print("\n".join(out))
 PY
 )
 echo "$section"
-touch docs/BENCHMARKS.md
-grep -q '^# Benchmarks' docs/BENCHMARKS.md || sed -i '1i # Benchmarks\n' docs/BENCHMARKS.md
-python3 - "$section" <<'PY'
-import sys, re
-p = 'docs/BENCHMARKS.md'
-s = open(p).read()
-sec = sys.argv[1].rstrip() + '\n'
-pat = re.compile(r'^## iSCSI: .*?(?=^## |\Z)', re.S | re.M)
-s = pat.sub(lambda m: sec + '\n', s) if pat.search(s) else s.rstrip() + '\n\n' + sec
-open(p, 'w').write(s)
-PY
+write_section "iSCSI: " "$section"

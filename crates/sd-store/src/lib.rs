@@ -316,17 +316,6 @@ impl Store {
             .max()
     }
 
-    /// Brings a stale copy back as the working copy (a hard link, so the
-    /// stale copy stays until stale data is purged).
-    pub fn restore_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
-        let dst = self.path(k);
-        let tmp = dst.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
-        fs::hard_link(self.stale_path(k, epoch), &tmp)?;
-        fs::rename(&tmp, &dst)?;
-        self.sync_dir(&self.obj_dir)
-    }
-
     /// Removes every stale copy.
     pub fn purge_stale(&self) -> Result<usize> {
         let mut n = 0;
@@ -495,10 +484,9 @@ mod tests {
         assert_eq!(s.list_stale().unwrap(), vec![(k, 3)]);
         assert_eq!(s.newest_stale(&k), Some(3));
         assert_eq!(s.sha1(&k, Some(3)).unwrap(), sum);
-        s.restore_stale(&k, 3).unwrap();
-        assert_eq!(s.read(&k, 10, 5).unwrap(), b"heLLo");
+        assert_eq!(s.read_stale(&k, 3, 10, 5).unwrap(), b"heLLo");
         assert_eq!(s.purge_stale().unwrap(), 1);
-        assert!(s.exists(&k));
+        assert!(!s.exists(&k));
     }
 
     #[test]

@@ -92,6 +92,14 @@ async fn lookup(
     ))
 }
 
+/// Looks up the VDI a GET_VDI_INFO / LOCK_VDI / DEL_VDI request names.
+async fn lookup_request(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> Result<Lookup, SdRes> {
+    let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
+    lookup(sheep, name, tag, req.vdi().snapid)
+        .await
+        .map_err(|e| e.0)
+}
+
 /// Splits a name (256 B) or name+tag (512 B) payload.
 fn name_and_tag(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     match payload.len() {
@@ -263,10 +271,7 @@ async fn vdi_info(
     payload: &[u8],
     rsp: &mut SdRsp,
 ) -> Result<(), SdRes> {
-    let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
-    let found = lookup(sheep, name, tag, req.vdi().snapid)
-        .await
-        .map_err(|e| e.0)?;
+    let found = lookup_request(sheep, req, payload).await?;
     let (copies, _) = sheep.state.lock().unwrap().vdi_redundancy(found.vid);
     let shift = sheep
         .object_size(vid_to_data_oid(found.vid, 0))
@@ -471,10 +476,7 @@ async fn del_vdi(
     payload: &[u8],
     rsp: &mut SdRsp,
 ) -> Result<(), SdRes> {
-    let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
-    let found = lookup(sheep, name, tag, req.vdi().snapid)
-        .await
-        .map_err(|e| e.0)?;
+    let found = lookup_request(sheep, req, payload).await?;
     let vid = found.vid;
     let ino_oid = vid_to_vdi_oid(vid);
     let h = read_header(sheep, vid).await.map_err(|_| SdRes::VDI_READ)?;
