@@ -155,6 +155,13 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     } else {
         None
     };
+    // A write checked against this epoch lands before a newer epoch's
+    // marking retires copies (see `Recovery::placement`).
+    let _placement = if mutating {
+        Some(sheep.recovery.placement.read().await)
+    } else {
+        None
+    };
     if stale(sheep) {
         return reply(&req, SdRes::OLD_NODE_VER);
     }

@@ -46,6 +46,14 @@ pub struct Recovery {
     /// Objects being fetched right now (so two fetchers never race).
     inflight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
+    /// Orders changes of the working directory against the retiring of
+    /// copies a new placement no longer wants: whoever puts data into a
+    /// working copy (a recovery storing what it fetched, a peer write)
+    /// holds it shared while it checks that its epoch is still current
+    /// and writes; the marking of a new epoch holds it exclusively. So no
+    /// copy decided under an older placement lands after a newer one has
+    /// retired what this node must not hold.
+    pub placement: tokio::sync::RwLock<()>,
 }
 
 impl Default for Recovery {
@@ -55,6 +63,7 @@ impl Default for Recovery {
             prepared: watch::Sender::new(0),
             inflight: Mutex::default(),
             wake: Notify::new(),
+            placement: tokio::sync::RwLock::new(()),
         }
     }
 }
@@ -148,8 +157,7 @@ impl Recovery {
         if !self.inner.lock().unwrap().pending.contains(&oid) {
             return;
         }
-        let epoch = self.inner.lock().unwrap().epoch;
-        recover_one(sheep, oid, epoch).await;
+        recover_one(sheep, oid).await;
     }
 
     /// Takes `oid` off the list because a create is about to replace it.
@@ -166,6 +174,16 @@ impl Recovery {
         if self.inner.lock().unwrap().pending.remove(&oid) {
             self.inner.lock().unwrap().finished += 1;
         }
+        self.release_slot(oid, &slot);
+    }
+
+    /// Forgets `oid`'s slot unless someone else waits on it too.
+    fn release_slot(&self, oid: u64, slot: &Arc<tokio::sync::Mutex<()>>) {
+        let mut inflight = self.inflight.lock().unwrap();
+        // Clones are made under this lock: the map's and ours only.
+        if Arc::strong_count(slot) == 2 {
+            inflight.remove(&oid);
+        }
     }
 }
 
@@ -177,41 +195,62 @@ fn keeps(sheep: &Sheep, ring: &Ring, k: &ObjKey) -> bool {
     }
 }
 
-/// Fetches and stores one object unless someone else already did.
-async fn recover_one(sheep: &Arc<Sheep>, oid: u64, epoch: u32) {
+/// Fetches and stores one object of the running pass unless someone else
+/// already did. The copy is stored only while that pass is still the
+/// current one: a fetch that a newer epoch (or placement) overtook leaves
+/// the object to the newer pass.
+async fn recover_one(sheep: &Arc<Sheep>, oid: u64) {
     let rec = &sheep.recovery;
     let slot = rec.slot(oid);
     let _g = slot.lock().await;
-    if !rec.inner.lock().unwrap().pending.contains(&oid) {
+    recover_locked(sheep, oid).await;
+    rec.release_slot(oid, &slot);
+}
+
+async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) {
+    let rec = &sheep.recovery;
+    let (epoch, generation) = {
+        let i = rec.inner.lock().unwrap();
+        if !i.pending.contains(&oid) {
+            return;
+        }
+        (i.epoch, i.generation)
+    };
+    let view = sheep.view();
+    if view.epoch != epoch {
+        // A newer epoch is being set up; its pass takes over.
         return;
     }
-    let ring = sheep.view().ring;
-    if let Some((idx, key)) = sheep.key_in(&ring, oid) {
+    if let Some((idx, key)) = sheep.key_in(&view.ring, oid) {
         if !sheep.store.exists(&key) {
-            match fetch(sheep, &key, idx, epoch).await {
-                // Placement may have moved on while fetching: a copy this
-                // node no longer should hold must not be stored.
-                Some(_) if sheep.key_in(&sheep.view().ring, oid) != Some((idx, key)) => {}
-                Some(data) => {
-                    let s = sheep.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        s.store.create_and_write(&key, data.len() as u64, 0, &data)
-                    })
-                    .await;
-                    if !matches!(r, Ok(Ok(()))) {
-                        tracing::error!("failed to store recovered object {oid:016x}");
-                        return;
-                    }
-                }
-                None => tracing::error!("object {oid:016x} could not be recovered from any node"),
+            let Some(data) = fetch(sheep, &key, idx, epoch).await else {
+                tracing::error!("object {oid:016x} could not be recovered from any node");
+                return finish(rec, oid, generation);
+            };
+            let _shared = rec.placement.read().await;
+            if !rec.current(generation) || sheep.epoch() != epoch {
+                return;
+            }
+            let s = sheep.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                s.store.create_and_write(&key, data.len() as u64, 0, &data)
+            })
+            .await;
+            if !matches!(r, Ok(Ok(()))) {
+                tracing::error!("failed to store recovered object {oid:016x}");
+                return;
             }
         }
     }
+    finish(rec, oid, generation);
+}
+
+/// Takes `oid` off the list of pass `generation` (if it still runs).
+fn finish(rec: &Recovery, oid: u64, generation: u64) {
     let mut i = rec.inner.lock().unwrap();
-    if i.pending.remove(&oid) {
+    if i.generation == generation && i.pending.remove(&oid) {
         i.finished += 1;
     }
-    rec.inflight.lock().unwrap().remove(&oid);
 }
 
 /// A recovery read of file `key` (strip `key.ec_index` for EC objects)
@@ -388,6 +427,12 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                     None => continue,
                 },
             };
+            // Exclusive: every store decided under an older placement has
+            // landed (and is retired here) or will see the newer epoch.
+            let _exclusive = sheep.recovery.placement.write().await;
+            if !sheep.recovery.current(generation) {
+                return Ok(());
+            }
             let s = sheep.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 for k in s.store.list()? {
@@ -398,8 +443,11 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                 Ok(())
             })
             .await??;
+            let mut i = sheep.recovery.inner.lock().unwrap();
+            if i.generation == generation {
+                i.marked_epoch = i.marked_epoch.max(e);
+            }
         }
-        sheep.recovery.inner.lock().unwrap().marked_epoch = epoch;
 
         let mut wanted = BTreeSet::new();
         for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
@@ -445,7 +493,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                 )
                 .await;
             }
-            recover_one(sheep, oid, epoch).await;
+            recover_one(sheep, oid).await;
             let t = *sheep.throttle.lock().unwrap();
             if t.max_exec_count > 0 && t.queue_work_interval > 0 {
                 since_pause += 1;
