@@ -62,10 +62,10 @@ pub enum VdiError {
     /// Writing `data_vdi_id` entries into the inode failed.
     #[error("failed to update inode {oid:016x}: {source}")]
     UpdateIndex { oid: u64, source: ClientError },
-    /// The VDI uses a layout this client does not handle yet (hyper
-    /// volumes keep a B-tree where plain VDIs keep a flat index).
-    #[error("hyper volumes (B-tree index) are not supported")]
-    HyperVolume,
+    /// A hyper volume's B-tree node is corrupt, or the index cannot
+    /// take the entry.
+    #[error("index of {oid:016x}: {source}")]
+    Index { oid: u64, source: BtreeError },
     /// The range does not lie inside the VDI.
     #[error("range {offset}+{len} is outside a VDI of {size} bytes")]
     OutOfRange { offset: u64, len: u64, size: u64 },
@@ -78,7 +78,7 @@ impl VdiError {
             VdiError::Read { source, .. }
             | VdiError::Write { source, .. }
             | VdiError::UpdateIndex { source, .. } => source.res(),
-            VdiError::HyperVolume => SdRes::NO_SUPPORT,
+            VdiError::Index { .. } => SdRes::EIO,
             VdiError::OutOfRange { .. } => SdRes::INVALID_PARMS,
         }
     }
@@ -229,45 +229,95 @@ pub async fn read_inode_header<E: Exchange>(
     Ok(InodeHeader::decode(&b).expect("header buffer is 4664 bytes"))
 }
 
-/// Number of `data_vdi_id` entries that cover a VDI: one per object of
-/// `vdi_size`, capped at the array size (what the original's
-/// `count_data_objs` bounds every index walk by).
-pub fn nr_index_entries(h: &InodeHeader) -> u32 {
+/// Number of index entries that cover a VDI: one per object of
+/// `vdi_size`, for a plain VDI capped at the array size (what the
+/// original's `count_data_objs` bounds every index walk by).
+pub fn nr_index_entries(h: &InodeHeader) -> u64 {
     let shift = h.block_size_shift.min(63);
-    h.vdi_size
-        .div_ceil(1u64 << shift)
-        .min(SD_INODE_DATA_INDEX as u64) as u32
+    let n = h.vdi_size.div_ceil(1u64 << shift);
+    if h.store_policy == 0 {
+        n.min(SD_INODE_DATA_INDEX as u64)
+    } else {
+        n
+    }
 }
 
-/// Reads what a client needs of an inode: the header and the
-/// `data_vdi_id` entries that cover the VDI (not the reference counts).
-/// Entries beyond the VDI size read as 0. Hyper volumes are returned with
-/// an empty index: their index area is a B-tree (see [`VdiError::HyperVolume`]).
+/// Reads what a client needs of an inode: the header and the object
+/// index (the `data_vdi_id` entries that cover the VDI, or a hyper
+/// volume's B-tree), not the reference counts. Entries beyond the VDI size
+/// read as 0.
 pub async fn read_inode<E: Exchange>(ex: &mut E, vid: u32) -> std::result::Result<Inode, VdiError> {
     let mut inode = Inode::new(read_inode_header(ex, vid).await?);
     read_index_into(ex, &mut inode).await?;
     Ok(inode)
 }
 
-/// Fills `inode.data_vdi_id` for the VDI its header describes, reading
-/// only the entries that cover the VDI; the rest are zeroed. Lets a caller
-/// that walks many VDIs reuse one 4 MiB index buffer.
+/// Reads a node of a hyper volume's B-tree at `offset` of `oid`: its
+/// header first, then as much as the header says it uses.
+async fn read_node<E: Exchange>(
+    ex: &mut E,
+    oid: u64,
+    offset: u32,
+) -> std::result::Result<Vec<u8>, VdiError> {
+    let direct = flag::CMD_DIRECT;
+    let head = read_object(
+        ex,
+        oid,
+        offset,
+        btree::NODE_HEADER_SIZE as u32,
+        Redundancy::default(),
+        direct,
+    )
+    .await?;
+    let h = btree::NodeHeader::decode(&head).expect("header-sized read");
+    if h.is_uninitialised() {
+        return Ok(head);
+    }
+    let len = h
+        .used_len()
+        .map_err(|source| VdiError::Index { oid, source })?;
+    read_object(ex, oid, offset, len as u32, Redundancy::default(), direct).await
+}
+
+/// Fills the object index of `inode` for the VDI its header describes:
+/// for a plain VDI only the `data_vdi_id` entries that cover the VDI (the
+/// rest are zeroed), for a hyper volume the root and every leaf of its
+/// B-tree. Lets a caller that walks many VDIs reuse one 4 MiB buffer.
 pub async fn read_index_into<E: Exchange>(
     ex: &mut E,
     inode: &mut Inode,
 ) -> std::result::Result<(), VdiError> {
     inode.data_vdi_id.fill(0);
-    let n = if inode.header.store_policy == 0 {
-        nr_index_entries(&inode.header)
-    } else {
-        0
-    };
+    let ino_oid = vid_to_vdi_oid(inode.header.vdi_id);
+    if inode.header.store_policy != 0 {
+        let bad = |source| VdiError::Index {
+            oid: ino_oid,
+            source,
+        };
+        let root =
+            btree::RootNode::decode(&read_node(ex, ino_oid, DATA_VDI_ID_OFFSET as u32).await?)
+                .map_err(bad)?;
+        let mut leaves = Vec::new();
+        if let btree::RootNode::Indirect(ptrs) = &root {
+            for &(_, oid) in ptrs {
+                let b = read_node(ex, oid, 0).await?;
+                leaves.push(
+                    btree::decode_leaf(&b).map_err(|source| VdiError::Index { oid, source })?,
+                );
+            }
+        }
+        inode.hyper =
+            Some(HyperIndex::assemble(root, leaves, btree::Limits::ORIGINAL).map_err(bad)?);
+        return Ok(());
+    }
+    inode.hyper = None;
+    let n = nr_index_entries(&inode.header);
     if n > 0 {
         let entries = read_object(
             ex,
-            vid_to_vdi_oid(inode.header.vdi_id),
+            ino_oid,
             DATA_VDI_ID_OFFSET as u32,
-            4 * n,
+            4 * n as u32,
             Redundancy::default(),
             flag::CMD_DIRECT,
         )
@@ -332,9 +382,9 @@ pub fn split_range(offset: u64, len: u64, shift: u8) -> impl Iterator<Item = Chu
     })
 }
 
-/// The `data_vdi_id` entry of `idx`, 0 beyond the index.
+/// The vid owning object `idx`, 0 when not allocated or beyond the index.
 pub fn entry(inode: &Inode, idx: u64) -> u32 {
-    inode.data_vdi_id.get(idx as usize).copied().unwrap_or(0)
+    inode.get_vid(idx)
 }
 
 /// What a write to index `idx` of the working VDI must do (§6.1): its own
@@ -353,9 +403,6 @@ pub fn write_kind(inode: &Inode, idx: u64) -> WriteKind {
 }
 
 fn check_range(inode: &Inode, offset: u64, len: u64) -> std::result::Result<(), VdiError> {
-    if inode.header.store_policy != 0 {
-        return Err(VdiError::HyperVolume);
-    }
     let size = inode.header.vdi_size;
     if offset.checked_add(len).is_none_or(|end| end > size) {
         return Err(VdiError::OutOfRange { offset, len, size });
@@ -387,10 +434,39 @@ pub async fn read_range<E: Exchange>(
     Ok(())
 }
 
-/// Writes the entries `data_vdi_id[first..=last]` of `inode` into its
-/// inode object (WRITE_OBJ at `4664 + 4*first`). The server releases the
-/// references of replaced entries (§6.4), so every entry in the range must
-/// either change or already be the writer's.
+/// Persists the index changes made with [`Inode::set_vid`] since the
+/// last call, in the order [`Inode::take_index_writes`] gives. For a plain
+/// VDI the server releases the references of replaced entries (§6.4), so
+/// only entries that changed may have been set.
+///
+/// If a write fails, `inode` is reloaded from the cluster (best effort),
+/// so that it never claims an allocation the stored index lacks.
+pub async fn write_index_changes<E: Exchange>(
+    ex: &mut E,
+    inode: &mut Inode,
+    flags: u16,
+) -> std::result::Result<(), VdiError> {
+    let red = Redundancy::of(&inode.header);
+    for w in inode.take_index_writes() {
+        let kind = if w.create {
+            WriteKind::Create
+        } else {
+            WriteKind::Overwrite
+        };
+        if let Err(source) = write_object(ex, w.oid, kind, w.offset, &w.data, red, flags).await {
+            if let Ok(fresh) = read_inode(ex, inode.header.vdi_id).await {
+                *inode = fresh;
+            }
+            return Err(VdiError::UpdateIndex { oid: w.oid, source });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the entries `data_vdi_id[first..=last]` of a plain VDI's
+/// `inode` into its inode object as they are in memory (WRITE_OBJ at
+/// `4664 + 4*first`): the batched release of `vdi delete`. The server
+/// releases the references of replaced entries (§6.4).
 pub async fn write_index<E: Exchange>(
     ex: &mut E,
     inode: &Inode,
@@ -412,6 +488,21 @@ pub async fn write_index<E: Exchange>(
     .map_err(|source| VdiError::UpdateIndex { oid, source })
 }
 
+/// Records `idx → vid` in `inode` and persists it.
+pub async fn set_entry<E: Exchange>(
+    ex: &mut E,
+    inode: &mut Inode,
+    idx: u64,
+    vid: u32,
+    flags: u16,
+) -> std::result::Result<(), VdiError> {
+    let oid = vid_to_vdi_oid(inode.header.vdi_id);
+    inode
+        .set_vid(idx, vid)
+        .map_err(|source| VdiError::Index { oid, source })?;
+    write_index_changes(ex, inode, flags).await
+}
+
 /// Reloads the working VDI by name after a write found `inode`'s VDI
 /// read-only (it was snapshotted behind the client's back, PROTOCOL.md
 /// §6.1): GET_VDI_INFO by the inode's name, then its inode. `Ok(false)`
@@ -430,28 +521,6 @@ pub async fn reload_working_vdi<E: Exchange>(
     }
     *inode = read_inode(ex, vid).await?;
     Ok(true)
-}
-
-/// Records in `inode`'s index the entries `idxs` (ascending) that a
-/// write set to the inode's own vid, one inode write per run of
-/// consecutive indexes. Only changed entries are written, so the server's
-/// reference release (§6.4) never touches an entry that stays.
-async fn record_created<E: Exchange>(
-    ex: &mut E,
-    inode: &Inode,
-    idxs: &[u32],
-    flags: u16,
-) -> std::result::Result<(), VdiError> {
-    let mut i = 0;
-    while i < idxs.len() {
-        let mut j = i;
-        while j + 1 < idxs.len() && idxs[j + 1] == idxs[j] + 1 {
-            j += 1;
-        }
-        write_index(ex, inode, idxs[i], idxs[j], flags).await?;
-        i = j + 1;
-    }
-    Ok(())
 }
 
 /// How many times a write follows a working VDI that keeps being
@@ -479,7 +548,6 @@ pub async fn write_range<E: Exchange>(
     loop {
         let vid = inode.header.vdi_id;
         let red = Redundancy::of(&inode.header);
-        let mut created: Vec<u32> = Vec::new();
         let mut readonly = None;
         for c in split_range(offset, data.len() as u64, inode.header.block_size_shift) {
             let kind = write_kind(inode, c.idx);
@@ -494,13 +562,13 @@ pub async fn write_range<E: Exchange>(
                 Err(source) => return Err(VdiError::Write { oid, source }),
             }
             if kind != WriteKind::Overwrite {
-                // Inside the index: check_range bounded the range by vdi_size.
-                let idx = c.idx as u32;
-                inode.data_vdi_id[idx as usize] = vid;
-                created.push(idx);
+                let ino = vid_to_vdi_oid(vid);
+                inode
+                    .set_vid(c.idx, vid)
+                    .map_err(|source| VdiError::Index { oid: ino, source })?;
             }
         }
-        record_created(ex, inode, &created, flags).await?;
+        write_index_changes(ex, inode, flags).await?;
         let Some(oid) = readonly else {
             return Ok(());
         };

@@ -4,12 +4,18 @@
 //! 4664-byte header, or header + data_vdi_id for legacy clients), so the
 //! header is its own type and the two big arrays are decoded only on demand.
 
+use crate::btree::{BtreeError, HyperIndex, NodeTarget};
 use crate::le::*;
+use std::collections::BTreeSet;
 
 pub const SD_INODE_SIZE: usize = 12_587_576;
 pub const SD_INODE_HEADER_SIZE: usize = 4664;
 /// Offset of `data_vdi_id[0]`.
 pub const DATA_VDI_ID_OFFSET: usize = 4664;
+/// Offset of `store_policy`.
+pub const STORE_POLICY_OFFSET: usize = 553;
+/// Offset of `btree_counter` (hyper volumes).
+pub const BTREE_COUNTER_OFFSET: usize = 568;
 /// Offset of `gref[0]`; also the size of the legacy (QEMU/tgt) inode.
 pub const GREF_OFFSET: usize = 4_198_968;
 /// Entries of `data_vdi_id` as a length.
@@ -154,22 +160,145 @@ pub struct Gref {
 
 /// A whole inode, decoded from as long a prefix as was read: entries
 /// missing from the prefix read as zero.
+///
+/// The object index (which vid owns each data object) is a flat array for
+/// plain VDIs and a B-tree for hyper volumes; [`Inode::get_vid`],
+/// [`Inode::set_vid`] and [`Inode::take_index_writes`] hide which, so every
+/// client path handles both. `data_vdi_id` is the flat array (all zero for
+/// a hyper volume, whose index is `hyper`).
 #[derive(Clone, Debug)]
 pub struct Inode {
     pub header: InodeHeader,
     pub data_vdi_id: Vec<u32>,
     pub gref: Vec<Gref>,
+    /// The B-tree of a hyper volume, once loaded.
+    pub hyper: Option<HyperIndex>,
+    dirty: IndexDirty,
+}
+
+/// Index changes not yet written back.
+#[derive(Clone, Debug, Default)]
+struct IndexDirty {
+    /// Flat entries set since the last write-back.
+    entries: BTreeSet<u32>,
+    /// `btree_counter` grew.
+    counter: bool,
+}
+
+/// One object write that persists index changes (see
+/// [`Inode::take_index_writes`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IndexWrite {
+    pub oid: u64,
+    pub offset: u32,
+    pub data: Vec<u8>,
+    /// A new btree object (CREATE_AND_WRITE rather than WRITE).
+    pub create: bool,
 }
 
 impl Inode {
     pub fn new(header: InodeHeader) -> Self {
+        let hyper = (header.store_policy != 0).then(HyperIndex::default);
         Inode {
             header,
             data_vdi_id: vec![0; NR_ENTRIES],
             gref: vec![Gref::default(); NR_ENTRIES],
+            hyper,
+            dirty: IndexDirty::default(),
         }
     }
 
+    /// The vid owning data object `idx` (0 = not allocated).
+    pub fn get_vid(&self, idx: u64) -> u32 {
+        match &self.hyper {
+            Some(h) => u32::try_from(idx).map_or(0, |i| h.get(i)),
+            None => self.data_vdi_id.get(idx as usize).copied().unwrap_or(0),
+        }
+    }
+
+    /// Records `idx → vid` in memory; [`Inode::take_index_writes`] says
+    /// how to persist it.
+    pub fn set_vid(&mut self, idx: u64, vid: u32) -> Result<(), BtreeError> {
+        match &mut self.hyper {
+            Some(h) => {
+                let i = u32::try_from(idx).map_err(|_| BtreeError::OutOfRange(idx))?;
+                let before = self.header.btree_counter;
+                h.set(i, vid, self.header.vdi_id, &mut self.header.btree_counter)?;
+                self.dirty.counter |= before != self.header.btree_counter;
+            }
+            None => {
+                let e = self
+                    .data_vdi_id
+                    .get_mut(idx as usize)
+                    .ok_or(BtreeError::OutOfRange(idx))?;
+                *e = vid;
+                self.dirty.entries.insert(idx as u32);
+            }
+        }
+        Ok(())
+    }
+
+    /// The writes that persist every [`Inode::set_vid`] since the last
+    /// call, to be applied in order: for a flat index one inode write per
+    /// run of consecutive entries; for a B-tree `btree_counter` first,
+    /// then the nodes in the order [`HyperIndex::take_writes`] gives.
+    pub fn take_index_writes(&mut self) -> Vec<IndexWrite> {
+        let ino = crate::oid::vid_to_vdi_oid(self.header.vdi_id);
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut out = Vec::new();
+        if let Some(h) = &mut self.hyper {
+            if dirty.counter {
+                out.push(IndexWrite {
+                    oid: ino,
+                    offset: BTREE_COUNTER_OFFSET as u32,
+                    data: self.header.btree_counter.to_le_bytes().to_vec(),
+                    create: false,
+                });
+            }
+            for w in h.take_writes() {
+                let (oid, offset, create) = match w.target {
+                    NodeTarget::Root => (ino, DATA_VDI_ID_OFFSET as u32 + w.offset, false),
+                    NodeTarget::Leaf { oid, create } => (oid, w.offset, create),
+                };
+                out.push(IndexWrite {
+                    oid,
+                    offset,
+                    data: w.data,
+                    create,
+                });
+            }
+            return out;
+        }
+        let idxs: Vec<u32> = dirty.entries.into_iter().collect();
+        for run in idxs.chunk_by(|a, b| a + 1 == *b) {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            out.push(IndexWrite {
+                oid: ino,
+                offset: data_vdi_id_offset(first) as u32,
+                data: self.encode_entries(first, last + 1),
+                create: false,
+            });
+        }
+        out
+    }
+
+    /// Every allocated data object `(idx, vid)` in index order, of the
+    /// first `nr` indexes of a flat index or the whole B-tree.
+    pub fn allocated(&self, nr: u64) -> Box<dyn Iterator<Item = (u64, u32)> + '_> {
+        match &self.hyper {
+            Some(h) => Box::new(h.records().filter(|r| r.1 != 0).map(|(i, v)| (i as u64, v))),
+            None => Box::new(
+                self.data_vdi_id[..(nr as usize).min(NR_ENTRIES)]
+                    .iter()
+                    .enumerate()
+                    .filter(|e| *e.1 != 0)
+                    .map(|(i, &v)| (i as u64, v)),
+            ),
+        }
+    }
+
+    /// Decodes the prefix `b`. A hyper volume's B-tree is not decoded
+    /// (its leaves are other objects): `hyper` is left empty.
     pub fn decode(b: &[u8]) -> Option<Self> {
         let header = InodeHeader::decode(b)?;
         let mut ino = Inode::new(header);
@@ -243,6 +372,54 @@ pub mod policy {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn flat_index_changes_are_written_as_runs() {
+        let mut ino = Inode::new(InodeHeader {
+            vdi_id: 0xab,
+            ..Default::default()
+        });
+        for i in [3, 4, 5, 9] {
+            ino.set_vid(i, 0xab).unwrap();
+        }
+        assert_eq!(
+            ino.set_vid(1 << 20, 1),
+            Err(BtreeError::OutOfRange(1 << 20))
+        );
+        let w = ino.take_index_writes();
+        let got: Vec<(u64, u32, usize)> =
+            w.iter().map(|w| (w.oid, w.offset, w.data.len())).collect();
+        let oid = crate::oid::vid_to_vdi_oid(0xab);
+        assert_eq!(
+            got,
+            vec![
+                (oid, data_vdi_id_offset(3) as u32, 12),
+                (oid, data_vdi_id_offset(9) as u32, 4)
+            ]
+        );
+        assert!(ino.take_index_writes().is_empty());
+        assert_eq!(ino.get_vid(4), 0xab);
+        assert_eq!(
+            ino.allocated(10).collect::<Vec<_>>(),
+            vec![(3, 0xab), (4, 0xab), (5, 0xab), (9, 0xab)]
+        );
+    }
+
+    #[test]
+    fn hyper_index_writes_go_to_the_root_area() {
+        let mut ino = Inode::new(InodeHeader {
+            vdi_id: 0xab,
+            store_policy: 1,
+            ..Default::default()
+        });
+        ino.set_vid(4_000_000_000, 0xab).unwrap();
+        assert_eq!(ino.get_vid(4_000_000_000), 0xab);
+        assert_eq!(ino.get_vid(1 << 33), 0);
+        let w = ino.take_index_writes();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].offset as usize, DATA_VDI_ID_OFFSET);
+        assert!(ino.data_vdi_id.iter().all(|&e| e == 0));
+    }
 
     #[test]
     fn layout() {

@@ -4,6 +4,7 @@
 //!
 //! Pure code: no I/O, no allocation beyond what a caller-sized buffer needs.
 
+pub mod btree;
 pub mod consts;
 pub mod hash;
 pub mod header;
@@ -13,6 +14,7 @@ pub mod node;
 pub mod oid;
 pub mod structs;
 
+pub use btree::{BtreeError, HyperIndex};
 pub use consts::*;
 pub use hash::*;
 pub use header::*;

@@ -328,8 +328,18 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         && start.is_multiple_of(4)
         && end.is_multiple_of(4)
         && end > start;
+    // A hyper volume's index area is its B-tree root: no references.
+    let hyper = || async {
+        let policy = read(sheep, o.oid, STORE_POLICY_OFFSET as u32, 1, o.copies).await;
+        policy.map(|p| p[0] != 0)
+    };
     if !in_entries {
         return io(sheep, req, payload).await;
+    }
+    match hyper().await {
+        Ok(true) => return io(sheep, req, payload).await,
+        Ok(false) => {}
+        Err(r) => return reply(&req, r),
     }
     let first = ((start - DATA_VDI_ID_OFFSET) / 4) as u32;
     let n = (end - start) / 4;

@@ -29,7 +29,11 @@ impl Exchange for InProcess {
         let sheep = self.0.clone();
         let req = *req;
         let payload = payload.to_vec();
-        async move { Ok(crate::server::handle(&sheep, req, payload).await) }
+        // Boxed: the handler itself uses this path (DEL_VDI of a hyper
+        // volume reads its B-tree through it), which makes it recursive.
+        let fut: sd_nbd::BoxFuture<'static, _> =
+            Box::pin(async move { Ok(crate::server::handle(&sheep, req, payload).await) });
+        fut
     }
 }
 
@@ -82,18 +86,15 @@ impl VdiExports {
         let inode = cv::read_inode(&mut ex, vid)
             .await
             .map_err(|e| nbd_err(&e, e.res()))?;
-        if inode.header.store_policy != 0 {
-            return Err(NbdError::not_supported(
-                "hyper volumes are not served over NBD yet",
-            ));
-        }
         let export = Arc::new(VdiExport {
             sheep: self.sheep.clone(),
             name: base.to_string(),
             read_only: snap.is_some() || inode.header.is_snapshot(),
             size: inode.header.vdi_size,
             shift: inode.header.block_size_shift,
+            hyper: inode.header.store_policy != 0,
             inode: RwLock::new(inode),
+            index_writer: tokio::sync::Mutex::new(()),
             alloc: (0..ALLOC_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -146,9 +147,14 @@ pub struct VdiExport {
     read_only: bool,
     size: u64,
     shift: u8,
+    /// A hyper volume (B-tree index).
+    hyper: bool,
     /// Header and index; the index changes as objects get allocated, and
     /// the whole inode is replaced if the VDI was snapshotted meanwhile.
     inode: RwLock<Inode>,
+    /// Held while a hyper volume's index changes are written: one change
+    /// may split a node, and the next must not overtake those writes.
+    index_writer: tokio::sync::Mutex<()>,
     alloc: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -219,37 +225,46 @@ impl VdiExport {
         };
         cv::write_object(&mut ex, oid, kind, offset, data, red, 0).await?;
         if kind != WriteKind::Overwrite {
-            self.set_entry(idx as u32, vid).await?;
+            self.set_entry(idx, vid).await?;
         }
         Ok(())
     }
 
-    /// Records `idx → value` in the in-memory index and the inode object.
-    async fn set_entry(&self, idx: u32, value: u32) -> sd_client::Result<()> {
-        let (oid, red, bytes) = {
+    /// Records `idx → value` in the in-memory index and persists it. If
+    /// that fails the index is reloaded, so memory never claims an
+    /// allocation the stored index lacks.
+    async fn set_entry(&self, idx: u64, value: u32) -> sd_client::Result<()> {
+        let _serial = match self.hyper {
+            true => Some(self.index_writer.lock().await),
+            false => None,
+        };
+        let (writes, red) = {
             let mut ino = self.inode.write().unwrap();
-            ino.data_vdi_id[idx as usize] = value;
-            (
-                vid_to_vdi_oid(ino.header.vdi_id),
-                Redundancy::of(&ino.header),
-                value.to_le_bytes(),
-            )
+            if let Err(e) = ino.set_vid(idx, value) {
+                tracing::error!("cannot record object {idx} of {}: {e}", self.name);
+                return Err(ClientError::Res(SdRes::NO_SPACE));
+            }
+            (ino.take_index_writes(), Redundancy::of(&ino.header))
         };
         let mut ex = self.ex();
-        cv::write_object(
-            &mut ex,
-            oid,
-            WriteKind::Overwrite,
-            data_vdi_id_offset(idx) as u32,
-            &bytes,
-            red,
-            0,
-        )
-        .await
+        for w in writes {
+            let kind = match w.create {
+                true => WriteKind::Create,
+                false => WriteKind::Overwrite,
+            };
+            if let Err(e) = cv::write_object(&mut ex, w.oid, kind, w.offset, &w.data, red, 0).await
+            {
+                let _ = self.reload().await;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Zeroes a range: whole objects are dropped from the index (the
     /// server frees them), partial ones get zeros written if allocated.
+    /// A hyper volume keeps no reference counts that would free a dropped
+    /// object, so its objects are zeroed, never dropped.
     async fn zero_range(&self, offset: u64, len: u64, may_trim: bool) -> IoResult<()> {
         let obj = 1u64 << self.shift;
         for c in cv::split_range(offset, len, self.shift) {
@@ -257,9 +272,9 @@ impl VdiExport {
             if e == 0 {
                 continue;
             }
-            if may_trim && c.len as u64 == obj && e == vid {
+            if may_trim && !self.hyper && c.len as u64 == obj && e == vid {
                 let _g = self.alloc[c.idx as usize % ALLOC_STRIPES].lock().await;
-                self.set_entry(c.idx as u32, 0)
+                self.set_entry(c.idx, 0)
                     .await
                     .map_err(|e| nbd_err(&e, e.res()))?;
             } else {

@@ -340,6 +340,12 @@ async fn new_vdi(
         let cur_h = read_header(sheep, cur.vid)
             .await
             .map_err(|_| SdRes::BASE_VDI_READ)?;
+        if cur_h.store_policy != 0 {
+            // A hyper volume's objects carry no reference counts, so no
+            // other VDI may share them (the original let this through and
+            // left both VDIs writing the same objects).
+            return Err(SdRes::NO_SUPPORT);
+        }
         let base = if v.base_vdi_id == 0 {
             cur.vid
         } else {
@@ -374,6 +380,9 @@ async fn new_vdi(
                 .map_err(|_| SdRes::BASE_VDI_READ)?,
         ),
     };
+    if base_h.as_ref().is_some_and(|b| b.store_policy != 0) {
+        return Err(SdRes::NO_SUPPORT);
+    }
     let (mut copies, mut policy) = (v.copies, v.copy_policy);
     if copies == 0 {
         (copies, policy) = match &base_h {
@@ -440,6 +449,8 @@ async fn new_vdi(
             .map_err(|_| SdRes::BASE_VDI_WRITE)?;
         }
         body.extend(entries.iter().flat_map(|e| e.to_le_bytes()));
+    } else if h.store_policy != 0 {
+        body.extend(HyperIndex::empty_root());
     }
     gateway::create(sheep, vid_to_vdi_oid(vid), 0, body, copies)
         .await
@@ -481,7 +492,9 @@ async fn del_vdi(
     let ino_oid = vid_to_vdi_oid(vid);
     let h = read_header(sheep, vid).await.map_err(|_| SdRes::VDI_READ)?;
     let nr = h.nr_objects().min(SD_INODE_DATA_INDEX as u64) as usize;
-    if nr > 0 {
+    if h.store_policy != 0 {
+        remove_hyper_objects(sheep, vid).await?;
+    } else if nr > 0 {
         // Unlike the original (which left such a VDI in place), release
         // what the clients did not: every entry still set is dropped
         // through the same reference path as a client's inode write.
@@ -510,6 +523,45 @@ async fn del_vdi(
         .map_err(|_| SdRes::VDI_WRITE)?;
     remove_dead_family(sheep, vid).await;
     rsp.set_vdi(vid, 0, h.nr_copies, h.block_size_shift);
+    Ok(())
+}
+
+/// Removes what a hyper volume owns: the data objects its B-tree records
+/// and every btree object its counter ever named (including leaves an
+/// interrupted split left unreferenced). Its objects are never shared
+/// (NEW_VDI refuses hyper bases), so no reference counts are involved.
+async fn remove_hyper_objects(sheep: &Arc<Sheep>, vid: u32) -> Result<(), SdRes> {
+    use futures::StreamExt;
+    let mut ex = crate::nbd::InProcess(sheep.clone());
+    let inode = sd_client::vdi::read_inode(&mut ex, vid)
+        .await
+        .map_err(|e| {
+            tracing::error!("cannot read the index of hyper volume {vid:x}: {e}");
+            SdRes::VDI_READ
+        })?;
+    let mut oids: Vec<u64> = inode
+        .allocated(u64::MAX)
+        .filter(|&(_, owner)| owner == vid)
+        .map(|(idx, _)| vid_to_data_oid(vid, idx))
+        .collect();
+    oids.extend((0..inode.header.btree_counter).map(|id| vid_to_btree_oid(vid, id)));
+    let failed = futures::stream::iter(oids)
+        .map(|oid| async move {
+            match gateway::remove(sheep, oid, 0).await {
+                Ok(()) | Err(SdRes::NO_OBJ) => false,
+                Err(e) => {
+                    tracing::error!("failed to remove {oid:016x}: {}", e.describe());
+                    true
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|&f| std::future::ready(f))
+        .count()
+        .await;
+    if failed > 0 {
+        return Err(SdRes::EIO);
+    }
     Ok(())
 }
 

@@ -126,7 +126,7 @@ pub async fn backup(ctx: &mut Ctx) -> Res<()> {
         );
         return ret(2);
     }
-    for idx in 0..nr_index_entries(&to.header) {
+    for idx in 0..nr_index_entries(&to.header) as u32 {
         let (from_vid, to_vid) = (entry(&from, idx as u64), entry(&to, idx as u64));
         // The same object (or none) on both sides: nothing changed.
         if from_vid == to_vid {
@@ -262,7 +262,7 @@ async fn apply_stream(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: &[u8]) -> Re
             return Ok(());
         }
         let (off, len) = (rec.offset as usize, rec.length as usize);
-        if rec.idx >= nr || off.checked_add(len).is_none_or(|end| end > object_size) {
+        if u64::from(rec.idx) >= nr || off.checked_add(len).is_none_or(|end| end > object_size) {
             err!("The backup file is corrupted");
             return ret(2);
         }

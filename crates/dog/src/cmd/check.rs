@@ -15,7 +15,7 @@ use super::{light, report, ret};
 use crate::app::Ctx;
 use crate::out::show_progress;
 use crate::{err, out, End, Res};
-use sd_client::vdi::{entry, nr_index_entries, read_index_into};
+use sd_client::vdi::{nr_index_entries, read_index_into};
 use sd_ec::{Codec, EcPolicy};
 use sd_proto::*;
 use sd_ring::Ring;
@@ -250,14 +250,12 @@ async fn do_vdi_check(ctx: &mut Ctx, inode: &Inode) -> Res<()> {
     let (obj, total) = (h.object_size(), h.vdi_size);
     let mut done = 0;
     show_progress(done, total, false);
-    for idx in 0..nr_index_entries(h) as u64 {
-        let vid = entry(inode, idx);
-        if vid != 0 {
-            check_object(ctx, &ring, h, vid_to_data_oid(vid, idx), nr_copies).await?;
-        }
-        done += obj;
+    for (idx, vid) in inode.allocated(nr_index_entries(h)) {
+        check_object(ctx, &ring, h, vid_to_data_oid(vid, idx), nr_copies).await?;
+        done = (idx + 1) * obj;
         show_progress(done, total, false);
     }
+    show_progress(total, total, false);
     crate::out::Msg::new()
         .s("finish check&repair ")
         .b(h.name_bytes())
@@ -274,9 +272,9 @@ async fn check_exist(ctx: &mut Ctx, inode: &Inode) -> Res<()> {
     let ring = Ring::new(&ctx.nodes);
     let mut oids = vec![vid_to_vdi_oid(h.vdi_id)];
     oids.extend(
-        (0..nr_index_entries(h) as u64)
-            .filter(|&i| entry(inode, i) != 0)
-            .map(|i| vid_to_data_oid(entry(inode, i), i)),
+        inode
+            .allocated(nr_index_entries(h))
+            .map(|(i, vid)| vid_to_data_oid(vid, i)),
     );
     let mut per_node: Vec<(SdNode, Vec<u8>)> = ctx.nodes.iter().map(|n| (*n, Vec::new())).collect();
     for &oid in &oids {

@@ -49,8 +49,7 @@ pub fn report(e: &VdiError) {
                 with_res(source, ": ")
             )
         }
-        VdiError::HyperVolume => err!("hyper volumes are not supported yet"),
-        VdiError::OutOfRange { .. } => err!("{e}"),
+        VdiError::Index { .. } | VdiError::OutOfRange { .. } => err!("{e}"),
     }
 }
 

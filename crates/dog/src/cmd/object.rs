@@ -105,9 +105,9 @@ pub async fn object_map(ctx: &mut Ctx) -> Res<()> {
     if idx != u64::MAX {
         out!("{idx:08} {:8x}\n", entry(&inode, idx));
     } else {
-        let n = sd_client::vdi::nr_index_entries(&inode.header) as u64;
-        for i in (0..n).filter(|&i| entry(&inode, i) != 0) {
-            out!("{i:08} {:8x}\n", entry(&inode, i));
+        let n = sd_client::vdi::nr_index_entries(&inode.header);
+        for (i, vid) in inode.allocated(n) {
+            out!("{i:08} {vid:8x}\n");
         }
     }
     Ok(())

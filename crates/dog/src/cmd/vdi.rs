@@ -10,8 +10,8 @@ use crate::text::{cstr, escape_name, local_time, pad_right, parse_size, size_err
 use crate::{err, out, End, Res};
 use sd_client::vdi::{
     self, del_vdi, entry, get_cluster_info, lookup_vdi, new_vdi, read_index_into, read_inode,
-    read_inode_header, read_range, write_index, write_object, write_range, NewVdi, Redundancy,
-    VdiError, WriteKind,
+    read_inode_header, read_range, set_entry, write_index, write_object, write_range, NewVdi,
+    Redundancy, VdiError, WriteKind,
 };
 use sd_client::ClientError;
 use sd_proto::*;
@@ -173,14 +173,11 @@ pub async fn parse_vdi(
 }
 
 /// Objects of the VDI it owns and objects it shares with ancestors
-/// (the original's `sd_inode_stat` for plain VDIs).
+/// (the original's `sd_inode_stat`).
 fn inode_stat(i: &Inode) -> (u64, u64) {
-    let n = vdi::nr_index_entries(&i.header) as usize;
     let own = i.header.vdi_id;
-    i.data_vdi_id[..n]
-        .iter()
-        .fold((0, 0), |(my, cow), &e| match e {
-            0 => (my, cow),
+    i.allocated(vdi::nr_index_entries(&i.header))
+        .fold((0, 0), |(my, cow), (_, e)| match e {
             e if e == own => (my + 1, cow),
             _ => (my, cow + 1),
         })
@@ -344,17 +341,13 @@ async fn preallocate(ctx: &mut Ctx, vid: u32) -> Res<()> {
         err!("Failed to read a newly created VDI object");
         return ret(1);
     };
-    if inode.header.store_policy != 0 {
-        report(&VdiError::HyperVolume);
-        return ret(1);
-    }
     let obj = inode.header.object_size();
     let total = inode.header.vdi_size;
     let red = Redundancy::of(&inode.header);
     let n = vdi::nr_index_entries(&inode.header);
     for idx in 0..n {
-        show_progress(idx as u64 * obj, total, false);
-        let oid = vid_to_data_oid(vid, idx as u64);
+        show_progress(idx * obj, total, false);
+        let oid = vid_to_data_oid(vid, idx);
         let at = &mut ctx.net.at(target);
         if let Err(source) =
             write_object(at, oid, WriteKind::Create, 0, &[], red, flag::CMD_DIRECT).await
@@ -362,8 +355,7 @@ async fn preallocate(ctx: &mut Ctx, vid: u32) -> Res<()> {
             report(&VdiError::Write { oid, source });
             return ret(1);
         }
-        inode.data_vdi_id[idx as usize] = vid;
-        if let Err(e) = write_index(at, &inode, idx, idx, flag::CMD_DIRECT).await {
+        if let Err(e) = set_entry(at, &mut inode, idx, vid, flag::CMD_DIRECT).await {
             report(&e);
             return ret(1);
         }
@@ -418,7 +410,11 @@ pub async fn do_vdi_delete(ctx: &mut Ctx, name: &[u8], snapid: i32, tag: Option<
             return;
         }
     };
-    let n = vdi::nr_index_entries(&inode.header) as usize;
+    // A hyper volume keeps no reference counts: DEL_VDI frees its objects.
+    let n = match inode.header.store_policy {
+        0 => vdi::nr_index_entries(&inode.header) as usize,
+        _ => 0,
+    };
     let (mut i, mut reclaimed) = (0usize, 0usize);
     while i < n {
         if max_reclaim != 0 && reclaimed >= max_reclaim {
@@ -603,13 +599,13 @@ async fn copy_objects(ctx: &mut Ctx, src: &Inode, dst: &mut Inode, prealloc: boo
     let new_vid = dst.header.vdi_id;
     let n = vdi::nr_index_entries(h);
     for idx in 0..n {
-        show_progress(idx as u64 * obj, h.vdi_size, false);
+        show_progress(idx * obj, h.vdi_size, false);
         let at = &mut ctx.net.at(target);
-        let data = match entry(src, idx as u64) {
+        let data = match entry(src, idx) {
             0 if !prealloc => continue,
             0 => Vec::new(),
             e => {
-                let oid = vid_to_data_oid(e, idx as u64);
+                let oid = vid_to_data_oid(e, idx);
                 match vdi::read_object(
                     at,
                     oid,
@@ -628,15 +624,14 @@ async fn copy_objects(ctx: &mut Ctx, src: &Inode, dst: &mut Inode, prealloc: boo
                 }
             }
         };
-        let oid = vid_to_data_oid(new_vid, idx as u64);
+        let oid = vid_to_data_oid(new_vid, idx);
         if let Err(source) =
             write_object(at, oid, WriteKind::Create, 0, &data, red, flag::CMD_DIRECT).await
         {
             report(&VdiError::Write { oid, source });
             return ret(1);
         }
-        dst.data_vdi_id[idx as usize] = new_vid;
-        if let Err(e) = write_index(at, dst, idx, idx, flag::CMD_DIRECT).await {
+        if let Err(e) = set_entry(at, dst, idx, new_vid, flag::CMD_DIRECT).await {
             report(&e);
             return ret(1);
         }
