@@ -300,8 +300,9 @@ impl Store {
         read_at(&self.stale_path(k, epoch), offset, len)
     }
 
-    /// The newest stale copy's epoch, if any (used by wildcard reads).
-    pub fn newest_stale(&self, k: &ObjKey) -> Option<u32> {
+    /// The newest stale copy's epoch if it is `since` or later: a copy
+    /// retired with epoch `e` was current through epoch `e`.
+    pub fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
         let prefix = format!("{}.", k.file_name());
         fs::read_dir(&self.stale_dir)
             .ok()?
@@ -313,6 +314,7 @@ impl Store {
                     .parse::<u32>()
                     .ok()
             })
+            .filter(|&e| e >= since)
             .max()
     }
 
@@ -482,7 +484,9 @@ mod tests {
         s.move_to_stale(&k, 3).unwrap();
         assert!(!s.exists(&k));
         assert_eq!(s.list_stale().unwrap(), vec![(k, 3)]);
-        assert_eq!(s.newest_stale(&k), Some(3));
+        assert_eq!(s.newest_stale(&k, 0), Some(3));
+        assert_eq!(s.newest_stale(&k, 3), Some(3));
+        assert_eq!(s.newest_stale(&k, 4), None);
         assert_eq!(s.sha1(&k, Some(3)).unwrap(), sum);
         assert_eq!(s.read_stale(&k, 3, 10, 5).unwrap(), b"heLLo");
         assert_eq!(s.purge_stale().unwrap(), 1);

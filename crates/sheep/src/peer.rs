@@ -174,7 +174,9 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                     let sz = st.size(&key)?;
                     st.read(&key, 0, sz.min(req.data_length as u64) as usize)
                 } else {
-                    let ep = st.newest_stale(&key).ok_or(sd_store::StoreError::NoObj)?;
+                    let ep = st
+                        .newest_stale(&key, stale_floor(req.flags, o.tgt_epoch))
+                        .ok_or(sd_store::StoreError::NoObj)?;
                     let all = st.read_stale(&key, ep, 0, req.data_length as usize)?;
                     Ok(all)
                 }
@@ -211,6 +213,16 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply(&req, e.res())
         }
         Err(_) => reply(&req, SdRes::EIO),
+    }
+}
+
+/// The oldest stale copy a recovery read of `tgt_epoch` may be served: a
+/// copy retired before that epoch may miss writes of it; a wildcard read
+/// takes any.
+pub fn stale_floor(flags: u16, tgt_epoch: u32) -> u32 {
+    match flags & flag::CMD_WILDCARD {
+        0 => tgt_epoch,
+        _ => 0,
     }
 }
 

@@ -279,7 +279,7 @@ async fn read_peer(
         if st.exists(key) {
             return st.read_all(key).ok();
         }
-        let e = st.newest_stale(key)?;
+        let e = st.newest_stale(key, crate::peer::stale_floor(flags, tgt_epoch))?;
         return st.read_stale(key, e, 0, r.data_length as usize).ok();
     }
     let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
