@@ -194,23 +194,42 @@ fn screen_width() -> i32 {
     }
 }
 
+/// The bar of the command running now, if it is drawing one.
+static PROGRESS: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
 /// The progress line of CLI.md §1.12 for `done` of `total` (sizes human,
 /// or plain numbers with `raw`), only when stdout is a terminal.
+///
+/// indicatif draws it (rate-limited redraws, terminal handling); the line
+/// itself keeps the original's look through a custom template key. The
+/// bar ends, with a newline, when `done` reaches `total`.
 pub fn show_progress(done: u64, total: u64, raw: bool) {
-    if !stdout_is_tty() {
+    if !stdout_is_tty() || screen_width() <= 0 {
         return;
     }
-    let width = screen_width();
-    if width <= 0 {
-        return;
-    }
-    let line = progress_line(done, total, raw, width as usize);
-    out_bytes(b"\r");
-    out_bytes(line.as_bytes());
-    if done == total {
+    let mut current = PROGRESS.lock().unwrap();
+    let bar = current.get_or_insert_with(|| {
+        // What dog printed so far goes first.
+        flush();
+        let line = move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            // One column short of the screen, so the line never wraps.
+            let width = (screen_width() as usize).saturating_sub(1);
+            let _ = w.write_str(&progress_line(s.pos(), s.len().unwrap_or(0), raw, width));
+        };
+        let style = indicatif::ProgressStyle::with_template("{line}")
+            .expect("a valid template")
+            .with_key("line", line);
+        let target = indicatif::ProgressDrawTarget::stdout();
+        indicatif::ProgressBar::with_draw_target(Some(total), target).with_style(style)
+    });
+    bar.set_length(total);
+    bar.set_position(done);
+    if done >= total {
+        bar.finish();
+        *current = None;
         out_bytes(b"\n");
+        flush();
     }
-    flush();
 }
 
 /// The text of one progress line, exactly `width` characters.

@@ -862,3 +862,43 @@ fn new_vdi_objects_have_its_object_size_on_every_replica() {
     let out = c.dog(&["cluster", "check"]);
     assert_eq!(err(&out), "");
 }
+
+/// On a terminal, `vdi check` draws the original's progress line (through
+/// indicatif) and ends it with a newline; off a terminal it prints only
+/// its result (the other tests).
+#[test]
+fn progress_bar_on_a_terminal() {
+    let Some(c) = cluster("2") else { return };
+    c.dog_ok(&["vdi", "create", "v", "16M"]);
+    write(&c, "v", 0, &pattern(3, 6 * MIB));
+    let dog = sd_testkit::dog_bin();
+    let cmd = format!(
+        "stty cols 100 rows 40; {} vdi check v -p {}",
+        dog.display(),
+        c.nodes[0].port
+    );
+    // util-linux `script` runs the command on a pseudo-terminal.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", err(&out));
+    let tty = text(&out);
+    let frames: Vec<&str> = tty
+        .split(['\r', '\n'])
+        .map(|f| f.trim_start_matches("\x1b[2K"))
+        .filter(|f| f.contains("% ["))
+        .collect();
+    assert!(frames.len() >= 2, "no progress drawn: {tty:?}");
+    assert!(frames[0].starts_with("  0.0 % [>"), "{:?}", frames[0]);
+    let last = frames.last().unwrap();
+    assert!(
+        last.starts_with("100.0 % [====") && last.contains("] 16 MB / 16 MB"),
+        "{last:?}"
+    );
+    assert!(last.len() <= 100, "never wider than the terminal: {last:?}");
+    assert!(
+        tty.ends_with("\r\nfinish check&repair v\r\n"),
+        "the bar ends with a newline: {tty:?}"
+    );
+}

@@ -252,10 +252,12 @@ async fn do_vdi_check(ctx: &mut Ctx, inode: &Inode) -> Res<()> {
     show_progress(done, total, false);
     for (idx, vid) in inode.allocated(nr_index_entries(h)) {
         check_object(ctx, &ring, h, vid_to_data_oid(vid, idx), nr_copies).await?;
-        done = (idx + 1) * obj;
+        done = ((idx + 1) * obj).min(total);
         show_progress(done, total, false);
     }
-    show_progress(total, total, false);
+    if done < total {
+        show_progress(total, total, false);
+    }
     crate::out::Msg::new()
         .s("finish check&repair ")
         .b(h.name_bytes())
