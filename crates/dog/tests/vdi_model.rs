@@ -355,7 +355,6 @@ fn random_lifecycles_match_the_model() {
 
 /// The same sequences; at the end every copy agrees (`cluster check`).
 #[test]
-#[ignore = "server bug: a peer that has not applied a new VDI yet creates its objects with the cluster's default object size (replicas differ)"]
 fn copies_agree_at_the_end() {
     run_seeds(true);
 }
