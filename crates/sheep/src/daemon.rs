@@ -428,15 +428,17 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         flags: 0,
     };
     let (reclaim_tx, mut reclaim_rx) = mpsc::unbounded_channel();
+    let view = watch::Sender::new(initial);
+    let peers = crate::peer::PeerPool::new(view.subscribe());
     let sheep = Arc::new(Sheep {
         opts: o.clone(),
         this,
         store,
         driver: driver.clone(),
         state: Mutex::new(state),
-        view: watch::Sender::new(initial),
+        view,
         applied: watch::Sender::new(0),
-        peers: crate::peer::PeerPool::default(),
+        peers,
         recovery: Recovery::default(),
         throttle: Mutex::new(RecoveryThrottling::default()),
         exit: watch::Sender::new(None),

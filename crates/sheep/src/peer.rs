@@ -1,7 +1,7 @@
 //! Peer operations: requests executed against this node's own store, and
 //! the connection pool used to send them to other nodes.
 
-use crate::daemon::Sheep;
+use crate::daemon::{Sheep, View};
 use crate::server::{reply, reply_data, Reply};
 use sd_client::{Connection, Endpoint};
 use sd_proto::*;
@@ -10,12 +10,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Idle connections to other sheep, reused across requests. A connection
 /// carries one request at a time; concurrency opens more connections.
-#[derive(Default)]
 pub struct PeerPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+    /// This node's view: a request of an older epoch is abandoned.
+    view: watch::Receiver<View>,
 }
 
 /// Idle connections kept per peer.
@@ -24,8 +26,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PeerPool {
+    pub fn new(view: watch::Receiver<View>) -> PeerPool {
+        PeerPool {
+            idle: Mutex::default(),
+            view,
+        }
+    }
+
     /// Sends one request to `addr`; transport failures read as NETWORK_ERROR.
+    ///
+    /// A request that carries an epoch is abandoned (NETWORK_ERROR, so its
+    /// sender retries with the new view) as soon as this node's epoch moves
+    /// past it: a target that left the view (crashed, partitioned) must not
+    /// hold a request until the transport timeouts. The connection is
+    /// dropped, so the peer, if it is still there, abandons it too.
     pub async fn exec(&self, addr: SocketAddr, req: &SdReq, payload: &[u8]) -> Reply {
+        if req.epoch == 0 {
+            return self.exec_now(addr, req, payload).await;
+        }
+        let mut view = self.view.clone();
+        let newer = view.wait_for(|v| (v.epoch.wrapping_sub(req.epoch) as i32) > 0);
+        tokio::select! {
+            r = self.exec_now(addr, req, payload) => r,
+            _ = newer => reply(req, SdRes::NETWORK_ERROR),
+        }
+    }
+
+    async fn exec_now(&self, addr: SocketAddr, req: &SdReq, payload: &[u8]) -> Reply {
         let conn = self
             .idle
             .lock()
