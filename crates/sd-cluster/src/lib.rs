@@ -22,7 +22,7 @@ pub use zookeeper::{ZkDriver, ZkOptions};
 use sd_proto::SdNode;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Errors of the cluster layer.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +172,15 @@ impl Driver {
         match self {
             Driver::Local(d) => d.leave().await,
             Driver::Zookeeper(d) => d.leave().await,
+        }
+    }
+
+    /// Whether this member may trust its view to be current (see
+    /// [`ZkDriver::contact`]); the local driver never loses contact.
+    pub fn contact(&self) -> watch::Receiver<bool> {
+        match self {
+            Driver::Local(_) => watch::channel(true).1,
+            Driver::Zookeeper(d) => d.contact(),
         }
     }
 

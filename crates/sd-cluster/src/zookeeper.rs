@@ -424,6 +424,8 @@ pub struct ZkDriver {
     opts: ZkOptions,
     paths: Paths,
     session: Mutex<Option<Arc<Session>>>,
+    /// Whether ZooKeeper has answered recently enough (see [`watch_session`]).
+    contact: Arc<watch::Sender<bool>>,
 }
 
 /// Holds the cluster-wide exclusive section until dropped (or until the
@@ -450,7 +452,17 @@ impl ZkDriver {
             opts,
             paths,
             session: Mutex::new(None),
+            contact: Arc::new(watch::Sender::new(true)),
         }
+    }
+
+    /// Whether this member may trust its view to be current: false while
+    /// ZooKeeper has not answered for about two thirds of the session
+    /// timeout (the ensemble may expire the session, and the others move
+    /// on without us, at any time after a whole timeout), true again once
+    /// it answers.
+    pub fn contact(&self) -> watch::Receiver<bool> {
+        self.contact.subscribe()
     }
 
     /// The options this driver was built with.
@@ -590,7 +602,7 @@ impl ZkDriver {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(read_stream(session.clone(), client.clone(), tx));
         tokio::spawn(watch_members(session.clone(), client.clone()));
-        tokio::spawn(watch_session(session, client.clone()));
+        tokio::spawn(watch_session(session, client.clone(), self.contact.clone()));
         if reset {
             tokio::spawn(collect_generations(client, p.clone(), gen));
         }
@@ -927,39 +939,57 @@ async fn check_members(s: &Session, client: &zk::Client) {
 /// unreachable for about a session timeout `T` since the last reply (the
 /// ensemble expires it then; the client cannot learn that until it
 /// reconnects). The client declares a connection lost after `2/5 T` of
-/// silence (`zookeeper-client`'s default), so giving up `3/5 T` after `Disconnected` stops this node about
-/// when the others drop it (earlier, never later, when the connection
-/// broke at once).
-async fn watch_session(s: Arc<Session>, client: zk::Client) {
+/// silence (`zookeeper-client`'s default), so giving up `3/5 T` after
+/// `Disconnected` stops this node about when the others drop it. Well
+/// before that, `4/15 T` after `Disconnected` (`2/3 T` of silence), it
+/// reports lost `contact`: the node must stop serving I/O then, so it never
+/// serves with a view the others may already have left behind.
+async fn watch_session(s: Arc<Session>, client: zk::Client, contact: Arc<watch::Sender<bool>>) {
     let give_up_after = client.session_timeout() * 3 / 5;
+    let suspend_after = client.session_timeout() * 4 / 15;
     let mut states = client.state_watcher();
     let mut stop = s.stop.subscribe();
     let mut deadline: Option<Instant> = None;
+    let mut suspend: Option<Instant> = None;
+    let at = |d: Option<Instant>| async move {
+        match d {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
-        let give_up = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             state = states.changed() => match state {
                 zk::SessionState::Disconnected => {
                     tracing::warn!("zookeeper connection lost; reconnecting");
-                    deadline.get_or_insert(Instant::now() + give_up_after);
+                    let now = Instant::now();
+                    deadline.get_or_insert(now + give_up_after);
+                    suspend.get_or_insert(now + suspend_after);
                 }
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                     deadline = None;
+                    suspend = None;
+                    contact.send_if_modified(|c| !std::mem::replace(c, true));
                 }
                 zk::SessionState::Expired
                 | zk::SessionState::Closed
                 | zk::SessionState::AuthFailed => {
+                    contact.send_replace(false);
                     s.end(Ended::Lost);
                     return;
                 }
             },
-            _ = give_up => {
+            _ = at(suspend) => {
+                tracing::warn!(
+                    "no reply from zookeeper for about {:?}",
+                    client.session_timeout() * 2 / 3
+                );
+                suspend = None;
+                contact.send_replace(false);
+            }
+            _ = at(deadline) => {
                 tracing::error!("zookeeper unreachable for {give_up_after:?} after a connection loss");
+                contact.send_replace(false);
                 s.end(Ended::Lost);
                 return;
             }

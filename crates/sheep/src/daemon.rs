@@ -54,6 +54,10 @@ pub struct Sheep {
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
     pub obj_locks: crate::peer::ObjLocks,
+    /// Set while the cluster driver has lost contact (see
+    /// [`sd_cluster::Driver::contact`]): the view may be stale, so the
+    /// published view refuses I/O.
+    pub suspended: std::sync::atomic::AtomicBool,
 }
 
 impl Sheep {
@@ -196,9 +200,14 @@ impl Sheep {
 
     fn publish(&self, st: &ClusterState) {
         let ring = Arc::new(Ring::new(&st.nodes()));
+        let suspended = self.suspended.load(std::sync::atomic::Ordering::SeqCst);
         self.view.send_replace(View {
             epoch: st.epoch,
-            status: st.status,
+            status: if suspended {
+                Status::Shutdown
+            } else {
+                st.status
+            },
             ring,
             default_copies: st.config.copies,
             default_policy: st.config.copy_policy,
@@ -335,6 +344,30 @@ impl Sheep {
         Ok(())
     }
 
+    /// Stops serving I/O while the cluster driver has lost contact, and
+    /// serves again once it is back.
+    async fn follow_contact(self: Arc<Self>) {
+        let mut contact = self.driver.contact();
+        while contact.changed().await.is_ok() {
+            let up = *contact.borrow_and_update();
+            let suspend = !up;
+            let was = self
+                .suspended
+                .swap(suspend, std::sync::atomic::Ordering::SeqCst);
+            if was == suspend || self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if up {
+                tracing::info!("the cluster driver is reachable again; resuming I/O");
+            } else {
+                tracing::error!("no word from the cluster driver; stopping I/O until it is back");
+            }
+            // (A lost stream never comes back up: the driver's session is
+            // over and this process rejoins as a new one.)
+            self.publish(&self.state.lock().unwrap());
+        }
+    }
+
     async fn event_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivered>) {
         self.apply_stream(&mut rx).await;
         if !self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
@@ -448,6 +481,7 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         stats: Default::default(),
         leaving: Default::default(),
         obj_locks: Default::default(),
+        suspended: Default::default(),
     });
     {
         let s = sheep.clone();
@@ -479,6 +513,7 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         .context("joining the cluster")?;
     sheep.state.lock().unwrap().my_incarnation = driver.incarnation();
     ready(0);
+    tokio::spawn(sheep.clone().follow_contact());
     tokio::spawn(sheep.clone().event_loop(rx));
     for l in listeners {
         tokio::spawn(l);
