@@ -902,3 +902,70 @@ fn progress_bar_on_a_terminal() {
         "the bar ends with a newline: {tty:?}"
     );
 }
+
+/// QEMU's `savevm` state (vmstate objects, §6.5) goes with its VDI:
+/// written like QEMU does, then recorded in the snapshot's header, it is
+/// read back, and deleting the snapshot and the VDI leaves no object.
+#[test]
+fn vm_state_is_removed_with_its_vdi() {
+    use sd_client::vdi::{read_object, write_object, Redundancy, WriteKind};
+    let Some(c) = cluster("2") else { return };
+    c.dog_ok(&["vdi", "create", "v", "8M"]);
+    write(&c, "v", 0, b"disk");
+    let vid = vid_of(&c, "v", 0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ep = sd_client::Endpoint::Tcp(format!("127.0.0.1:{}", c.nodes[1].port).parse().unwrap());
+    let mut conn = rt.block_on(sd_client::Connection::connect(&ep)).unwrap();
+    let red = Redundancy::default();
+    let state = pattern(21, 6 * MIB);
+    rt.block_on(async {
+        for (i, part) in state.chunks(4 * MIB).enumerate() {
+            let oid = vid_to_vmstate_oid(vid, i as u32);
+            write_object(&mut conn, oid, WriteKind::Create, 0, part, red, 0)
+                .await
+                .unwrap();
+        }
+        // QEMU records the size in the VDI it snapshots.
+        let size = (state.len() as u64).to_le_bytes();
+        write_object(
+            &mut conn,
+            vid_to_vdi_oid(vid),
+            WriteKind::Overwrite,
+            544,
+            &size,
+            red,
+            0,
+        )
+        .await
+        .unwrap();
+        let back = read_object(
+            &mut conn,
+            vid_to_vmstate_oid(vid, 1),
+            0,
+            2 * MIB as u32,
+            red,
+            0,
+        )
+        .await
+        .unwrap();
+        assert!(back == state[4 * MIB..]);
+    });
+    c.dog_ok(&["vdi", "snapshot", "-s", "saved", "v"]);
+    let vmstate = |c: &Cluster| {
+        c.nodes
+            .iter()
+            .flat_map(|n| n.objects())
+            .filter(|f| is_vmstate_obj(u64::from_str_radix(&f[..16], 16).unwrap()))
+            .count()
+    };
+    assert_eq!(vmstate(&c), 2 * 2, "two objects, two copies each");
+    c.dog_ok(&["vdi", "delete", "-s", "saved", "v"]);
+    assert_eq!(vmstate(&c), 0, "the snapshot's VM state went with it");
+    c.dog_ok(&["vdi", "delete", "v"]);
+    wait_until("every object file to be removed", || {
+        c.nodes.iter().all(|n| n.objects().is_empty())
+    });
+}

@@ -515,6 +515,7 @@ async fn del_vdi(
             .map_err(|_| SdRes::VDI_WRITE)?;
         }
     }
+    remove_vmstate(sheep, &h).await;
     let mut cleared = h.clone();
     cleared.name = [0; 256];
     cleared.vdi_size = 0;
@@ -524,6 +525,27 @@ async fn del_vdi(
     remove_dead_family(sheep, vid).await;
     rsp.set_vdi(vid, 0, h.nr_copies, h.block_size_shift);
     Ok(())
+}
+
+/// Removes the VM state a VDI holds (QEMU's `savevm`, §6.5): objects
+/// `vid_to_vmstate_oid(vid, i)` written from index 0 on. The header's
+/// `vm_state_size` says how many a completed savevm left; an interrupted
+/// one may have left more without recording them, so removal goes on
+/// until an index has no object.
+async fn remove_vmstate(sheep: &Arc<Sheep>, h: &InodeHeader) {
+    let recorded = h.vm_state_size.div_ceil(h.object_size());
+    for i in 0..u32::MAX {
+        let oid = vid_to_vmstate_oid(h.vdi_id, i);
+        match gateway::remove(sheep, oid, 0).await {
+            Ok(()) => {}
+            Err(SdRes::NO_OBJ) if u64::from(i) >= recorded => return,
+            Err(SdRes::NO_OBJ) => {}
+            Err(e) => {
+                tracing::error!("failed to remove VM state {oid:016x}: {}", e.describe());
+                return;
+            }
+        }
+    }
 }
 
 /// Removes what a hyper volume owns: the data objects its B-tree records
