@@ -71,6 +71,14 @@ pub struct VdiStateArgs {
     pub block_size_shift: u8,
 }
 
+/// `sd_req.inode_coherence` (INODE_COHERENCE, §6.7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct InodeCoherenceArgs {
+    pub vid: u32,
+    /// 1 = validate, 0 = invalidate.
+    pub validate: u32,
+}
+
 /// `sd_req.ref` (DECREF_OBJ / DECREF_PEER): a ledger oid and the dropped
 /// reference.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -235,6 +243,17 @@ impl SdReq {
         a[9] = v.set_bitmap;
         a[10] = v.copy_policy;
         a[11] = v.block_size_shift;
+    }
+
+    pub fn inode_coherence(&self) -> InodeCoherenceArgs {
+        InodeCoherenceArgs {
+            vid: u32_at(&self.args, 0),
+            validate: u32_at(&self.args, 4),
+        }
+    }
+    pub fn set_inode_coherence(&mut self, c: InodeCoherenceArgs) {
+        put_u32(&mut self.args, 0, c.vid);
+        put_u32(&mut self.args, 4, c.validate);
     }
 }
 

@@ -27,9 +27,57 @@ fn transient(r: SdRes) -> bool {
     )
 }
 
+/// This node's participant state in the shared lock of `vid` (§6.7).
+fn my_part(sheep: &Sheep, vid: u32) -> Option<u32> {
+    let st = sheep.state.lock().unwrap();
+    st.vdis.participant_state(vid, &sheep.this.nid)
+}
+
+/// Broadcasts INODE_COHERENCE for `vid` from this node (§6.7).
+async fn coherence(sheep: &Arc<Sheep>, vid: u32, validate: bool) {
+    let mut req = SdReq::new(op::INODE_COHERENCE);
+    req.set_inode_coherence(InodeCoherenceArgs {
+        vid,
+        validate: validate as u32,
+    });
+    let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
+    let mut data = vec![0u8; NODE_ID_SIZE];
+    sheep.this.nid.encode_into(&mut data);
+    let m = crate::state::OpMessage { req, rsp, data };
+    if let Err(e) = sheep.broadcast(m).await {
+        tracing::error!("INODE_COHERENCE of {vid:x} failed: {e:#}");
+    }
+}
+
 /// Executes a client object request (0x01–0x04).
+///
+/// tgt's requests (`CMD_TGT`) on a VDI several tgt nodes share (iSCSI
+/// multipath) keep their cached inodes coherent (§6.7): while another
+/// participant has changed the index since this node's client last
+/// reloaded it, every request but that reload answers INODE_INVALIDATED.
 pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
+    let vid = oid_to_vid(o.oid);
+    let refresh = req.opcode == op::READ_OBJ
+        && is_vdi_obj(o.oid)
+        && o.offset == 0
+        && req.data_length as usize == GREF_OFFSET;
+    if req.flags & flag::CMD_TGT != 0
+        && req.opcode != op::REMOVE_OBJ
+        && !refresh
+        && my_part(sheep, vid) == Some(crate::state::PART_INVALIDATED)
+    {
+        return reply(&req, SdRes::INODE_INVALIDATED);
+    }
+    if refresh {
+        let r = io(sheep, req, payload).await;
+        if r.0.result == SdRes::SUCCESS
+            && my_part(sheep, vid) == Some(crate::state::PART_INVALIDATED)
+        {
+            coherence(sheep, vid, true).await;
+        }
+        return r;
+    }
     let writing = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
     if writing && is_data_obj(o.oid) && sheep.is_snapshot(oid_to_vid(o.oid)) {
         // The VDI became a snapshot: its objects are frozen (§6.1).
@@ -340,6 +388,11 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         Ok(true) => return io(sheep, req, payload).await,
         Ok(false) => {}
         Err(r) => return reply(&req, r),
+    }
+    // A participant changing the index invalidates the others' copies.
+    let vid = oid_to_vid(o.oid);
+    if my_part(sheep, vid).is_some_and(|p| p != crate::state::PART_MODIFIED) {
+        coherence(sheep, vid, false).await;
     }
     let first = ((start - DATA_VDI_ID_OFFSET) / 4) as u32;
     let n = (end - start) / 4;

@@ -291,6 +291,38 @@ impl VdiTable {
         }
     }
 
+    /// This node's participant state in the shared lock of `vid` (None
+    /// when the VDI is not shared-locked by it).
+    pub fn participant_state(&self, vid: u32, node: &NodeId) -> Option<u32> {
+        let s = self.states.get(&vid)?;
+        if s.lock_state != LOCK_SHARED {
+            return None;
+        }
+        s.participants.iter().find(|p| p.1 == *node).map(|p| p.0)
+    }
+
+    /// Applies INODE_COHERENCE from `sender` (§6.7): validate makes every
+    /// participant SHARED except others still INVALIDATED (they validate
+    /// themselves by reloading); invalidate makes the sender the one
+    /// MODIFIED participant and every other INVALIDATED.
+    pub fn coherence(&mut self, vid: u32, validate: bool, sender: &NodeId) {
+        let Some(s) = self.states.get_mut(&vid) else {
+            return;
+        };
+        if s.lock_state != LOCK_SHARED || !s.participants.iter().any(|p| p.1 == *sender) {
+            return;
+        }
+        for p in &mut s.participants {
+            let me = p.1 == *sender;
+            p.0 = match (validate, me) {
+                (true, false) if p.0 == PART_INVALIDATED => PART_INVALIDATED,
+                (true, _) => PART_SHARED,
+                (false, true) => PART_MODIFIED,
+                (false, false) => PART_INVALIDATED,
+            };
+        }
+    }
+
     /// A node left: it no longer takes part in shared locks (normal locks
     /// stay, as in the original).
     pub fn forget_participant(&mut self, node: &NodeId) {
@@ -644,6 +676,11 @@ impl ClusterState {
                 m.req.vdi().lock_type,
                 &NodeId::decode(&m.data),
             ),
+            op::INODE_COHERENCE if m.data.len() >= NODE_ID_SIZE => {
+                let c = m.req.inode_coherence();
+                self.vdis
+                    .coherence(c.vid, c.validate != 0, &NodeId::decode(&m.data));
+            }
             op::ALTER_VDI_COPY => {
                 let a = m.req.vdi_state();
                 if let Some(s) = self.vdis.states.get_mut(&a.new_vid) {
@@ -739,6 +776,41 @@ mod tests {
                 .encode(),
             },
         }
+    }
+
+    #[test]
+    fn inode_coherence_moves_participants_as_the_original() {
+        let mut t = VdiTable::default();
+        t.add(VdiState {
+            vid: 7,
+            nr_copies: 2,
+            ..Default::default()
+        });
+        let (a, b, c) = (node(7000).nid, node(7001).nid, node(7002).nid);
+        for n in [a, b, c] {
+            t.lock(7, LOCK_TYPE_SHARED, n);
+        }
+        // The first participant owns the index; later ones see it changed.
+        let parts = |t: &VdiTable| [a, b, c].map(|n| t.participant_state(7, &n).unwrap());
+        assert_eq!(
+            parts(&t),
+            [PART_MODIFIED, PART_INVALIDATED, PART_INVALIDATED]
+        );
+        t.coherence(7, true, &b);
+        assert_eq!(parts(&t), [PART_SHARED, PART_SHARED, PART_INVALIDATED]);
+        t.coherence(7, false, &c);
+        assert_eq!(
+            parts(&t),
+            [PART_INVALIDATED, PART_INVALIDATED, PART_MODIFIED]
+        );
+        // A node that is not a participant changes nothing.
+        t.coherence(7, false, &node(7009).nid);
+        assert_eq!(
+            parts(&t),
+            [PART_INVALIDATED, PART_INVALIDATED, PART_MODIFIED]
+        );
+        t.release(7, LOCK_TYPE_SHARED, &c);
+        assert_eq!(t.participant_state(7, &c), None);
     }
 
     #[test]
