@@ -39,7 +39,10 @@
 //!   LEAVE), the driver stops: the delivery channel closes and every later
 //!   call returns [`ClusterError::SessionExpired`]. The daemon must then
 //!   stop serving (it has a stale view) — see [`crate::Driver::join`]. A
-//!   shorter disconnection is invisible apart from delayed events and calls.
+//!   shorter disconnection is invisible apart from delayed events and calls,
+//!   except that after `2/3` of the timeout without a reply the driver
+//!   reports lost contact ([`ZkDriver::contact`]), so the daemon stops
+//!   serving I/O before the others can have moved on without it.
 //!   Dropping the driver and its receiver closes the session: the others
 //!   see the member znode vanish and append our LEAVE at once.
 //! * **Restarts.** A node restarting while its old session still lives
@@ -602,7 +605,8 @@ impl ZkDriver {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(read_stream(session.clone(), client.clone(), tx));
         tokio::spawn(watch_members(session.clone(), client.clone()));
-        tokio::spawn(watch_session(session, client.clone(), self.contact.clone()));
+        tokio::spawn(watch_session(session.clone(), client.clone()));
+        tokio::spawn(keep_contact(session, client.clone(), self.contact.clone()));
         if reset {
             tokio::spawn(collect_generations(client, p.clone(), gen));
         }
@@ -940,62 +944,84 @@ async fn check_members(s: &Session, client: &zk::Client) {
 /// ensemble expires it then; the client cannot learn that until it
 /// reconnects). The client declares a connection lost after `2/5 T` of
 /// silence (`zookeeper-client`'s default), so giving up `3/5 T` after
-/// `Disconnected` stops this node about when the others drop it. Well
-/// before that, `4/15 T` after `Disconnected` (`2/3 T` of silence), it
-/// reports lost `contact`: the node must stop serving I/O then, so it never
-/// serves with a view the others may already have left behind.
-async fn watch_session(s: Arc<Session>, client: zk::Client, contact: Arc<watch::Sender<bool>>) {
+/// `Disconnected` stops this node about when the others drop it (earlier,
+/// never later, when the connection broke at once).
+async fn watch_session(s: Arc<Session>, client: zk::Client) {
     let give_up_after = client.session_timeout() * 3 / 5;
-    let suspend_after = client.session_timeout() * 4 / 15;
     let mut states = client.state_watcher();
     let mut stop = s.stop.subscribe();
     let mut deadline: Option<Instant> = None;
-    let mut suspend: Option<Instant> = None;
-    let at = |d: Option<Instant>| async move {
-        match d {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
     loop {
+        let give_up = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             state = states.changed() => match state {
                 zk::SessionState::Disconnected => {
                     tracing::warn!("zookeeper connection lost; reconnecting");
-                    let now = Instant::now();
-                    deadline.get_or_insert(now + give_up_after);
-                    suspend.get_or_insert(now + suspend_after);
+                    deadline.get_or_insert(Instant::now() + give_up_after);
                 }
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                     deadline = None;
-                    suspend = None;
-                    contact.send_if_modified(|c| !std::mem::replace(c, true));
                 }
                 zk::SessionState::Expired
                 | zk::SessionState::Closed
                 | zk::SessionState::AuthFailed => {
-                    contact.send_replace(false);
                     s.end(Ended::Lost);
                     return;
                 }
             },
-            _ = at(suspend) => {
-                tracing::warn!(
-                    "no reply from zookeeper for about {:?}",
-                    client.session_timeout() * 2 / 3
-                );
-                suspend = None;
-                contact.send_replace(false);
-            }
-            _ = at(deadline) => {
+            _ = give_up => {
                 tracing::error!("zookeeper unreachable for {give_up_after:?} after a connection loss");
-                contact.send_replace(false);
                 s.end(Ended::Lost);
                 return;
             }
             _ = stop.wait_for(|v| *v) => return,
         }
     }
+}
+
+/// Keeps [`ZkDriver::contact`]: a cheap read every `T/10` tells when
+/// ZooKeeper last answered (taken as when the request was sent, the
+/// earliest the ensemble can have heard from us); contact is lost once
+/// that is `2/3 T` ago, well before the ensemble may expire the session
+/// (`T` after it last heard from us), and back with the next answer.
+async fn keep_contact(s: Arc<Session>, client: zk::Client, contact: Arc<watch::Sender<bool>>) {
+    let t = client.session_timeout();
+    let lost_after = t * 2 / 3;
+    let heard = Mutex::new(Instant::now());
+    let probe = async {
+        loop {
+            let sent = Instant::now();
+            if let Ok(Ok(_)) = tokio::time::timeout(lost_after, client.check_stat(&s.members)).await
+            {
+                let mut h = heard.lock().unwrap();
+                *h = (*h).max(sent);
+            }
+            tokio::time::sleep(t / 10).await;
+        }
+    };
+    let judge = async {
+        let mut tick = tokio::time::interval(t / 20);
+        loop {
+            tick.tick().await;
+            let silent = heard.lock().unwrap().elapsed();
+            let up = silent < lost_after;
+            if contact.send_if_modified(|c| std::mem::replace(c, up) != up) && !up {
+                tracing::warn!("no reply from zookeeper for {silent:?}");
+            }
+        }
+    };
+    let mut stop = s.stop.subscribe();
+    tokio::select! {
+        _ = probe => {}
+        _ = judge => {}
+        _ = stop.wait_for(|v| *v) => {}
+    }
+    contact.send_replace(false);
 }
 
 /// Deletes the generations older than `current` (queues and markers).
