@@ -101,6 +101,9 @@ pub struct Store {
     nosync: bool,
     /// Group commit of directory syncs (see [`Store::sync_dir`]).
     dir_sync: DirSync,
+    /// Numbers temporaries, so concurrent replacements of one file (a
+    /// recovery and a create, two fetches of one epoch) never share one.
+    tmp_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Renames into one directory become durable with one `fsync` of the
@@ -138,6 +141,7 @@ impl Store {
             epoch_dir,
             nosync,
             dir_sync: DirSync::default(),
+            tmp_seq: Default::default(),
         })
     }
 
@@ -190,8 +194,12 @@ impl Store {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        let tmp = path.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
+        let n = self
+            .tmp_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{n}.tmp"));
+        let tmp = path.with_file_name(name);
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -522,6 +530,32 @@ mod tests {
         );
         s.wipe().unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 0);
+    }
+
+    #[test]
+    fn concurrent_replacements_of_one_file() {
+        // Two writers of one epoch file (or object) at once: each rename
+        // installs a whole file of its own, none fails.
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(d.path(), true).unwrap());
+        let k = ObjKey::replica(0x007c2b2500000001);
+        let writers: Vec<_> = (0..8u8)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        s.create_and_write(&k, 4096, 0, &[w; 4096]).unwrap();
+                        s.write_epoch(1, &[], w as u64).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let data = s.read_all(&k).unwrap();
+        assert!(data.iter().all(|&b| b == data[0]) && data.len() == 4096);
+        assert!(s.read_epoch(1).unwrap().is_some());
     }
 
     #[test]

@@ -224,121 +224,131 @@ impl Sheep {
         }
     }
 
-    /// Executes the effects of one applied event.
-    async fn execute(self: &Arc<Self>, fx: Vec<Effect>) -> anyhow::Result<()> {
+    /// Executes the effects of one applied event. A failed effect does not
+    /// stop the ones after it (a node that could not retire its old copies
+    /// on joining must still start recovery for its new epoch).
+    async fn execute(self: &Arc<Self>, fx: Vec<Effect>) {
         for f in fx {
-            match f {
-                Effect::Joined { into_running } => {
-                    let (cfg, history, cluster_epoch) = {
-                        let st = self.state.lock().unwrap();
-                        (self.persisted_config(&st), st.history.clone(), st.epoch)
-                    };
-                    let my_epoch = self.store.latest_epoch()?;
-                    if cfg.ctime != 0 {
-                        // Joining a cluster that ran without us: what we
-                        // hold may have missed writes, so it only serves as
-                        // stale copies until recovery brings current ones.
-                        if my_epoch != 0 && (into_running || my_epoch + 1 < cluster_epoch) {
-                            for k in self.store.list()? {
-                                self.store.move_to_stale(&k, my_epoch)?;
-                            }
-                        }
-                        self.store.write_config(&cfg)?;
-                        for (e, nodes, t) in &history {
-                            self.store.write_epoch(*e, nodes, *t)?;
-                        }
-                    }
-                    let others: Vec<SdNode> = self
-                        .state
-                        .lock()
-                        .unwrap()
-                        .nodes()
-                        .into_iter()
-                        .filter(|n| n.nid != self.this.nid)
-                        .collect();
-                    for n in others {
-                        let me = self.clone();
-                        tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &n).await });
-                    }
-                    tracing::info!("joined the cluster at epoch {cluster_epoch}");
-                }
-                Effect::JoinRefused(r) => {
-                    tracing::error!("the cluster refused our join: {}", r.describe());
-                    self.request_exit(1);
-                }
-                Effect::Formatted => {
-                    if self.state.lock().unwrap().joined {
-                        self.store.wipe()?;
-                        let cfg = self.persisted_config(&self.state.lock().unwrap());
-                        self.store.write_config(&cfg)?;
-                        tracing::info!("cluster formatted");
-                    }
-                }
-                Effect::ConfigChanged => {
-                    if self.state.lock().unwrap().joined {
-                        let cfg = self.persisted_config(&self.state.lock().unwrap());
-                        self.store.write_config(&cfg)?;
-                    }
-                }
-                Effect::NewEpoch {
-                    epoch,
-                    nodes,
-                    time,
-                    recover,
-                } => {
-                    if self.state.lock().unwrap().joined {
-                        // A restart with the same members keeps the epoch
-                        // file (and its time) it had.
-                        let ids = |v: &[SdNode]| {
-                            let mut a: Vec<NodeId> = v.iter().map(|x| x.nid).collect();
-                            a.sort();
-                            a
-                        };
-                        let same = self
-                            .store
-                            .read_epoch(epoch)?
-                            .is_some_and(|(n, _)| ids(&n) == ids(&nodes));
-                        if !same {
-                            self.store.write_epoch(epoch, &nodes, time)?;
-                        }
-                        tracing::info!("epoch {epoch}: {} nodes", nodes.len());
-                        if recover {
-                            self.recovery.start(self, epoch);
-                        } else {
-                            self.recovery.nothing_to_recover(epoch);
+            if let Err(e) = self.execute_one(f).await {
+                tracing::error!("failed to apply cluster event: {e:#}");
+            }
+        }
+    }
+
+    async fn execute_one(self: &Arc<Self>, f: Effect) -> anyhow::Result<()> {
+        match f {
+            Effect::Joined { into_running } => {
+                let (cfg, history, cluster_epoch) = {
+                    let st = self.state.lock().unwrap();
+                    (self.persisted_config(&st), st.history.clone(), st.epoch)
+                };
+                let my_epoch = self.store.latest_epoch()?;
+                if cfg.ctime != 0 {
+                    // Joining a cluster that ran without us: what we
+                    // hold may have missed writes, so it only serves as
+                    // stale copies until recovery brings current ones.
+                    if my_epoch != 0 && (into_running || my_epoch + 1 < cluster_epoch) {
+                        for k in self.store.list()? {
+                            self.store.move_to_stale(&k, my_epoch)?;
                         }
                     }
-                }
-                Effect::RecoveryGathered(epoch) => {
-                    if self.state.lock().unwrap().joined && !self.recovery.busy() {
-                        let n = self.store.purge_stale()?;
-                        tracing::info!("recovery of epoch {epoch} complete on all nodes; purged {n} stale objects");
+                    self.store.write_config(&cfg)?;
+                    for (e, nodes, t) in &history {
+                        self.store.write_epoch(*e, nodes, *t)?;
                     }
                 }
-                Effect::RecoveryEnabled => self.recovery.wake(),
-                Effect::RedundancyChanged => {
-                    let (joined, epoch) = {
-                        let st = self.state.lock().unwrap();
-                        (st.joined, st.epoch)
-                    };
-                    if joined && epoch > 0 {
-                        self.recovery.start(self, epoch);
-                    }
-                }
-                Effect::Shutdown => {
-                    if self.state.lock().unwrap().joined {
-                        let mut cfg = self.persisted_config(&self.state.lock().unwrap());
-                        cfg.shutdown = true;
-                        if cfg.ctime != 0 {
-                            self.store.write_config(&cfg)?;
-                        }
-                        self.request_exit(0);
-                    }
-                }
-                Effect::PeerJoined(node) => {
+                let others: Vec<SdNode> = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| n.nid != self.this.nid)
+                    .collect();
+                for n in others {
                     let me = self.clone();
-                    tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &node).await });
+                    tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &n).await });
                 }
+                tracing::info!("joined the cluster at epoch {cluster_epoch}");
+            }
+            Effect::JoinRefused(r) => {
+                tracing::error!("the cluster refused our join: {}", r.describe());
+                self.request_exit(1);
+            }
+            Effect::Formatted => {
+                if self.state.lock().unwrap().joined {
+                    self.store.wipe()?;
+                    let cfg = self.persisted_config(&self.state.lock().unwrap());
+                    self.store.write_config(&cfg)?;
+                    tracing::info!("cluster formatted");
+                }
+            }
+            Effect::ConfigChanged => {
+                if self.state.lock().unwrap().joined {
+                    let cfg = self.persisted_config(&self.state.lock().unwrap());
+                    self.store.write_config(&cfg)?;
+                }
+            }
+            Effect::NewEpoch {
+                epoch,
+                nodes,
+                time,
+                recover,
+            } => {
+                if self.state.lock().unwrap().joined {
+                    // A restart with the same members keeps the epoch
+                    // file (and its time) it had.
+                    let ids = |v: &[SdNode]| {
+                        let mut a: Vec<NodeId> = v.iter().map(|x| x.nid).collect();
+                        a.sort();
+                        a
+                    };
+                    let same = self
+                        .store
+                        .read_epoch(epoch)?
+                        .is_some_and(|(n, _)| ids(&n) == ids(&nodes));
+                    if !same {
+                        self.store.write_epoch(epoch, &nodes, time)?;
+                    }
+                    tracing::info!("epoch {epoch}: {} nodes", nodes.len());
+                    if recover {
+                        self.recovery.start(self, epoch);
+                    } else {
+                        self.recovery.nothing_to_recover(epoch);
+                    }
+                }
+            }
+            Effect::RecoveryGathered(epoch) => {
+                if self.state.lock().unwrap().joined && !self.recovery.busy() {
+                    let n = self.store.purge_stale()?;
+                    tracing::info!(
+                        "recovery of epoch {epoch} complete on all nodes; purged {n} stale objects"
+                    );
+                }
+            }
+            Effect::RecoveryEnabled => self.recovery.wake(),
+            Effect::RedundancyChanged => {
+                let (joined, epoch) = {
+                    let st = self.state.lock().unwrap();
+                    (st.joined, st.epoch)
+                };
+                if joined && epoch > 0 {
+                    self.recovery.start(self, epoch);
+                }
+            }
+            Effect::Shutdown => {
+                if self.state.lock().unwrap().joined {
+                    let mut cfg = self.persisted_config(&self.state.lock().unwrap());
+                    cfg.shutdown = true;
+                    if cfg.ctime != 0 {
+                        self.store.write_config(&cfg)?;
+                    }
+                    self.request_exit(0);
+                }
+            }
+            Effect::PeerJoined(node) => {
+                let me = self.clone();
+                tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &node).await });
             }
         }
         Ok(())
@@ -391,9 +401,7 @@ impl Sheep {
                 self.publish(&st);
                 fx
             };
-            if let Err(e) = self.execute(fx).await {
-                tracing::error!("failed to apply cluster event: {e:#}");
-            }
+            self.execute(fx).await;
             self.applied.send_replace(seq);
         }
     }
