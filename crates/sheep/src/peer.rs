@@ -103,22 +103,25 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
 /// finished before the copy was taken or is refused (OLD_NODE_VER) and
 /// retried by its gateway against the new placement.
 pub struct ObjLocks {
-    stripes: Vec<tokio::sync::RwLock<()>>,
+    stripes: Vec<Arc<tokio::sync::RwLock<()>>>,
 }
 
 impl Default for ObjLocks {
     fn default() -> Self {
         ObjLocks {
-            stripes: (0..1024).map(|_| tokio::sync::RwLock::new(())).collect(),
+            stripes: (0..1024).map(|_| Arc::default()).collect(),
         }
     }
 }
 
 impl ObjLocks {
-    fn stripe(&self, oid: u64) -> &tokio::sync::RwLock<()> {
-        &self.stripes[(sd_hash_oid(oid) % self.stripes.len() as u64) as usize]
+    fn stripe(&self, oid: u64) -> Arc<tokio::sync::RwLock<()>> {
+        self.stripes[(sd_hash_oid(oid) % self.stripes.len() as u64) as usize].clone()
     }
 }
+
+/// A lock guard that lives as long as the store operation it protects.
+type Held = Option<Box<dyn Send>>;
 
 async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
@@ -170,22 +173,23 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         _ => {}
     }
     // Taken after any recovery of this object (which may wait on other
-    // nodes), so no lock is held across the network.
+    // nodes), so no lock is held across the network. The guards move into
+    // the store operation: a request whose task is aborted (its sender
+    // gone) must not release them while its write still runs.
     let stripe = sheep.obj_locks.stripe(o.oid);
-    let _shared = if mutating {
-        Some(stripe.read().await)
-    } else {
-        None
-    };
-    let _exclusive = if recovery_read {
-        Some(stripe.write().await)
+    let object: Held = if mutating {
+        Some(Box::new(stripe.read_owned().await))
+    } else if recovery_read {
+        Some(Box::new(stripe.write_owned().await))
     } else {
         None
     };
     // A write checked against this epoch lands before a newer epoch's
     // marking retires copies (see `Recovery::placement`).
-    let _placement = if mutating {
-        Some(sheep.recovery.placement.read().await)
+    let placement: Held = if mutating {
+        Some(Box::new(
+            sheep.recovery.placement.clone().read_owned().await,
+        ))
     } else {
         None
     };
@@ -194,6 +198,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     }
     let s = sheep.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {
+        let _held = (object, placement);
         let st = &s.store;
         match req.opcode {
             op::READ_PEER if recovery_read => {

@@ -53,7 +53,7 @@ pub struct Recovery {
     /// and writes; the marking of a new epoch holds it exclusively. So no
     /// copy decided under an older placement lands after a newer one has
     /// retired what this node must not hold.
-    pub placement: tokio::sync::RwLock<()>,
+    pub placement: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Default for Recovery {
@@ -63,7 +63,7 @@ impl Default for Recovery {
             prepared: watch::Sender::new(0),
             inflight: Mutex::default(),
             wake: Notify::new(),
-            placement: tokio::sync::RwLock::new(()),
+            placement: Arc::default(),
         }
     }
 }
@@ -227,12 +227,15 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) {
                 tracing::error!("object {oid:016x} could not be recovered from any node");
                 return finish(rec, oid, generation);
             };
-            let _shared = rec.placement.read().await;
+            let shared = rec.placement.clone().read_owned().await;
             if !rec.current(generation) || sheep.epoch() != epoch {
                 return;
             }
+            // The guard lives as long as the store, even if this task is
+            // aborted (a peer request whose sender went away).
             let s = sheep.clone();
             let r = tokio::task::spawn_blocking(move || {
+                let _shared = shared;
                 s.store.create_and_write(&key, data.len() as u64, 0, &data)
             })
             .await;
