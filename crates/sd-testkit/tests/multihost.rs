@@ -257,7 +257,6 @@ fn seed() -> u64 {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): after some SIGKILL/restart rounds one host keeps a copy with stale blocks (reads through the cluster stay correct, the replica file check fails)"]
 fn kill_rounds_lose_no_acknowledged_write() {
     let _g = serial();
     let mut c = NetCluster::start(NetOpts {
@@ -324,7 +323,6 @@ fn kill_rounds_lose_no_acknowledged_write() {
 }
 
 #[test]
-#[ignore = "flaky (issue 6): passes and fails on the same build; a partitioned host's copy was found stale after healing before the fixes of this session, not yet diagnosed since"]
 fn partitioned_host_expires_never_serves_stale_and_rejoins() {
     let _g = serial();
     let mut c = NetCluster::start(NetOpts {
