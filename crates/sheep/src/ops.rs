@@ -70,7 +70,13 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             }
             reply_data(&req, b)
         }
-        op::CLUSTER_INFO => reply_data(&req, sheep.state.lock().unwrap().cluster_info().encode()),
+        op::CLUSTER_INFO => {
+            let mut ci = sheep.state.lock().unwrap().cluster_info();
+            // A node that stopped serving (lost its cluster driver) says so
+            // rather than reporting the last state it knew.
+            ci.status = sheep.view().status.cluster_status();
+            reply_data(&req, ci.encode())
+        }
         op::GET_RECOVERY => reply_data(&req, sheep.throttle.lock().unwrap().encode().to_vec()),
         op::SET_RECOVERY => match RecoveryThrottling::decode(&payload) {
             Some(t) => {

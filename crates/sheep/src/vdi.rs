@@ -10,6 +10,7 @@ use sd_proto::le::cstr;
 use sd_proto::*;
 use sd_store::{ObjKey, Store};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The outcome of a VDI lookup.
 #[derive(Debug, Default)]
@@ -673,16 +674,38 @@ async fn fetch(conn: &mut Connection, opcode: u8, start: usize) -> Option<Vec<u8
     }
 }
 
+/// How long a query to a peer (its VDI table, an epoch) may take: an
+/// unreachable or partitioned peer must not stall the caller.
+const PEER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `node`, bounded by [`PEER_QUERY_TIMEOUT`].
+async fn connect_peer(node: &SdNode) -> Option<Connection> {
+    let ep = Endpoint::Tcp(node.nid.socket_addr());
+    tokio::time::timeout(PEER_QUERY_TIMEOUT, Connection::connect(&ep))
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Merges another node's VDI table into ours (after a join, both ways).
 pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
-    let Ok(mut conn) = Connection::connect(&Endpoint::Tcp(node.nid.socket_addr())).await else {
+    let fetched = tokio::time::timeout(PEER_QUERY_TIMEOUT, async {
+        let mut conn = connect_peer(node).await?;
+        let states = fetch(&mut conn, op::GET_VDI_COPIES, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let inuse = fetch(&mut conn, op::READ_VDIS, SD_VDI_BITMAP_SIZE).await;
+        let deleted = fetch(&mut conn, op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE).await;
+        Some((states, inuse, deleted))
+    })
+    .await;
+    let Ok(Some((states, inuse, deleted))) = fetched else {
+        tracing::warn!(
+            "could not fetch the VDI table of {}",
+            node.nid.socket_addr()
+        );
         return;
     };
-    let states = fetch(&mut conn, op::GET_VDI_COPIES, 1 << 20)
-        .await
-        .unwrap_or_default();
-    let inuse = fetch(&mut conn, op::READ_VDIS, SD_VDI_BITMAP_SIZE).await;
-    let deleted = fetch(&mut conn, op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE).await;
     let mut st = sheep.state.lock().unwrap();
     for c in states.chunks_exact(VDI_STATE_SIZE) {
         if let Some(s) = VdiState::decode(c) {
@@ -705,7 +728,7 @@ pub async fn epoch_nodes(sheep: &Arc<Sheep>, epoch: u32) -> Option<(Vec<SdNode>,
     }
     let nodes = sheep.state.lock().unwrap().nodes();
     for n in nodes.iter().filter(|n| n.nid != sheep.this.nid) {
-        let Ok(mut c) = Connection::connect(&Endpoint::Tcp(n.nid.socket_addr())).await else {
+        let Some(mut c) = connect_peer(n).await else {
             continue;
         };
         let mut r = SdReq::new(op::GET_EPOCH);
@@ -714,7 +737,8 @@ pub async fn epoch_nodes(sheep: &Arc<Sheep>, epoch: u32) -> Option<(Vec<SdNode>,
             tgt_epoch: epoch,
             ..Default::default()
         });
-        if let Ok((rsp, data)) = c.exec(&r, &[]).await {
+        if let Ok(Ok((rsp, data))) = tokio::time::timeout(PEER_QUERY_TIMEOUT, c.exec(&r, &[])).await
+        {
             if rsp.result == SdRes::SUCCESS && data.len() >= 8 {
                 let (nb, t) = data.split_at(data.len() - 8);
                 let _ = sheep.store.write_epoch(
