@@ -214,11 +214,14 @@ impl Cluster {
     pub fn wait_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not come up",
-                self.nodes[i].port
-            );
+            if Instant::now() >= deadline {
+                let port = self.nodes[i].port;
+                let log = std::fs::read_to_string(self.root.path().join(format!("stderr.{port}")));
+                panic!(
+                    "node {port} did not come up; its log:\n{}",
+                    log.unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -183,7 +183,11 @@ fn gateway_serves_io_and_stores_nothing() {
     );
     c.format("2");
     let out = c.dog_at(g, &["vdi", "create", "gw", "64M"]);
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let data = pattern(7, 9 * MIB + 11);
     write(&c, g, "gw", 123, &data);
     assert!(read(&c, g, "gw", 123, data.len()) == data);

@@ -192,6 +192,25 @@ pub enum Class {
     Cluster { force: bool },
 }
 
+/// Why this node refuses non-force requests now, if it does. A node that
+/// is waiting for a format or for members first applies every cluster
+/// event already ordered (bounded to a second): a request sent right after
+/// `cluster format` through another node must not fail only because this
+/// node has not applied the format yet.
+async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
+    let r = sheep.view().status.refusal()?;
+    if r == SdRes::SHUTDOWN {
+        return Some(r);
+    }
+    let catch_up = async {
+        if let Ok(end) = sheep.driver.stream_end().await {
+            sheep.wait_applied(end).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), catch_up).await;
+    sheep.view().status.refusal()
+}
+
 /// The class of every implemented opcode; None = unknown or unimplemented.
 pub fn class(opcode: u8) -> Option<Class> {
     use Class::*;
@@ -367,7 +386,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         Class::Local { force: true } | Class::Cluster { force: true }
     );
     if !force && !matches!(class, Class::Peer) {
-        if let Some(r) = sheep.view().status.refusal() {
+        if let Some(r) = refusal_after_catching_up(sheep).await {
             return reply(&req, r);
         }
     }
