@@ -126,6 +126,9 @@ type Held = Option<Box<dyn Send>>;
 async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
     let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
+    if !recovery_read && o.oid != 0 {
+        sheep.recovery.client_io();
+    }
     let mutating = matches!(
         req.opcode,
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER

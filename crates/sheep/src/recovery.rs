@@ -13,8 +13,9 @@ use sd_proto::*;
 use sd_ring::Ring;
 use sd_store::ObjKey;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// Phases reported by STAT_RECOVERY.
@@ -54,7 +55,15 @@ pub struct Recovery {
     /// copy decided under an older placement lands after a newer one has
     /// retired what this node must not hold.
     pub placement: Arc<tokio::sync::RwLock<()>>,
+    /// When this node last served client data I/O (ms since `born`):
+    /// while clients are active, the background pass yields half of its
+    /// time to them.
+    client_seen_ms: AtomicU64,
+    born: Instant,
 }
+
+/// Client I/O more recent than this makes the background pass yield.
+const CLIENT_ACTIVE: Duration = Duration::from_millis(100);
 
 impl Default for Recovery {
     fn default() -> Self {
@@ -64,6 +73,8 @@ impl Default for Recovery {
             inflight: Mutex::default(),
             wake: Notify::new(),
             placement: Arc::default(),
+            client_seen_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 }
@@ -81,6 +92,19 @@ impl Recovery {
 
     pub fn busy(&self) -> bool {
         self.inner.lock().unwrap().in_recovery
+    }
+
+    /// Notes client data I/O on this node (not recovery's own traffic).
+    pub fn client_io(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.client_seen_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether clients did I/O here within [`CLIENT_ACTIVE`].
+    fn clients_active(&self) -> bool {
+        let seen = self.client_seen_ms.load(Ordering::Relaxed);
+        let now = self.born.elapsed().as_millis() as u64;
+        seen != 0 && now.saturating_sub(seen) < CLIENT_ACTIVE.as_millis() as u64
     }
 
     /// Resumes a pass suspended by DISABLE_RECOVER.
@@ -496,7 +520,15 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                 )
                 .await;
             }
+            let started = Instant::now();
             recover_one(sheep, oid).await;
+            if sheep.recovery.clients_active() {
+                // Clients first: as long again as the object took, so
+                // recovery gets at most half of the disk and network
+                // while they are busy (objects they touch are recovered
+                // at once anyway, by `ensure`).
+                tokio::time::sleep(started.elapsed()).await;
+            }
             let t = *sheep.throttle.lock().unwrap();
             if t.max_exec_count > 0 && t.queue_work_interval > 0 {
                 since_pause += 1;
