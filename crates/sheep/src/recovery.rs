@@ -222,38 +222,40 @@ fn keeps(sheep: &Sheep, ring: &Ring, k: &ObjKey) -> bool {
 /// Fetches and stores one object of the running pass unless someone else
 /// already did. The copy is stored only while that pass is still the
 /// current one: a fetch that a newer epoch (or placement) overtook leaves
-/// the object to the newer pass.
-async fn recover_one(sheep: &Arc<Sheep>, oid: u64) {
+/// the object to the newer pass. False when the object is still missing
+/// here (no node could provide it, or storing failed): it stays pending.
+async fn recover_one(sheep: &Arc<Sheep>, oid: u64) -> bool {
     let rec = &sheep.recovery;
     let slot = rec.slot(oid);
     let _g = slot.lock().await;
-    recover_locked(sheep, oid).await;
+    let done = recover_locked(sheep, oid).await;
     rec.release_slot(oid, &slot);
+    done
 }
 
-async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) {
+async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
     let rec = &sheep.recovery;
     let (epoch, generation) = {
         let i = rec.inner.lock().unwrap();
         if !i.pending.contains(&oid) {
-            return;
+            return true;
         }
         (i.epoch, i.generation)
     };
     let view = sheep.view();
     if view.epoch != epoch {
         // A newer epoch is being set up; its pass takes over.
-        return;
+        return true;
     }
     if let Some((idx, key)) = sheep.key_in(&view.ring, oid) {
         if !sheep.store.exists(&key) {
             let Some(data) = fetch(sheep, &key, idx, epoch).await else {
-                tracing::error!("object {oid:016x} could not be recovered from any node");
-                return finish(rec, oid, generation);
+                tracing::error!("object {oid:016x} could not be recovered from any node yet");
+                return false;
             };
             let shared = rec.placement.clone().read_owned().await;
             if !rec.current(generation) || sheep.epoch() != epoch {
-                return;
+                return true;
             }
             // The guard lives as long as the store, even if this task is
             // aborted (a peer request whose sender went away).
@@ -265,11 +267,12 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) {
             .await;
             if !matches!(r, Ok(Ok(()))) {
                 tracing::error!("failed to store recovered object {oid:016x}");
-                return;
+                return false;
             }
         }
     }
     finish(rec, oid, generation);
+    true
 }
 
 /// Takes `oid` off the list of pass `generation` (if it still runs).
@@ -506,6 +509,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
         }
         sheep.recovery.prepared.send_replace(epoch);
         let mut since_pause = 0u32;
+        let mut missing = Vec::new();
         for oid in wanted {
             loop {
                 if !sheep.recovery.current(generation) {
@@ -521,7 +525,9 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                 .await;
             }
             let started = Instant::now();
-            recover_one(sheep, oid).await;
+            if !recover_one(sheep, oid).await {
+                missing.push(oid);
+            }
             if sheep.recovery.clients_active() {
                 // Clients first: as long again as the object took, so
                 // recovery gets at most half of the disk and network
@@ -537,6 +543,28 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
                     tokio::time::sleep(Duration::from_millis(t.queue_work_interval)).await;
                 }
             }
+        }
+        // Never report the pass complete (which purges the stale copies
+        // everywhere) while an object is missing: its last copy may be
+        // one of them, on a node that is slow or briefly unreachable.
+        let mut delay = Duration::from_millis(500);
+        while !missing.is_empty() {
+            tracing::warn!(
+                "{} objects not recovered yet, retrying in {delay:?}",
+                missing.len()
+            );
+            tokio::time::sleep(delay).await;
+            if !sheep.recovery.current(generation) {
+                return Ok(());
+            }
+            let mut still = Vec::new();
+            for oid in missing {
+                if !recover_one(sheep, oid).await {
+                    still.push(oid);
+                }
+            }
+            missing = still;
+            delay = (delay * 2).min(Duration::from_secs(30));
         }
     } else {
         sheep.recovery.prepared.send_replace(epoch);
