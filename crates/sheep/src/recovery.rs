@@ -412,6 +412,9 @@ async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {
     loop {
         let mut r = SdReq::new(op::GET_OBJ_LIST);
         r.data_length = len as u32;
+        // Stamped with the pass's epoch, so an unreachable node does not
+        // hold the pass once a newer epoch has superseded it.
+        r.epoch = sheep.epoch();
         let (rsp, data) = if node.nid == sheep.this.nid {
             crate::ops::local(sheep, r, Vec::new()).await
         } else {
