@@ -411,6 +411,12 @@ impl Sheep {
 /// same options) so it rejoins as a new incarnation.
 pub const EXIT_REJOIN: i32 = 75;
 
+/// Set in the environment of a sheep restarted in place to rejoin: the
+/// cluster driver that dropped it may stay unreachable for a while (the
+/// partition that expired its session may last), so it keeps trying to
+/// join instead of failing as a fresh start does.
+pub const REJOIN_ENV: &str = "SHEEP_REJOINING";
+
 /// Advertised address: `-y`, else the bind address, else what the driver
 /// suggests (127.0.0.1 for the local driver; for ZooKeeper, the address
 /// that routes to the ensemble).
@@ -506,7 +512,14 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         });
     }
 
-    let listeners = crate::server::listen(&sheep, &dir).await?;
+    // A fresh start binds its ports first (a port in use is an error at
+    // once); a rejoining one binds only once it is back in the cluster, so
+    // clients meanwhile get a refused connection rather than a silent one.
+    let rejoining = std::env::var_os(REJOIN_ENV).is_some();
+    let early = match rejoining {
+        false => Some(crate::server::listen(&sheep, &dir).await?),
+        true => None,
+    };
     let join = JoinInfo {
         config: SheepdogConfig {
             shutdown: false,
@@ -515,10 +528,22 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         epoch: my_epoch,
         epoch_nodes,
     };
-    let rx = driver
-        .join(this, join.encode())
-        .await
-        .context("joining the cluster")?;
+    let mut backoff = Duration::from_millis(500);
+    let rx = loop {
+        match driver.join(this, join.encode()).await {
+            Ok(rx) => break rx,
+            Err(e) if rejoining => {
+                tracing::warn!("cannot rejoin yet ({e:#}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e).context("joining the cluster"),
+        }
+    };
+    let listeners = match early {
+        Some(l) => l,
+        None => crate::server::listen(&sheep, &dir).await?,
+    };
     sheep.state.lock().unwrap().my_incarnation = driver.incarnation();
     ready(0);
     tokio::spawn(sheep.clone().follow_contact());

@@ -210,6 +210,7 @@ fn main() {
         let err = std::process::Command::new("/proc/self/exe")
             .arg0(argv0)
             .args(&args)
+            .env(daemon::REJOIN_ENV, "1")
             .exec();
         eprintln!("failed to restart: {err}");
         std::process::exit(1);
