@@ -79,7 +79,7 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return r;
     }
     let writing = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
-    if writing && is_data_obj(o.oid) && sheep.is_snapshot(oid_to_vid(o.oid)) {
+    if writing && is_data_obj(o.oid) && sheep.is_snapshot(vid) {
         // The VDI became a snapshot: its objects are frozen (§6.1).
         return reply(&req, SdRes::READONLY);
     }
@@ -376,17 +376,13 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         && start.is_multiple_of(4)
         && end.is_multiple_of(4)
         && end > start;
-    // A hyper volume's index area is its B-tree root: no references.
-    let hyper = || async {
-        let policy = read(sheep, o.oid, STORE_POLICY_OFFSET as u32, 1, o.copies).await;
-        policy.map(|p| p[0] != 0)
-    };
     if !in_entries {
         return io(sheep, req, payload).await;
     }
-    match hyper().await {
-        Ok(true) => return io(sheep, req, payload).await,
-        Ok(false) => {}
+    // A hyper volume's index area is its B-tree root: no references.
+    match read(sheep, o.oid, STORE_POLICY_OFFSET as u32, 1, o.copies).await {
+        Ok(policy) if policy[0] != 0 => return io(sheep, req, payload).await,
+        Ok(_) => {}
         Err(r) => return reply(&req, r),
     }
     // A participant changing the index invalidates the others' copies.
