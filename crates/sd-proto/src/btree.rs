@@ -196,6 +196,12 @@ enum Shape {
     Split(Vec<Leaf>),
 }
 
+/// The first leaf whose key range reaches `idx` (leaves are sorted by
+/// `max_idx`); `leaves.len()` when `idx` is beyond them all.
+fn leaf_for(leaves: &[Leaf], idx: u32) -> usize {
+    leaves.partition_point(|l| l.max_idx < idx)
+}
+
 /// What changed since the last [`HyperIndex::take_writes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Dirty {
@@ -290,7 +296,7 @@ impl HyperIndex {
     pub fn get(&self, idx: u32) -> u32 {
         let records = match &self.shape {
             Shape::Flat(r) => r,
-            Shape::Split(leaves) => match leaves.iter().find(|l| l.max_idx >= idx) {
+            Shape::Split(leaves) => match leaves.get(leaf_for(leaves, idx)) {
                 Some(l) => &l.records,
                 None => return 0,
             },
@@ -381,9 +387,8 @@ impl HyperIndex {
                 }
             },
             Shape::Split(leaves) => {
-                let found = leaves
-                    .iter()
-                    .position(|l| l.max_idx >= idx)
+                let found = Some(leaf_for(leaves, idx))
+                    .filter(|&li| li < leaves.len())
                     .or_else(|| leaves.len().checked_sub(1));
                 let full_last = |li: usize| {
                     let l = &leaves[li];
