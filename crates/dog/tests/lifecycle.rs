@@ -34,9 +34,7 @@ fn cluster(copies: &str) -> Option<Cluster> {
 
 /// Writes `data` at `offset` of `vdi`.
 fn write(c: &Cluster, vdi: &str, offset: usize, data: &[u8]) {
-    let (o, l) = (offset.to_string(), data.len().to_string());
-    let out = c.dog_stdin(0, &["vdi", "write", vdi, &o, &l], data);
-    assert!(out.status.success(), "write {vdi}: {}", err(&out));
+    c.vdi_write(0, vdi, offset as u64, data);
 }
 
 /// Reads `len` bytes at `offset` of `vdi` (extra args select a snapshot).

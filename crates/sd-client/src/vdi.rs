@@ -446,19 +446,32 @@ pub async fn write_index_changes<E: Exchange>(
     inode: &mut Inode,
     flags: u16,
 ) -> std::result::Result<(), VdiError> {
-    let red = Redundancy::of(&inode.header);
-    for w in inode.take_index_writes() {
-        let kind = if w.create {
-            WriteKind::Create
-        } else {
-            WriteKind::Overwrite
-        };
-        if let Err(source) = write_object(ex, w.oid, kind, w.offset, &w.data, red, flags).await {
-            if let Ok(fresh) = read_inode(ex, inode.header.vdi_id).await {
-                *inode = fresh;
-            }
-            return Err(VdiError::UpdateIndex { oid: w.oid, source });
+    let writes = inode.take_index_writes();
+    let r = apply_index_writes(ex, writes, Redundancy::of(&inode.header), flags).await;
+    if r.is_err() {
+        if let Ok(fresh) = read_inode(ex, inode.header.vdi_id).await {
+            *inode = fresh;
         }
+    }
+    r
+}
+
+/// Sends the writes [`Inode::take_index_writes`] returned, in order,
+/// stopping at the first failure.
+pub async fn apply_index_writes<E: Exchange>(
+    ex: &mut E,
+    writes: Vec<IndexWrite>,
+    redundancy: Redundancy,
+    flags: u16,
+) -> std::result::Result<(), VdiError> {
+    for w in writes {
+        let kind = match w.create {
+            true => WriteKind::Create,
+            false => WriteKind::Overwrite,
+        };
+        write_object(ex, w.oid, kind, w.offset, &w.data, redundancy, flags)
+            .await
+            .map_err(|source| VdiError::UpdateIndex { oid: w.oid, source })?;
     }
     Ok(())
 }

@@ -680,6 +680,33 @@ mod tests {
     }
 
     #[test]
+    fn only_the_changed_tail_of_a_big_node_is_written() {
+        let mut h = HyperIndex::default();
+        let mut counter = 0;
+        for i in 0..1000 {
+            h.set(i * 2, OWNER, OWNER, &mut counter).unwrap();
+        }
+        let first = h.take_writes();
+        assert_eq!(first.len(), 1, "a fresh node is written whole, once");
+        assert_eq!(first[0].data.len(), NODE_HEADER_SIZE + 1000 * RECORD_SIZE);
+        // A record inserted near the end moves only the records after it.
+        h.set(1901, OWNER, OWNER, &mut counter).unwrap();
+        let w = h.take_writes();
+        let at = 951; // records 0..951 have idx < 1901
+        assert_eq!(w.len(), 2);
+        assert_eq!((w[0].offset, w[0].data.len()), (0, NODE_HEADER_SIZE));
+        assert_eq!(w[0].data, header(1, 1001));
+        assert_eq!(
+            (w[1].offset as usize, w[1].data.len()),
+            (
+                NODE_HEADER_SIZE + at * RECORD_SIZE,
+                (1001 - at) * RECORD_SIZE
+            )
+        );
+        assert_eq!(&w[1].data[..8], &[0x6d, 7, 0, 0, 0x25, 0x2b, 0x7c, 0]);
+    }
+
+    #[test]
     fn full_root_splits_into_two_leaves_named_by_the_counter() {
         let (mut h, limits) = small(4, 8);
         let mut counter = 5;

@@ -245,23 +245,36 @@ impl Cluster {
 
     /// Runs `dog` feeding `input` on stdin.
     pub fn dog_stdin(&self, i: usize, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(dog_bin())
-            .args(args)
-            .args(["-p", &self.nodes[i].port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dog");
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let w = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().expect("dog output");
-        let _ = w.join();
-        out
+        let mut cmd = Command::new(dog_bin());
+        cmd.args(args).args(["-p", &self.nodes[i].port.to_string()]);
+        output_with_input(&mut cmd, input)
+    }
+
+    /// `dog vdi write` of `data` at `offset` through node `i`; panics
+    /// with dog's message if it fails.
+    pub fn vdi_write(&self, i: usize, vdi: &str, offset: u64, data: &[u8]) {
+        let (o, l) = (offset.to_string(), data.len().to_string());
+        let out = self.dog_stdin(i, &["vdi", "write", vdi, &o, &l], data);
+        assert!(
+            out.status.success(),
+            "vdi write {vdi} at {offset} through node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `dog vdi read` of `len` bytes at `offset` through node `i`; panics
+    /// with dog's message if it fails.
+    pub fn vdi_read(&self, i: usize, vdi: &str, offset: u64, len: usize) -> Vec<u8> {
+        let out = self.dog_at(
+            i,
+            &["vdi", "read", vdi, &offset.to_string(), &len.to_string()],
+        );
+        assert!(
+            out.status.success(),
+            "vdi read {vdi} at {offset} through node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
     }
 
     /// Runs dog and asserts success; returns stdout as text.
@@ -352,6 +365,27 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Runs `cmd` with `input` on its stdin (written from a thread, so a
+/// child that answers before reading everything cannot deadlock us) and
+/// collects its output.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("child output");
+    let _ = w.join();
+    out
 }
 
 /// Deterministic pseudo-random bytes for test data.

@@ -650,28 +650,14 @@ impl NetCluster {
 
     /// Runs dog against host `i` feeding `input` on stdin.
     pub fn dog_stdin(&self, i: usize, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(dog_bin())
-            .args(args)
-            .args([
-                "-a",
-                &self.hosts.ip(i).to_string(),
-                "-p",
-                &SHEEP_PORT.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dog");
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let w = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().expect("dog output");
-        let _ = w.join();
-        out
+        let mut cmd = Command::new(dog_bin());
+        cmd.args(args).args([
+            "-a",
+            &self.hosts.ip(i).to_string(),
+            "-p",
+            &SHEEP_PORT.to_string(),
+        ]);
+        crate::output_with_input(&mut cmd, input)
     }
 
     /// Runs dog against host `i`, asserts success, returns stdout.

@@ -7,25 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const MIB: usize = 1 << 20;
 
-fn write(c: &Cluster, at: usize, vdi: &str, off: usize, data: &[u8]) {
-    let out = c.dog_stdin(
-        at,
-        &[
-            "vdi",
-            "write",
-            vdi,
-            &off.to_string(),
-            &data.len().to_string(),
-        ],
-        data,
-    );
-    assert!(
-        out.status.success(),
-        "write: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn read_all(c: &Cluster, at: usize, vdi: &str) -> Vec<u8> {
     let out = c.dog_at(at, &["vdi", "read", vdi]);
     assert!(
@@ -82,7 +63,7 @@ fn round_trip(c: &Cluster, vdi: &str, size: usize, total: usize) -> Vec<u8> {
         let len = (3 * MIB + 12345 * k) % (6 * MIB) + 1000;
         let len = len.min(size - off);
         let data = pattern(k as u64 + 100, len);
-        write(c, k % c.nodes.len(), vdi, off, &data);
+        c.vdi_write(k % c.nodes.len(), vdi, off as u64, &data);
         model[off..off + len].copy_from_slice(&data);
         written += len;
         off = (off + len + 4093 * k + 1) % (size - 8 * MIB);
@@ -126,7 +107,7 @@ fn ec_4_2_on_6_nodes_degraded_and_recovered() {
     c.kill(5);
     assert!(read_all(&c, 0, "ec") == model, "degraded read differs");
     let late = pattern(9, 5 * MIB + 3);
-    write(&c, 1, "ec", 33 * MIB + 11, &late);
+    c.vdi_write(1, "ec", (33 * MIB + 11) as u64, &late);
     model[33 * MIB + 11..33 * MIB + 11 + late.len()].copy_from_slice(&late);
     assert!(
         read_all(&c, 2, "ec") == model,

@@ -63,30 +63,15 @@ fn sixteen_tib_hyper_volume_written_near_its_end() {
     let mid_off = 8 * TIB + 4096;
     let mid_data = pattern(2, 100_000);
     for (off, data) in [(end_off, &end_data), (0, &mid_data), (mid_off, &mid_data)] {
-        let (o, l) = (off.to_string(), data.len().to_string());
-        let out = c.dog_stdin(0, &["vdi", "write", "hv", &o, &l], data);
-        assert!(
-            out.status.success(),
-            "write at {off}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.vdi_write(0, "hv", off, data);
     }
     for node in 0..3 {
         for (off, data) in [(end_off, &end_data), (0, &mid_data), (mid_off, &mid_data)] {
-            let (o, l) = (off.to_string(), data.len().to_string());
-            let out = c.dog_at(node, &["vdi", "read", "hv", &o, &l]);
-            assert!(out.status.success());
-            assert!(
-                out.stdout == *data,
-                "bytes at {off} differ through node {node}"
-            );
+            let got = c.vdi_read(node, "hv", off, data.len());
+            assert!(got == *data, "bytes at {off} differ through node {node}");
         }
         // Never written: zeros, without any object behind them.
-        let out = c.dog_at(
-            node,
-            &["vdi", "read", "hv", &(12 * TIB).to_string(), "4096"],
-        );
-        assert_eq!(out.stdout, vec![0u8; 4096]);
+        assert_eq!(c.vdi_read(node, "hv", 12 * TIB, 4096), vec![0u8; 4096]);
     }
     let last = 16 * TIB / (4 * MIB) - 1;
     let vid = {
@@ -133,13 +118,10 @@ fn sixteen_tib_hyper_volume_written_near_its_end() {
     qemu_io(&c, 1, &format!("write -P 0x5a {nbd_off} 1M"));
     qemu_io(&c, 2, &format!("read -P 0x5a {nbd_off} 1M"));
     qemu_io(&c, 2, &format!("read -P 0 {} 512", nbd_off - 512));
-    let tail = c.dog_at(0, &["vdi", "read", "hv", &(end_off).to_string(), "4096"]);
-    assert!(
-        tail.stdout == end_data[..4096],
-        "dog's data seen after NBD writes"
-    );
-    let out = c.dog_at(0, &["vdi", "read", "hv", &nbd_off.to_string(), "1048576"]);
-    assert!(out.stdout.iter().all(|&b| b == 0x5a));
+    let tail = c.vdi_read(0, "hv", end_off, 4096);
+    assert!(tail == end_data[..4096], "dog's data seen after NBD writes");
+    let nbd = c.vdi_read(0, "hv", nbd_off, 1 << 20);
+    assert!(nbd.iter().all(|&b| b == 0x5a));
 
     // A hyper volume cannot be snapshotted; nothing changes.
     let out = c.dog(&["vdi", "snapshot", "hv"]);

@@ -315,27 +315,6 @@ fn iscsi_read(url: &str, off: usize, len: usize) -> Vec<u8> {
     o.stdout
 }
 
-fn dog_read(c: &Cluster, i: usize, vdi: &str, off: usize, len: usize) -> Vec<u8> {
-    let out = c.dog_at(i, &["vdi", "read", vdi, &off.to_string(), &len.to_string()]);
-    assert!(out.status.success(), "dog vdi read: {}", text(&out));
-    out.stdout
-}
-
-fn dog_write(c: &Cluster, i: usize, vdi: &str, off: usize, data: &[u8]) {
-    let out = c.dog_stdin(
-        i,
-        &[
-            "vdi",
-            "write",
-            vdi,
-            &off.to_string(),
-            &data.len().to_string(),
-        ],
-        data,
-    );
-    assert!(out.status.success(), "dog vdi write: {}", text(&out));
-}
-
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
         .zip(b)
@@ -370,7 +349,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     // objects allocated behind its back later are not seen until reopen).
     let early_off = 40 * MIB - 3 * 512;
     let early = pattern(11, 6 * MIB + 1024);
-    dog_write(&c, 1, "iv", early_off, &early);
+    c.vdi_write(1, "iv", early_off as u64, &early);
 
     let mut tgtd = Tgtd::start(c.root());
     let url = tgtd.export(1, IQN, &format!("tcp:127.0.0.1:{}:iv", c.nodes[0].port));
@@ -408,7 +387,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     let o = run_for("python3", &[HELPER, "sync", &url], &[], 60);
     assert!(o.status.success(), "SYNCHRONIZE CACHE: {}", text(&o));
     for i in 0..3 {
-        let got = dog_read(&c, i, "iv", off, data.len());
+        let got = c.vdi_read(i, "iv", off as u64, data.len());
         assert!(
             got == data,
             "iSCSI write -> dog read (node {i}) differs at {:?}",
@@ -426,7 +405,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     let mut want = data.clone();
     let dog_off = 4 * MIB - 1000;
     let patch = pattern(13, 300_000);
-    dog_write(&c, 2, "iv", dog_off, &patch);
+    c.vdi_write(2, "iv", dog_off as u64, &patch);
     want[dog_off - off..dog_off - off + patch.len()].copy_from_slice(&patch);
     let got = iscsi_read(&url, off, want.len());
     assert!(
@@ -462,7 +441,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
     let cow_off = 9 * MIB + 4096;
     let cow = pattern(14, MIB + 512);
     iscsi_write(&url, cow_off, &cow);
-    let now = dog_read(&c, 0, "iv", cow_off, cow.len());
+    let now = c.vdi_read(0, "iv", cow_off as u64, cow.len());
     assert!(
         now == cow,
         "write after snapshot -> dog read differs at {:?}",
@@ -511,7 +490,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
         "3 MiB iSCSI write right after node loss took {:?}",
         t.elapsed()
     );
-    let got = dog_read(&c, 2, "iv", late_off, late.len());
+    let got = c.vdi_read(2, "iv", late_off as u64, late.len());
     assert!(
         got == late,
         "write after node loss -> dog read differs at {:?}",
@@ -546,7 +525,7 @@ fn multipath_paths_see_each_others_allocations() {
     c.dog_ok(&["cluster", "format", "-l", "-c", "2"]);
     c.dog_ok(&["vdi", "create", "mp", "64M"]);
     let first = pattern(31, MIB);
-    dog_write(&c, 2, "mp", 0, &first);
+    c.vdi_write(2, "mp", 0, &first);
 
     let mut a = Tgtd::start(c.root());
     let url_a = a.export(1, IQN, &format!("tcp:127.0.0.1:{}:mp", c.nodes[0].port));
@@ -577,5 +556,5 @@ fn multipath_paths_see_each_others_allocations() {
         first_diff(&iscsi_read(&url_a, off2, data2.len()), &data2),
         None
     );
-    assert!(dog_read(&c, 0, "mp", off, data.len()) == data);
+    assert!(c.vdi_read(0, "mp", off as u64, data.len()) == data);
 }

@@ -35,12 +35,7 @@ fn recovery_disable_enable_and_progress() {
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "64M"]);
     let data = pattern(5, 40 * MIB);
-    let out = c.dog_stdin(
-        0,
-        &["vdi", "write", "v", "0", &data.len().to_string()],
-        &data,
-    );
-    assert!(out.status.success());
+    c.vdi_write(0, "v", 0, &data);
     let prefix = format!("{:08x}", sd_hash_vdi(b"v"));
     assert_eq!(replicas(&c, &prefix), 3 * 10);
 
@@ -88,14 +83,7 @@ fn node_kill_shutdown_restart_and_force_recover() {
     c.format("2");
     c.dog_ok(&["vdi", "create", "v", "32M"]);
     let data = pattern(11, 20 * MIB + 77);
-    assert!(c
-        .dog_stdin(
-            0,
-            &["vdi", "write", "v", "99", &data.len().to_string()],
-            &data
-        )
-        .status
-        .success());
+    c.vdi_write(0, "v", 99, &data);
 
     // node kill by id: that node exits cleanly and leaves the view.
     let list = c.dog_ok(&["node", "list", "-r"]);

@@ -10,39 +10,6 @@ use std::collections::HashMap;
 
 const MIB: usize = 1 << 20;
 
-/// Writes `data` at `offset` through node `at`.
-fn write(c: &Cluster, at: usize, vdi: &str, offset: usize, data: &[u8]) {
-    let out = c.dog_stdin(
-        at,
-        &[
-            "vdi",
-            "write",
-            vdi,
-            &offset.to_string(),
-            &data.len().to_string(),
-        ],
-        data,
-    );
-    assert!(
-        out.status.success(),
-        "write failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn read(c: &Cluster, at: usize, vdi: &str, offset: usize, len: usize) -> Vec<u8> {
-    let out = c.dog_at(
-        at,
-        &["vdi", "read", vdi, &offset.to_string(), &len.to_string()],
-    );
-    assert!(
-        out.status.success(),
-        "read failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// For every object of `vid`, the zones holding a copy.
 fn copies(c: &Cluster, vid: u32) -> HashMap<String, Vec<u32>> {
     let prefixes = [
@@ -96,14 +63,14 @@ fn replicated_io_survives_kill_and_rejoin() {
     let mut total = 0;
     for (k, &(off, len)) in pieces.iter().enumerate() {
         let data = pattern(k as u64 + 1, len);
-        write(&c, k % 4, "vol", off, &data);
+        c.vdi_write(k % 4, "vol", off as u64, &data);
         model[off..off + len].copy_from_slice(&data);
         total += len;
     }
     assert!(total >= 64 * MIB);
     for i in 0..4 {
         assert!(
-            read(&c, i, "vol", 0, 256 * MIB) == model,
+            c.vdi_read(i, "vol", 0, 256 * MIB) == model,
             "read through node {i} differs"
         );
     }
@@ -123,7 +90,7 @@ fn replicated_io_survives_kill_and_rejoin() {
     c.kill(1);
     for i in [0, 2, 3] {
         assert!(
-            read(&c, i, "vol", 0, 256 * MIB) == model,
+            c.vdi_read(i, "vol", 0, 256 * MIB) == model,
             "read through node {i} after kill differs"
         );
     }
@@ -133,7 +100,7 @@ fn replicated_io_survives_kill_and_rejoin() {
 
     // Writes after the loss land on the new targets.
     let late = pattern(99, 3 * MIB + 7);
-    write(&c, 2, "vol", 50 * MIB + 3, &late);
+    c.vdi_write(2, "vol", (50 * MIB + 3) as u64, &late);
     model[50 * MIB + 3..50 * MIB + 3 + late.len()].copy_from_slice(&late);
 
     // The node comes back: it receives its share again and every stale
@@ -162,7 +129,7 @@ fn replicated_io_survives_kill_and_rejoin() {
     );
     for i in 0..4 {
         assert!(
-            read(&c, i, "vol", 0, 256 * MIB) == model,
+            c.vdi_read(i, "vol", 0, 256 * MIB) == model,
             "read through node {i} after rejoin differs"
         );
     }
@@ -189,9 +156,9 @@ fn gateway_serves_io_and_stores_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let data = pattern(7, 9 * MIB + 11);
-    write(&c, g, "gw", 123, &data);
-    assert!(read(&c, g, "gw", 123, data.len()) == data);
-    assert!(read(&c, 0, "gw", 123, data.len()) == data);
+    c.vdi_write(g, "gw", 123, &data);
+    assert!(c.vdi_read(g, "gw", 123, data.len()) == data);
+    assert!(c.vdi_read(0, "gw", 123, data.len()) == data);
     assert!(
         c.nodes[g].objects().is_empty(),
         "gateway stored {:?}",

@@ -35,14 +35,7 @@ fn cluster_on_zookeeper_survives_a_kill() {
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "64M"]);
     let data = pattern(1, 30 * MIB + 5);
-    assert!(c
-        .dog_stdin(
-            0,
-            &["vdi", "write", "v", "7", &data.len().to_string()],
-            &data
-        )
-        .status
-        .success());
+    c.vdi_write(0, "v", 7, &data);
     let vid = sd_proto::sd_hash_vdi(b"v");
     let objects = (7 + data.len() - 1) / (4 * MIB) + 1;
     assert_eq!(replicas(&c, vid), 3 * objects);

@@ -246,17 +246,12 @@ impl VdiExport {
             }
             (ino.take_index_writes(), Redundancy::of(&ino.header))
         };
-        let mut ex = self.ex();
-        for w in writes {
-            let kind = match w.create {
-                true => WriteKind::Create,
-                false => WriteKind::Overwrite,
-            };
-            if let Err(e) = cv::write_object(&mut ex, w.oid, kind, w.offset, &w.data, red, 0).await
-            {
-                let _ = self.reload().await;
-                return Err(e);
-            }
+        if let Err(e) = cv::apply_index_writes(&mut self.ex(), writes, red, 0).await {
+            let _ = self.reload().await;
+            return Err(match e {
+                cv::VdiError::UpdateIndex { source, .. } => source,
+                other => ClientError::Res(other.res()),
+            });
         }
         Ok(())
     }
