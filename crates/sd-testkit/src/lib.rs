@@ -81,6 +81,15 @@ impl Node {
     }
 }
 
+/// How a test stops a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: the node leaves the cluster and exits.
+    Term,
+    /// SIGKILL: a crash; the cluster driver notices the death.
+    Kill,
+}
+
 /// A cluster of sheep processes on this machine.
 pub struct Cluster {
     pub root: tempfile::TempDir,
@@ -234,6 +243,114 @@ impl Cluster {
         }
     }
 
+    /// SIGTERMs node `i` (a clean stop: it leaves the cluster) and waits
+    /// until it has exited.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops every running node at once the way `how` says (all signalled
+    /// before any is waited for), as a power cut or `killall sheep` does.
+    pub fn stop_all(&mut self, how: Stop) {
+        let sig = match how {
+            Stop::Term => libc::SIGTERM,
+            Stop::Kill => libc::SIGKILL,
+        };
+        let mut children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .collect();
+        for c in &children {
+            // SAFETY: signalling our own children, not reaped yet.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+        for c in &mut children {
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every running node reports the cluster running.
+    pub fn wait_running(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in self.alive() {
+            loop {
+                let out = self.dog_at(i, &["cluster", "info"]);
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.starts_with("Cluster status: running") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} does not run: {text}",
+                    self.nodes[i].port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Stops node `i` the way `how` says.
+    pub fn stop(&mut self, i: usize, how: Stop) {
+        match how {
+            Stop::Term => self.terminate(i),
+            Stop::Kill => self.kill(i),
+        }
+    }
+
+    /// Waits until node `i` has exited by itself; its exit status.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes[i].child.as_mut().expect("node runs");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.nodes[i].child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit",
+                self.nodes[i].port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `dog node list` through node `i` shows `n` nodes.
+    pub fn wait_nodes_at(&self, i: usize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.dog_at(i, &["node", "list", "-r"]);
+            let count = String::from_utf8_lossy(&out.stdout).lines().count();
+            if out.status.success() && count == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not see {n} nodes (sees {count})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits, as an operator's script would, until `dog node recovery`
+    /// through node `i` lists no recovering node (once).
+    pub fn wait_no_recovery_at(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.dog_at(i, &["node", "recovery"]);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 2 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "recovery did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `dog` against node `i` with `args` (then `-p <port>`).
     pub fn dog_at(&self, i: usize, args: &[&str]) -> Output {
         self.dog_stdin(i, args, &[])
@@ -304,19 +421,7 @@ impl Cluster {
 
     /// Waits until `dog node list` on a live node shows `n` nodes.
     pub fn wait_nodes(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.dog(&["node", "list", "-r"]);
-            let count = String::from_utf8_lossy(&out.stdout).lines().count();
-            if out.status.success() && count == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not reach {n} nodes (has {count})"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_nodes_at(self.first_alive(), n)
     }
 
     /// Formats the cluster with `copies`.

@@ -87,6 +87,14 @@ impl Sheep {
         let _ = rx.wait_for(|&a| a >= seq).await;
     }
 
+    /// Waits (a bounded time) until this node has applied, with their
+    /// effects, every event the cluster driver has ordered so far.
+    pub async fn catch_up(&self) {
+        if let Ok(end) = self.driver.stream_end().await {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_applied(end)).await;
+        }
+    }
+
     /// Size of the file that holds `oid` (full object size).
     pub fn object_size(&self, oid: u64) -> u64 {
         if is_vdi_obj(oid) {
@@ -395,12 +403,13 @@ impl Sheep {
     async fn apply_stream(self: &Arc<Self>, rx: &mut mpsc::UnboundedReceiver<Delivered>) {
         while let Some(d) = rx.recv().await {
             let seq = d.seq;
-            let fx = {
-                let mut st = self.state.lock().unwrap();
-                let fx = st.apply(&d);
-                self.publish(&st);
-                fx
-            };
+            let mut fx = self.state.lock().unwrap().apply(&d);
+            // Our own join retires what we hold to stale copies before the
+            // new view is published: no peer may read it as current.
+            if let Some(i) = fx.iter().position(|f| matches!(f, Effect::Joined { .. })) {
+                self.execute(vec![fx.remove(i)]).await;
+            }
+            self.publish(&self.state.lock().unwrap());
             self.execute(fx).await;
             self.applied.send_replace(seq);
         }

@@ -148,7 +148,15 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply_data(&req, b)
         }
         op::REPAIR_REPLICA => repair_replica(sheep, &req).await,
-        op::STAT_RECOVERY => reply_data(&req, sheep.recovery.state().encode().to_vec()),
+        op::STAT_RECOVERY => {
+            // Answer for the newest state of the cluster: an epoch already
+            // ordered (a node just left) but not applied here yet must not
+            // read as "nothing to recover".
+            sheep.catch_up().await;
+            let v = sheep.view();
+            let epoch = if v.status == Status::Ok { v.epoch } else { 0 };
+            reply_data(&req, sheep.recovery.state(epoch).encode().to_vec())
+        }
         op::GET_OBJ_LIST => {
             let s = sheep.clone();
             let oids = tokio::task::spawn_blocking(move || -> Vec<u64> {

@@ -163,9 +163,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     {
         // The object's size comes from its VDI: a VDI created a moment ago
         // may not be applied here yet, so catch up with the stream first.
-        if let Ok(end) = sheep.driver.stream_end().await {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sheep.wait_applied(end)).await;
-        }
+        sheep.catch_up().await;
     }
     match req.opcode {
         // A create or remove replaces whatever recovery would bring back.

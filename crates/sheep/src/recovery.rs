@@ -37,6 +37,9 @@ struct Inner {
     generation: u64,
     /// Whether the VDI table was merged from every member since start.
     vdis_synced: bool,
+    /// The newest epoch whose pass finished here: every object this node
+    /// must hold under that epoch's ring is in its working directory.
+    recovered_epoch: u32,
 }
 
 /// The recovery worker's shared state.
@@ -80,10 +83,16 @@ impl Default for Recovery {
 }
 
 impl Recovery {
-    pub fn state(&self) -> RecoveryState {
+    /// What STAT_RECOVERY reports while this node is at `epoch` (0 when it
+    /// serves no epoch yet). A node is recovering from the moment it
+    /// enters an epoch until its pass for that epoch has finished, even
+    /// before the pass has started: `dog node recovery` must never show
+    /// a node idle while an object it is responsible for is missing.
+    pub fn state(&self, epoch: u32) -> RecoveryState {
         let i = self.inner.lock().unwrap();
+        let behind = epoch != 0 && (i.recovered_epoch.wrapping_sub(epoch) as i32) < 0;
         RecoveryState {
-            in_recovery: i.in_recovery,
+            in_recovery: i.in_recovery || behind,
             state: i.phase,
             nr_finished: i.finished,
             nr_total: i.total,
@@ -145,6 +154,7 @@ impl Recovery {
             i.in_recovery = false;
             i.pending.clear();
             i.marked_epoch = epoch;
+            i.recovered_epoch = epoch;
         }
         self.prepared.send_replace(epoch);
     }
@@ -325,6 +335,11 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
     let copies = sheep.copies_of(oid);
     let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
     let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
+    // Newest epoch first, this node included: the first copy found was
+    // current through the newest epoch any surviving copy was. (Skipping
+    // our own stale copy of epoch e would let an older epoch's holder
+    // answer with a copy that missed the writes of e.)
+    let holds = |n: &SdNode| n.nid == sheep.this.nid || is_alive(n);
     for e in (1..epoch).rev() {
         let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
             continue;
@@ -336,7 +351,7 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
             Some(_) => targets.get(idx).copied().into_iter().collect(),
             None => targets,
         };
-        for t in candidates.into_iter().filter(|t| is_alive(t)) {
+        for t in candidates.into_iter().filter(|t| holds(t)) {
             if let Some(d) = read_peer(sheep, t, key, e, 0).await {
                 return Some(d);
             }
@@ -484,15 +499,27 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
 
         let mut wanted = BTreeSet::new();
         for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
-            let mut list = None;
-            for _ in 0..3 {
-                list = obj_list(sheep, n).await;
-                if list.is_some() || !sheep.recovery.current(generation) {
-                    break;
+            // Every member's list is needed: an object only a slow member
+            // lists (a stale copy it keeps) would otherwise be skipped,
+            // and completing the pass purges the stale copies everywhere.
+            // A member that never answers leaves the view, and the newer
+            // epoch supersedes this pass.
+            let mut delay = Duration::from_millis(200);
+            let list = loop {
+                if let Some(l) = obj_list(sheep, n).await {
+                    break l;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            for oid in list.unwrap_or_default() {
+                if !sheep.recovery.current(generation) {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    "no object list from {} yet; retrying in {delay:?}",
+                    n.nid.socket_addr()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            };
+            for oid in list {
                 if sheep
                     .key_in(&view.ring, oid)
                     .is_some_and(|(_, k)| !sheep.store.exists(&k))
@@ -591,6 +618,7 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
     if done {
         let mut i = sheep.recovery.inner.lock().unwrap();
         i.in_recovery = false;
+        i.recovered_epoch = epoch;
     }
     sheep
         .broadcast(OpMessage {

@@ -532,6 +532,20 @@ impl ClusterState {
             }
         } else {
             match self.status {
+                Status::WaitForFormat if info.config.ctime != 0 && info.epoch > 0 => {
+                    // A formatted node joins nodes that never were: its
+                    // cluster is coming back. Take its config and wait for
+                    // the members of its last epoch, as the original did;
+                    // reporting "waiting for format" here would invite a
+                    // format that wipes the volumes.
+                    self.config = info.config.clone();
+                    self.epoch = info.epoch;
+                    self.last_epoch_nodes = info.epoch_nodes.clone();
+                    self.status = Status::WaitForJoin;
+                    self.insert_member(m);
+                    fx.push(Effect::ConfigChanged);
+                    self.try_leave_wait(time, fx);
+                }
                 Status::WaitForFormat => self.insert_member(m),
                 Status::Shutdown => return refuse(self, fx, SdRes::SHUTDOWN),
                 Status::Ok => {
@@ -891,6 +905,34 @@ mod tests {
             vec![Effect::JoinRefused(SdRes::INVALID_CTIME)]
         );
         assert!(!s2.is_member(&node(7009).nid));
+    }
+
+    #[test]
+    fn formatted_nodes_returning_to_clean_ones_bring_their_cluster_back() {
+        let cfg = SheepdogConfig {
+            ctime: 77,
+            copies: 2,
+            ..Default::default()
+        };
+        let old = [node(7000), node(7001)];
+        let info = JoinInfo {
+            config: cfg,
+            epoch: 4,
+            epoch_nodes: old.to_vec(),
+        };
+        let mut s = ClusterState::new(node(7005).nid, Default::default());
+        s.apply(&join(1, 7005, &JoinInfo::default()));
+        assert_eq!(s.status, Status::WaitForFormat);
+        let fx = s.apply(&join(2, 7000, &info));
+        assert_eq!(s.status, Status::WaitForJoin);
+        assert_eq!((s.epoch, s.config.ctime), (4, 77));
+        assert!(fx.contains(&Effect::ConfigChanged));
+        let fx = s.apply(&join(3, 7001, &info));
+        assert_eq!(s.status, Status::Ok);
+        // The clean node is a member of the new epoch.
+        assert!(fx
+            .iter()
+            .any(|f| matches!(f, Effect::NewEpoch { epoch: 5, nodes, .. } if nodes.len() == 3)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::state::{Status, VdiTable};
 use sd_client::{Connection, Endpoint};
 use sd_proto::le::cstr;
 use sd_proto::*;
-use sd_store::{ObjKey, Store};
+use sd_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -637,25 +637,38 @@ async fn remove_dead_family(sheep: &Arc<Sheep>, deleting: u32) {
 
 /// Builds the VDI table from the inode objects this node stores.
 pub fn scan_local_inodes(store: &Store, t: &mut VdiTable) {
-    for k in store
+    // Stale copies count too: a node that crashed while recovering may
+    // hold a VDI's inode only there, and if every holder did, a scan of
+    // working copies alone would lose the VDI from the cluster's table.
+    let working = store
         .list()
         .unwrap_or_default()
         .into_iter()
-        .filter(|k| is_vdi_obj(k.oid) && k.ec_index.is_none())
+        .map(|k| (k, None));
+    let stale = store
+        .list_stale()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, e)| (k, Some(e)));
+    for (k, epoch) in working
+        .chain(stale)
+        .filter(|(k, _)| is_vdi_obj(k.oid) && k.ec_index.is_none())
     {
-        if let Ok(b) = store.read(&ObjKey::replica(k.oid), 0, INODE_FIELDS_SIZE) {
-            if let Some(h) = InodeHeader::decode(&b) {
-                t.add(VdiState {
-                    vid: oid_to_vid(k.oid),
-                    nr_copies: h.nr_copies,
-                    snapshot: h.is_snapshot(),
-                    deleted: h.is_deleted(),
-                    copy_policy: h.copy_policy,
-                    block_size_shift: h.block_size_shift,
-                    parent_vid: h.parent_vdi_id,
-                    ..Default::default()
-                });
-            }
+        let b = match epoch {
+            None => store.read(&k, 0, INODE_FIELDS_SIZE),
+            Some(e) => store.read_stale(&k, e, 0, INODE_FIELDS_SIZE),
+        };
+        if let Some(h) = b.ok().and_then(|b| InodeHeader::decode(&b)) {
+            t.add(VdiState {
+                vid: oid_to_vid(k.oid),
+                nr_copies: h.nr_copies,
+                snapshot: h.is_snapshot(),
+                deleted: h.is_deleted(),
+                copy_policy: h.copy_policy,
+                block_size_shift: h.block_size_shift,
+                parent_vid: h.parent_vdi_id,
+                ..Default::default()
+            });
         }
     }
 }
