@@ -367,6 +367,7 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::NodeList => cmd::node::list(ctx),
         Action::NodeInfo => cmd::node::info(ctx).await,
         Action::NodeRecoveryInfo => cmd::node::recovery_info(ctx).await,
+        Action::NodeWorker => cmd::node::worker(ctx).await,
         Action::VdiCreate => cmd::vdi::create(ctx).await,
         Action::VdiDelete => cmd::vdi::delete(ctx).await,
         Action::VdiList => cmd::vdi::list(ctx).await,

@@ -12,6 +12,9 @@ use crate::getopt::OptSpec;
 pub const NL: u8 = 1;
 /// Needs at least one operand (step 5 of §1.1).
 pub const ARG: u8 = 2;
+/// This project's addition: runs like any subcommand but is left out of
+/// the original's command listings, which stay byte-identical.
+pub const EXT: u8 = 4;
 
 /// An option as declared by the original: letter, long name, whether it
 /// takes an argument, help text (which may contain a newline plus the
@@ -189,6 +192,7 @@ pub enum Action {
     NodeList,
     NodeInfo,
     NodeRecoveryInfo,
+    NodeWorker,
     VdiCreate,
     VdiDelete,
     VdiList,
@@ -581,6 +585,14 @@ const NODE: &[Sub] = &[
         "set new vnodes",
         ARG,
         NODE_VNODES,
+    ),
+    leaf(
+        "worker",
+        None,
+        "aprhT",
+        "show the background workers of the node",
+        EXT,
+        Some(NodeWorker),
     ),
     leaf(
         "format",

@@ -33,7 +33,7 @@ pub fn try_help() {
 /// `Available <cmd> commands:` and the list of its subcommands (stderr).
 pub fn available_commands(c: &Command) {
     err!("Available {} commands:", c.name);
-    for s in c.subs {
+    for s in c.subs.iter().filter(|s| s.flags & crate::cmdtab::EXT == 0) {
         err!("  {} {}", c.name, s.name);
     }
 }

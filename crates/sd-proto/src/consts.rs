@@ -100,6 +100,9 @@ pub mod op {
     pub const SET_RECOVERY: u8 = 0xCB;
     pub const SET_VNODES: u8 = 0xCC;
     pub const GET_VNODES: u8 = 0xCD;
+    /// This project's extension (not in the original): the node's
+    /// background workers, an array of `WorkerRecord` (`dog node worker`).
+    pub const WORKER_STATUS: u8 = 0xE0;
 
     /// Maps a gateway object opcode to the peer opcode it is forwarded as.
     pub fn gateway_to_peer(opcode: u8) -> Option<u8> {

@@ -9,6 +9,8 @@ pub const EPOCH_LOG_HEADER_SIZE: usize = 48;
 pub const CONFIG_SIZE: usize = 40;
 pub const VDI_STATE_SIZE: usize = 1428;
 pub const RECOVERY_STATE_SIZE: usize = 24;
+/// One record of WORKER_STATUS.
+pub const WORKER_RECORD_SIZE: usize = 64;
 pub const RECOVERY_THROTTLING_SIZE: usize = 24;
 pub const VDI_ATTR_SIZE: usize = 66_320;
 pub const VDI_ATTR_VALUE_OFFSET: usize = 784;
@@ -293,6 +295,51 @@ impl RecoveryState {
     }
 }
 
+/// `WorkerRecord.state` values.
+pub mod worker_state {
+    pub const IDLE: u32 = 0;
+    pub const BUSY: u32 = 1;
+    pub const THROTTLED: u32 = 2;
+}
+
+/// One background worker of a node, as WORKER_STATUS carries it: name
+/// (NUL-padded, 32 bytes), state, then done/total/errors counters.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct WorkerRecord {
+    pub name: String,
+    pub state: u32,
+    pub done: u64,
+    pub total: u64,
+    pub errors: u64,
+}
+
+impl WorkerRecord {
+    pub fn encode(&self) -> [u8; WORKER_RECORD_SIZE] {
+        let mut b = [0u8; WORKER_RECORD_SIZE];
+        let n = self.name.len().min(31);
+        b[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+        put_u32(&mut b, 32, self.state);
+        put_u64(&mut b, 40, self.done);
+        put_u64(&mut b, 48, self.total);
+        put_u64(&mut b, 56, self.errors);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < WORKER_RECORD_SIZE {
+            return None;
+        }
+        let name = &b[..32];
+        let end = name.iter().position(|&c| c == 0).unwrap_or(32);
+        Some(WorkerRecord {
+            name: String::from_utf8_lossy(&name[..end]).into_owned(),
+            state: u32_at(b, 32),
+            done: u64_at(b, 40),
+            total: u64_at(b, 48),
+            errors: u64_at(b, 56),
+        })
+    }
+}
+
 /// `struct recovery_throttling` (GET/SET_RECOVERY).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct RecoveryThrottling {
@@ -375,6 +422,12 @@ mod tests {
             let _ = VdiState::decode(&v);
             let _ = RecoveryState::decode(&v);
             let _ = RecoveryThrottling::decode(&v);
+            if let Some(w) = WorkerRecord::decode(&v) {
+                prop_assert!(w.name.len() <= 32 * 3);
+                if w.name.len() < 32 && !w.name.contains('\0') && w.name.is_ascii() {
+                    prop_assert_eq!(WorkerRecord::decode(&w.encode()).unwrap(), w);
+                }
+            }
             if let Some(e) = EpochLog::decode(&v, 3) {
                 prop_assert!(e.nodes.len() <= 3);
             }

@@ -326,6 +326,45 @@ impl Store {
             .max()
     }
 
+    fn reclaim_dir(&self) -> PathBuf {
+        self.base.join("reclaim")
+    }
+
+    /// Records that the object `oid` is to be removed cluster-wide (its
+    /// last reference is gone), durably, before the reference itself goes.
+    pub fn reclaim_add(&self, oid: u64) -> Result<()> {
+        let d = self.reclaim_dir();
+        fs::create_dir_all(&d)?;
+        File::create(d.join(format!("{oid:016x}")))?;
+        self.sync_dir(&d)
+    }
+
+    /// The objects recorded by [`Store::reclaim_add`] and not yet done.
+    pub fn reclaim_pending(&self) -> Result<Vec<u64>> {
+        let rd = match fs::read_dir(self.reclaim_dir()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut v = Vec::new();
+        for e in rd {
+            let name = e?.file_name();
+            if let Some(k) = ObjKey::parse(&name.to_string_lossy()) {
+                v.push(k.oid);
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Forgets a reclaim that is done.
+    pub fn reclaim_done(&self, oid: u64) -> Result<()> {
+        match fs::remove_file(self.reclaim_dir().join(format!("{oid:016x}"))) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes every stale copy.
     pub fn purge_stale(&self) -> Result<usize> {
         let mut n = 0;
@@ -338,7 +377,13 @@ impl Store {
 
     /// Removes every object, stale copy and epoch file (cluster format).
     pub fn wipe(&self) -> Result<()> {
-        for d in [&self.obj_dir, &self.stale_dir, &self.epoch_dir] {
+        let _ = fs::create_dir_all(self.reclaim_dir());
+        for d in [
+            &self.obj_dir,
+            &self.stale_dir,
+            &self.epoch_dir,
+            &self.reclaim_dir(),
+        ] {
             for e in fs::read_dir(d)? {
                 let e = e?;
                 if e.file_type()?.is_file() {

@@ -1,8 +1,10 @@
 //! The daemon: one [`Sheep`] shared by every connection and worker.
 
+use crate::core::{ClusterCore, ClusterView};
 use crate::opts::Opts;
 use crate::recovery::Recovery;
-use crate::state::{ClusterState, Effect, JoinInfo, OpMessage, Status};
+use crate::state::{ClusterState, Effect, JoinInfo, OpMessage};
+use crate::worker::{Progress, Supervisor, Worker, WorkerState};
 use anyhow::Context;
 use sd_cluster::{Delivered, Driver};
 use sd_proto::*;
@@ -10,35 +12,20 @@ use sd_ring::Ring;
 use sd_store::Store;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// A read-only snapshot of what requests need from the cluster state:
-/// published on every change so the hot path never takes the state lock.
-#[derive(Clone)]
-pub struct View {
-    pub epoch: u32,
-    pub status: Status,
-    pub ring: Arc<Ring>,
-    pub default_copies: u8,
-    pub default_policy: u8,
-    pub block_size_shift: u8,
-    pub flags: u16,
-}
-
-/// The daemon's shared state.
+/// The daemon's parts, shared by every connection and worker.
 ///
-/// `state` is the single owner of membership, epochs and VDI bookkeeping
-/// and changes only in the event loop; everything on the request path
-/// reads the published [`View`] instead.
+/// Cluster state lives in [`ClusterCore`], which alone changes it (from
+/// the event loop here); requests read its published [`ClusterView`].
 pub struct Sheep {
     pub opts: Opts,
     pub this: SdNode,
     pub store: Store,
     pub driver: Driver,
-    pub state: Mutex<ClusterState>,
-    pub view: watch::Sender<View>,
+    pub core: ClusterCore,
     pub applied: watch::Sender<u64>,
     pub peers: crate::peer::PeerPool,
     pub recovery: Recovery,
@@ -46,32 +33,33 @@ pub struct Sheep {
     pub exit: watch::Sender<Option<i32>>,
     /// Serialises ledger updates on this node (read-modify-write).
     pub ledger_lock: tokio::sync::Mutex<()>,
-    /// Objects no reference holds any more, removed by the reclaim worker.
+    /// Objects no reference holds any more, removed by the reclaim worker
+    /// (each also recorded in the store, so a crash forgets none).
     pub reclaim: mpsc::UnboundedSender<u64>,
-    /// One codec per erasure-code policy in use.
-    pub codecs: Mutex<std::collections::HashMap<u8, Arc<sd_ec::Codec>>>,
+    /// Peers whose VDI tables the VDI-sync worker merges into ours.
+    pub vdi_sync: mpsc::UnboundedSender<SdNode>,
+    /// Owns the background workers and the critical tasks.
+    pub workers: Arc<Supervisor>,
+    /// One codec per erasure-code policy byte, made on first use.
+    codecs: Box<[OnceLock<Option<Arc<sd_ec::Codec>>>]>,
     pub stats: crate::server::Stats,
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
     pub obj_locks: crate::peer::ObjLocks,
-    /// Set while the cluster driver has lost contact (see
-    /// [`sd_cluster::Driver::contact`]): the view may be stale, so the
-    /// published view refuses I/O.
-    pub suspended: std::sync::atomic::AtomicBool,
 }
 
 impl Sheep {
-    pub fn view(&self) -> View {
-        self.view.borrow().clone()
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.core.view()
     }
 
     pub fn epoch(&self) -> u32 {
-        self.view.borrow().epoch
+        self.core.view().epoch
     }
 
     /// Waits until the local epoch reaches `epoch` (or `timeout` passes).
     pub async fn wait_epoch(&self, epoch: u32, timeout: Duration) -> bool {
-        let mut rx = self.view.subscribe();
+        let mut rx = self.core.subscribe();
         let ok = tokio::time::timeout(
             timeout,
             rx.wait_for(|v| v.epoch.wrapping_sub(epoch) as i32 >= 0),
@@ -97,27 +85,7 @@ impl Sheep {
 
     /// Size of the file that holds `oid` (full object size).
     pub fn object_size(&self, oid: u64) -> u64 {
-        if is_vdi_obj(oid) {
-            SD_INODE_SIZE as u64
-        } else if is_attr_obj(oid) {
-            VDI_ATTR_SIZE as u64
-        } else if is_btree_obj(oid) || is_ledger_obj(oid) {
-            SD_DATA_OBJ_SIZE
-        } else {
-            let st = self.state.lock().unwrap();
-            let shift = st
-                .vdis
-                .states
-                .get(&oid_to_vid(oid))
-                .map(|s| s.block_size_shift)
-                .filter(|&s| s != 0)
-                .unwrap_or(st.config.block_size_shift);
-            1u64 << if shift == 0 {
-                SD_DEFAULT_BLOCK_SIZE_SHIFT
-            } else {
-                shift
-            }
-        }
+        self.view().object_size(oid)
     }
 
     /// The erasure code of `oid`, if it is an erasure-coded object:
@@ -127,17 +95,15 @@ impl Sheep {
             return None;
         }
         let policy = match hint {
-            0 => self.state.lock().unwrap().vdi_redundancy(oid_to_vid(oid)).1,
+            0 => self.view().vdi_redundancy(oid_to_vid(oid)).1,
             p => p,
         };
-        let pol = sd_ec::EcPolicy::from_copy_policy(policy)?;
-        let mut codecs = self.codecs.lock().unwrap();
-        if let Some(c) = codecs.get(&policy) {
-            return Some(c.clone());
-        }
-        let c = Arc::new(sd_ec::Codec::new(pol).ok()?);
-        codecs.insert(policy, c.clone());
-        Some(c)
+        self.codecs[policy as usize]
+            .get_or_init(|| {
+                let pol = sd_ec::EcPolicy::from_copy_policy(policy)?;
+                sd_ec::Codec::new(pol).ok().map(Arc::new)
+            })
+            .clone()
     }
 
     /// The stored file of `oid` at this node: the replica, or strip
@@ -174,23 +140,17 @@ impl Sheep {
 
     /// Whether this node has the state of `vid`.
     pub fn knows_vdi(&self, vid: u32) -> bool {
-        self.state.lock().unwrap().vdis.states.contains_key(&vid)
+        self.view().vdis.states.contains_key(&vid)
     }
 
     /// Whether `vid` is a snapshot (its data objects are read-only).
     pub fn is_snapshot(&self, vid: u32) -> bool {
-        self.state
-            .lock()
-            .unwrap()
-            .vdis
-            .states
-            .get(&vid)
-            .is_some_and(|s| s.snapshot)
+        self.view().is_snapshot(vid)
     }
 
     /// Copies to keep of `oid` when the client did not say.
     pub fn copies_of(&self, oid: u64) -> usize {
-        self.state.lock().unwrap().vdi_redundancy(oid_to_vid(oid)).0 as usize
+        self.view().copies_of(oid)
     }
 
     /// Broadcasts a cluster operation's main phase and waits until this
@@ -206,29 +166,11 @@ impl Sheep {
         self.exit.send_replace(Some(code));
     }
 
-    fn publish(&self, st: &ClusterState) {
-        let ring = Arc::new(Ring::new(&st.nodes()));
-        let suspended = self.suspended.load(std::sync::atomic::Ordering::SeqCst);
-        self.view.send_replace(View {
-            epoch: st.epoch,
-            status: if suspended {
-                Status::Shutdown
-            } else {
-                st.status
-            },
-            ring,
-            default_copies: st.config.copies,
-            default_policy: st.config.copy_policy,
-            block_size_shift: st.config.block_size_shift,
-            flags: st.config.flags,
-        });
-    }
-
-    fn persisted_config(&self, st: &ClusterState) -> SheepdogConfig {
+    fn persisted_config(&self, config: &SheepdogConfig) -> SheepdogConfig {
         SheepdogConfig {
             space: self.this.space,
             version: SD_FORMAT_VERSION,
-            ..st.config.clone()
+            ..config.clone()
         }
     }
 
@@ -245,11 +187,13 @@ impl Sheep {
 
     async fn execute_one(self: &Arc<Self>, f: Effect) -> anyhow::Result<()> {
         match f {
-            Effect::Joined { into_running } => {
-                let (cfg, history, cluster_epoch) = {
-                    let st = self.state.lock().unwrap();
-                    (self.persisted_config(&st), st.history.clone(), st.epoch)
-                };
+            Effect::Joined {
+                into_running,
+                config,
+                history,
+                epoch: cluster_epoch,
+            } => {
+                let cfg = self.persisted_config(&config);
                 let my_epoch = self.store.latest_epoch()?;
                 if cfg.ctime != 0 {
                     // Joining a cluster that ran without us: what we
@@ -265,18 +209,6 @@ impl Sheep {
                         self.store.write_epoch(*e, nodes, *t)?;
                     }
                 }
-                let others: Vec<SdNode> = self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .nodes()
-                    .into_iter()
-                    .filter(|n| n.nid != self.this.nid)
-                    .collect();
-                for n in others {
-                    let me = self.clone();
-                    tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &n).await });
-                }
                 tracing::info!("joined the cluster at epoch {cluster_epoch}");
             }
             Effect::JoinRefused(r) => {
@@ -284,17 +216,17 @@ impl Sheep {
                 self.request_exit(1);
             }
             Effect::Formatted => {
-                if self.state.lock().unwrap().joined {
+                let v = self.view();
+                if v.joined {
                     self.store.wipe()?;
-                    let cfg = self.persisted_config(&self.state.lock().unwrap());
-                    self.store.write_config(&cfg)?;
+                    self.store.write_config(&self.persisted_config(&v.config))?;
                     tracing::info!("cluster formatted");
                 }
             }
             Effect::ConfigChanged => {
-                if self.state.lock().unwrap().joined {
-                    let cfg = self.persisted_config(&self.state.lock().unwrap());
-                    self.store.write_config(&cfg)?;
+                let v = self.view();
+                if v.joined {
+                    self.store.write_config(&self.persisted_config(&v.config))?;
                 }
             }
             Effect::NewEpoch {
@@ -303,7 +235,7 @@ impl Sheep {
                 time,
                 recover,
             } => {
-                if self.state.lock().unwrap().joined {
+                if self.view().joined {
                     // A restart with the same members keeps the epoch
                     // file (and its time) it had.
                     let ids = |v: &[SdNode]| {
@@ -320,14 +252,14 @@ impl Sheep {
                     }
                     tracing::info!("epoch {epoch}: {} nodes", nodes.len());
                     if recover {
-                        self.recovery.start(self, epoch);
+                        self.recovery.start(epoch);
                     } else {
                         self.recovery.nothing_to_recover(epoch);
                     }
                 }
             }
             Effect::RecoveryGathered(epoch) => {
-                if self.state.lock().unwrap().joined && !self.recovery.busy() {
+                if self.view().joined && !self.recovery.busy() {
                     let n = self.store.purge_stale()?;
                     tracing::info!(
                         "recovery of epoch {epoch} complete on all nodes; purged {n} stale objects"
@@ -336,17 +268,15 @@ impl Sheep {
             }
             Effect::RecoveryEnabled => self.recovery.wake(),
             Effect::RedundancyChanged => {
-                let (joined, epoch) = {
-                    let st = self.state.lock().unwrap();
-                    (st.joined, st.epoch)
-                };
-                if joined && epoch > 0 {
-                    self.recovery.start(self, epoch);
+                let v = self.view();
+                if v.joined && v.epoch > 0 {
+                    self.recovery.start(v.epoch);
                 }
             }
             Effect::Shutdown => {
-                if self.state.lock().unwrap().joined {
-                    let mut cfg = self.persisted_config(&self.state.lock().unwrap());
+                let v = self.view();
+                if v.joined {
+                    let mut cfg = self.persisted_config(&v.config);
                     cfg.shutdown = true;
                     if cfg.ctime != 0 {
                         self.store.write_config(&cfg)?;
@@ -355,8 +285,7 @@ impl Sheep {
                 }
             }
             Effect::PeerJoined(node) => {
-                let me = self.clone();
-                tokio::spawn(async move { crate::vdi::sync_vdis_from(&me, &node).await });
+                let _ = self.vdi_sync.send(node);
             }
         }
         Ok(())
@@ -368,11 +297,9 @@ impl Sheep {
         let mut contact = self.driver.contact();
         while contact.changed().await.is_ok() {
             let up = *contact.borrow_and_update();
-            let suspend = !up;
-            let was = self
-                .suspended
-                .swap(suspend, std::sync::atomic::Ordering::SeqCst);
-            if was == suspend || self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.leaving.load(std::sync::atomic::Ordering::SeqCst)
+                || !self.core.set_suspended(!up)
+            {
                 continue;
             }
             if up {
@@ -382,7 +309,6 @@ impl Sheep {
             }
             // (A lost stream never comes back up: the driver's session is
             // over and this process rejoins as a new one.)
-            self.publish(&self.state.lock().unwrap());
         }
     }
 
@@ -393,9 +319,7 @@ impl Sheep {
             // rest of the cluster has moved on, so our view is stale and we
             // must not serve I/O with it.
             tracing::error!("lost the cluster driver's event stream; stopping I/O and rejoining");
-            let mut v = self.view();
-            v.status = Status::Shutdown;
-            self.view.send_replace(v);
+            self.core.set_suspended(true);
             self.request_exit(EXIT_REJOIN);
         }
     }
@@ -403,15 +327,139 @@ impl Sheep {
     async fn apply_stream(self: &Arc<Self>, rx: &mut mpsc::UnboundedReceiver<Delivered>) {
         while let Some(d) = rx.recv().await {
             let seq = d.seq;
-            let mut fx = self.state.lock().unwrap().apply(&d);
+            let mut fx = self.core.apply(&d);
             // Our own join retires what we hold to stale copies before the
             // new view is published: no peer may read it as current.
-            if let Some(i) = fx.iter().position(|f| matches!(f, Effect::Joined { .. })) {
+            let joined = fx.iter().position(|f| matches!(f, Effect::Joined { .. }));
+            if let Some(i) = joined {
                 self.execute(vec![fx.remove(i)]).await;
             }
-            self.publish(&self.state.lock().unwrap());
+            self.core.publish();
+            if joined.is_some() {
+                // Placement needs every VDI's redundancy: learn the VDIs
+                // whose inodes only others hold.
+                for n in self.view().nodes.iter().filter(|n| n.nid != self.this.nid) {
+                    let _ = self.vdi_sync.send(*n);
+                }
+            }
             self.execute(fx).await;
             self.applied.send_replace(seq);
+        }
+    }
+}
+
+/// Removes the objects no reference holds any more (the last DECREF of a
+/// shared object's ledger hands them over). Its work is recorded in the
+/// store before the ledger goes, and taken up again at start, so a crash
+/// in between leaks no object.
+struct ReclaimWorker {
+    sheep: Arc<Sheep>,
+    requests: mpsc::UnboundedReceiver<u64>,
+    queue: std::collections::VecDeque<u64>,
+    progress: Progress,
+}
+
+impl ReclaimWorker {
+    fn new(sheep: Arc<Sheep>, requests: mpsc::UnboundedReceiver<u64>) -> anyhow::Result<Self> {
+        let queue: std::collections::VecDeque<u64> = sheep
+            .store
+            .reclaim_pending()
+            .context("reading pending reclaims")?
+            .into();
+        let progress = Progress {
+            total: queue.len() as u64,
+            ..Default::default()
+        };
+        Ok(ReclaimWorker {
+            sheep,
+            requests,
+            queue,
+            progress,
+        })
+    }
+}
+
+impl Worker for ReclaimWorker {
+    fn name(&self) -> &'static str {
+        "reclaim"
+    }
+    fn progress(&self) -> Progress {
+        self.progress
+    }
+    async fn step(&mut self) -> WorkerState {
+        while let Ok(oid) = self.requests.try_recv() {
+            self.queue.push_back(oid);
+            self.progress.total += 1;
+        }
+        let Some(oid) = self.queue.pop_front() else {
+            return WorkerState::Idle;
+        };
+        match crate::gateway::remove(&self.sheep, oid, 0).await {
+            Ok(()) | Err(SdRes::NO_OBJ) => {
+                if let Err(e) = self.sheep.store.reclaim_done(oid) {
+                    tracing::error!("failed to record the reclaim of {oid:016x}: {e}");
+                }
+                self.progress.done += 1;
+                WorkerState::Busy
+            }
+            Err(e) => {
+                // Kept (and retried): the cluster may not serve I/O yet.
+                tracing::warn!(
+                    "failed to remove unreferenced {oid:016x}: {}; retrying",
+                    e.describe()
+                );
+                self.queue.push_back(oid);
+                self.progress.errors += 1;
+                WorkerState::Throttled(Duration::from_secs(1))
+            }
+        }
+    }
+    async fn wait_for_work(&mut self) {
+        if let Some(oid) = self.requests.recv().await {
+            self.queue.push_back(oid);
+            self.progress.total += 1;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Merges the VDI tables of peers into ours (on joining, and when a peer
+/// joins): placement needs every VDI's redundancy, and a VDI's inode may
+/// live only on other nodes.
+struct VdiSyncWorker {
+    sheep: Arc<Sheep>,
+    requests: mpsc::UnboundedReceiver<SdNode>,
+    queue: std::collections::VecDeque<SdNode>,
+    done: u64,
+}
+
+impl Worker for VdiSyncWorker {
+    fn name(&self) -> &'static str {
+        "vdi sync"
+    }
+    fn progress(&self) -> Progress {
+        Progress {
+            done: self.done,
+            total: self.done + self.queue.len() as u64,
+            errors: 0,
+        }
+    }
+    async fn step(&mut self) -> WorkerState {
+        while let Ok(n) = self.requests.try_recv() {
+            self.queue.push_back(n);
+        }
+        let Some(node) = self.queue.pop_front() else {
+            return WorkerState::Idle;
+        };
+        crate::vdi::sync_vdis_from(&self.sheep, &node).await;
+        self.done += 1;
+        WorkerState::Busy
+    }
+    async fn wait_for_work(&mut self) {
+        match self.requests.recv().await {
+            Some(n) => self.queue.push_back(n),
+            None => std::future::pending::<()>().await,
         }
     }
 }
@@ -474,25 +522,16 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     };
     let mut state = ClusterState::new(nid, config.clone());
     crate::vdi::scan_local_inodes(&store, &mut state.vdis);
-    let initial = View {
-        epoch: 0,
-        status: Status::WaitForFormat,
-        ring: Arc::new(Ring::new(&[])),
-        default_copies: SD_DEFAULT_COPIES,
-        default_policy: 0,
-        block_size_shift: SD_DEFAULT_BLOCK_SIZE_SHIFT,
-        flags: 0,
-    };
-    let (reclaim_tx, mut reclaim_rx) = mpsc::unbounded_channel();
-    let view = watch::Sender::new(initial);
-    let peers = crate::peer::PeerPool::new(view.subscribe());
+    let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
+    let (vdi_sync_tx, vdi_sync_rx) = mpsc::unbounded_channel();
+    let core = ClusterCore::new(state);
+    let peers = crate::peer::PeerPool::new(core.subscribe());
     let sheep = Arc::new(Sheep {
         opts: o.clone(),
         this,
         store,
         driver: driver.clone(),
-        state: Mutex::new(state),
-        view,
+        core,
         applied: watch::Sender::new(0),
         peers,
         recovery: Recovery::default(),
@@ -500,26 +539,22 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         exit: watch::Sender::new(None),
         ledger_lock: tokio::sync::Mutex::new(()),
         reclaim: reclaim_tx,
-        codecs: Mutex::default(),
+        vdi_sync: vdi_sync_tx,
+        workers: Arc::default(),
+        codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
         stats: Default::default(),
         leaving: Default::default(),
         obj_locks: Default::default(),
-        suspended: Default::default(),
     });
-    {
-        let s = sheep.clone();
-        tokio::spawn(async move {
-            while let Some(oid) = reclaim_rx.recv().await {
-                match crate::gateway::remove(&s, oid, 0).await {
-                    Ok(()) | Err(SdRes::NO_OBJ) => {}
-                    Err(e) => tracing::error!(
-                        "failed to remove unreferenced {oid:016x}: {}",
-                        e.describe()
-                    ),
-                }
-            }
-        });
-    }
+    let workers = sheep.workers.clone();
+    workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));
+    workers.spawn(ReclaimWorker::new(sheep.clone(), reclaim_rx)?);
+    workers.spawn(VdiSyncWorker {
+        sheep: sheep.clone(),
+        requests: vdi_sync_rx,
+        queue: Default::default(),
+        done: 0,
+    });
 
     // A fresh start binds its ports first (a port in use is an error at
     // once); a rejoining one binds only once it is back in the cluster, so
@@ -553,10 +588,10 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         Some(l) => l,
         None => crate::server::listen(&sheep, &dir).await?,
     };
-    sheep.state.lock().unwrap().my_incarnation = driver.incarnation();
+    sheep.core.set_incarnation(driver.incarnation());
     ready(0);
-    tokio::spawn(sheep.clone().follow_contact());
-    tokio::spawn(sheep.clone().event_loop(rx));
+    workers.task("the driver contact watch", sheep.clone().follow_contact());
+    workers.task("the event loop", sheep.clone().event_loop(rx));
     for l in listeners {
         tokio::spawn(l);
     }
@@ -591,6 +626,7 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     sheep
         .leaving
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    workers.stop();
     let _ = driver.leave().await;
     let _ = std::fs::remove_file(dir.join("sock"));
     tracing::info!("shutdown");

@@ -29,8 +29,7 @@ fn transient(r: SdRes) -> bool {
 
 /// This node's participant state in the shared lock of `vid` (§6.7).
 fn my_part(sheep: &Sheep, vid: u32) -> Option<u32> {
-    let st = sheep.state.lock().unwrap();
-    st.vdis.participant_state(vid, &sheep.this.nid)
+    sheep.view().vdis.participant_state(vid, &sheep.this.nid)
 }
 
 /// Broadcasts INODE_COHERENCE for `vid` from this node (§6.7).
@@ -141,7 +140,10 @@ async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             return reply(&req, SdRes::HALT);
         }
         let is_write = req.opcode != op::READ_OBJ;
-        if is_write && view.flags & cluster_flag::STRICT != 0 && view.ring.nr_zones() < copies {
+        if is_write
+            && view.config.flags & cluster_flag::STRICT != 0
+            && view.ring.nr_zones() < copies
+        {
             return reply(&req, SdRes::HALT);
         }
         let mut preq = req;

@@ -4,6 +4,7 @@
 //! directory, daemonize (the launching command returns 0 once the lock is
 //! held), then open the store, listen and join the cluster.
 
+mod core;
 mod daemon;
 mod ec;
 mod gateway;
@@ -15,6 +16,7 @@ mod recovery;
 mod server;
 mod state;
 mod vdi;
+mod worker;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -114,7 +114,7 @@ impl Exports for VdiExports {
     fn list(&self) -> BoxFuture<'_, IoResult<Vec<String>>> {
         Box::pin(async move {
             let vids: Vec<u32> = {
-                let st = self.sheep.state.lock().unwrap();
+                let st = self.sheep.view();
                 st.vdis
                     .states
                     .values()

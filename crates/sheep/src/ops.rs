@@ -16,25 +16,29 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             if req.data_length as usize != SD_VDI_BITMAP_SIZE {
                 return reply(&req, SdRes::INVALID_PARMS);
             }
-            let st = sheep.state.lock().unwrap();
+            let v = sheep.view();
             let bm = if req.opcode == op::READ_VDIS {
-                &st.vdis.inuse
+                &v.vdis.inuse
             } else {
-                &st.vdis.deleted
+                &v.vdis.deleted
             };
             reply_data(&req, bm.to_bytes())
         }
         op::GET_CLUSTER_DEFAULT => {
             let v = sheep.view();
             let mut r = reply(&req, SdRes::SUCCESS);
-            r.0.set_cluster_default(v.default_copies, v.default_policy, v.block_size_shift);
+            r.0.set_cluster_default(
+                v.config.copies,
+                v.config.copy_policy,
+                v.config.block_size_shift,
+            );
             r
         }
         op::FLUSH_VDI => reply(&req, SdRes::INVALID_PARMS),
         op::DISCARD_OBJ => crate::gateway::discard(sheep, req).await,
         op::FLUSH_DEL_CACHE => reply(&req, SdRes::SUCCESS),
         op::GET_NODE_LIST => {
-            let nodes = sheep.state.lock().unwrap().nodes();
+            let nodes = sheep.view().nodes.clone();
             let mut r = reply_data(&req, encode_nodes(&nodes));
             r.0.set_node(nodes.len() as u32, 0, 0);
             r
@@ -59,7 +63,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply(&req, SdRes::SUCCESS)
         }
         op::GET_VDI_COPIES => {
-            let st = sheep.state.lock().unwrap();
+            let st = sheep.view();
             let n = st.vdis.states.len();
             if (req.data_length as usize) < n * VDI_STATE_SIZE {
                 return reply(&req, SdRes::BUFFER_SMALL);
@@ -71,11 +75,10 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply_data(&req, b)
         }
         op::CLUSTER_INFO => {
-            let mut ci = sheep.state.lock().unwrap().cluster_info();
             // A node that stopped serving (lost its cluster driver) says so
-            // rather than reporting the last state it knew.
-            ci.status = sheep.view().status.cluster_status();
-            reply_data(&req, ci.encode())
+            // rather than reporting the last state it knew: the view's
+            // status is Shutdown then.
+            reply_data(&req, sheep.view().cluster_info().encode())
         }
         op::GET_RECOVERY => reply_data(&req, sheep.throttle.lock().unwrap().encode().to_vec()),
         op::SET_RECOVERY => match RecoveryThrottling::decode(&payload) {
@@ -124,6 +127,27 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                 r.0.result = SdRes::NO_OBJ;
                 r
             }
+        }
+        op::WORKER_STATUS => {
+            let records: Vec<u8> = sheep
+                .workers
+                .reports()
+                .iter()
+                .flat_map(|r| {
+                    WorkerRecord {
+                        name: r.name.to_string(),
+                        state: r.state.code(),
+                        done: r.progress.done,
+                        total: r.progress.total,
+                        errors: r.progress.errors,
+                    }
+                    .encode()
+                })
+                .collect();
+            if (req.data_length as usize) < records.len() {
+                return reply(&req, SdRes::BUFFER_SMALL);
+            }
+            reply_data(&req, records)
         }
         op::GET_LOGLEVEL => reply_data(&req, 6i32.to_le_bytes().to_vec()),
         op::STAT => reply_data(&req, sheep.stats.encode()),
@@ -247,8 +271,8 @@ async fn stat_cluster(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     let room = req.cluster().nodes_nr as usize;
     let rec = EPOCH_LOG_HEADER_SIZE + room * SD_NODE_SIZE;
     let (status, epoch, cfg, disable_recovery) = {
-        let st = sheep.state.lock().unwrap();
-        (st.status, st.epoch, st.config.clone(), st.disable_recovery)
+        let v = sheep.view();
+        (v.status, v.epoch, v.config.clone(), v.disable_recovery)
     };
     let mut out = Vec::new();
     let mut e = epoch;

@@ -1,7 +1,8 @@
 //! Peer operations: requests executed against this node's own store, and
 //! the connection pool used to send them to other nodes.
 
-use crate::daemon::{Sheep, View};
+use crate::core::ClusterView;
+use crate::daemon::Sheep;
 use crate::server::{reply, reply_data, Reply};
 use sd_client::{Connection, Endpoint};
 use sd_proto::*;
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 pub struct PeerPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
     /// This node's view: a request of an older epoch is abandoned.
-    view: watch::Receiver<View>,
+    view: watch::Receiver<Arc<ClusterView>>,
 }
 
 /// Idle connections kept per peer.
@@ -26,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PeerPool {
-    pub fn new(view: watch::Receiver<View>) -> PeerPool {
+    pub fn new(view: watch::Receiver<Arc<ClusterView>>) -> PeerPool {
         PeerPool {
             idle: Mutex::default(),
             view,
@@ -268,6 +269,15 @@ const LEDGER_HEAD: usize = 4096;
 async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     let r = req.ref_args();
     let key = ObjKey::replica(r.oid);
+    // The node first in the ledger's placement removes the data object
+    // once nothing references it.
+    let first = sheep
+        .view()
+        .ring
+        .targets(r.oid, sheep.copies_of(r.oid))
+        .first()
+        .is_some_and(|n| n.nid == sheep.this.nid);
+    let data_oid = ledger_oid_to_data_oid(r.oid);
     let _serial = sheep.ledger_lock.lock().await;
     let s = sheep.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<bool, sd_store::StoreError> {
@@ -300,6 +310,11 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         l[g + 4..g + 8].copy_from_slice(&inc.to_le_bytes());
         let all_zero = l.iter().all(|&b| b == 0);
         if all_zero {
+            if first {
+                // Recorded before the ledger goes: a crash in between
+                // must not leak the object.
+                st.reclaim_add(data_oid)?;
+            }
             if existed {
                 st.remove(&key)?;
             }
@@ -315,15 +330,7 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     .await;
     match res {
         Ok(Ok(true)) => {
-            let data_oid = ledger_oid_to_data_oid(r.oid);
-            let copies = sheep.copies_of(r.oid);
-            let first = sheep
-                .view()
-                .ring
-                .targets(r.oid, copies)
-                .first()
-                .map(|n| n.nid);
-            if first == Some(sheep.this.nid) {
+            if first {
                 // The removal fans out through the gateway; it must not
                 // hold this peer reply, so the reclaim worker does it.
                 let _ = sheep.reclaim.send(data_oid);

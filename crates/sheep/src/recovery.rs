@@ -9,6 +9,7 @@
 
 use crate::daemon::Sheep;
 use crate::state::OpMessage;
+use crate::worker::WorkerState;
 use sd_proto::*;
 use sd_ring::Ring;
 use sd_store::ObjKey;
@@ -50,6 +51,8 @@ pub struct Recovery {
     /// Objects being fetched right now (so two fetchers never race).
     inflight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
+    /// Told when a new pass is asked for.
+    requested: Notify,
     /// Orders changes of the working directory against the retiring of
     /// copies a new placement no longer wants: whoever puts data into a
     /// working copy (a recovery storing what it fetched, a peer write)
@@ -75,6 +78,7 @@ impl Default for Recovery {
             prepared: watch::Sender::new(0),
             inflight: Mutex::default(),
             wake: Notify::new(),
+            requested: Notify::new(),
             placement: Arc::default(),
             client_seen_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -121,8 +125,9 @@ impl Recovery {
         self.wake.notify_waiters();
     }
 
-    /// Starts (or restarts) recovery for `epoch`.
-    pub fn start(&self, sheep: &Arc<Sheep>, epoch: u32) {
+    /// Starts (or restarts) recovery for `epoch`: the worker drops any
+    /// pass of an older generation at its next step and begins this one.
+    pub fn start(&self, epoch: u32) {
         {
             let mut i = self.inner.lock().unwrap();
             i.epoch = epoch;
@@ -136,13 +141,13 @@ impl Recovery {
                 i.marked_epoch = epoch - 1;
             }
         }
-        let generation = self.inner.lock().unwrap().generation;
-        let s = sheep.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run(&s, epoch, generation).await {
-                tracing::error!("recovery of epoch {epoch} failed: {e:#}");
-            }
-        });
+        self.requested.notify_one();
+    }
+
+    /// The pass asked for last: (epoch, generation), if one was asked for.
+    fn requested_pass(&self) -> Option<(u32, u64)> {
+        let i = self.inner.lock().unwrap();
+        i.in_recovery.then_some((i.epoch, i.generation))
     }
 
     /// Marks `epoch` as needing no recovery (a freshly formatted cluster).
@@ -333,7 +338,7 @@ async fn read_peer(
 async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Option<Vec<u8>> {
     let oid = key.oid;
     let copies = sheep.copies_of(oid);
-    let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
+    let alive: Vec<SdNode> = sheep.view().nodes.clone();
     let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
     // Newest epoch first, this node included: the first copy found was
     // current through the newest epoch any surviving copy was. (Skipping
@@ -391,7 +396,7 @@ async fn rebuild_strip(
     epoch: u32,
 ) -> Option<Vec<u8>> {
     let pol = codec.policy();
-    let alive: Vec<SdNode> = sheep.state.lock().unwrap().nodes();
+    let alive: Vec<SdNode> = sheep.view().nodes.clone();
     let mut present: Vec<(usize, Vec<u8>)> = Vec::new();
     for e in (1..=epoch).rev() {
         let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
@@ -449,156 +454,312 @@ async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {
     }
 }
 
-async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<()> {
-    let me = sheep.this.nid;
-    let view = sheep.view();
-    if view.epoch != epoch {
-        return Ok(());
+/// Where a pass is.
+enum Stage {
+    /// Retire what this node no longer holds, then list what it lacks.
+    Prepare,
+    /// Fetch the listed objects one per step; `missing` failed so far.
+    Recover {
+        queue: std::collections::VecDeque<u64>,
+        missing: Vec<u64>,
+    },
+    /// Retry what no node could provide yet, backing off.
+    Retry { missing: Vec<u64>, delay: Duration },
+    /// Tell the cluster this node holds everything for the epoch.
+    Notify,
+}
+
+/// One pass of recovery for one epoch.
+struct Pass {
+    generation: u64,
+    stage: Stage,
+    since_pause: u32,
+}
+
+/// The recovery worker (PROTOCOL.md §9): walks the pass asked for last,
+/// one object per step, yielding to client I/O and to the operator's
+/// throttle between steps.
+pub struct RecoveryWorker {
+    sheep: Arc<Sheep>,
+    pass: Option<Pass>,
+}
+
+/// The longest pause between retries of objects no node could provide:
+/// short enough that a newer epoch is taken up promptly.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+impl RecoveryWorker {
+    pub fn new(sheep: Arc<Sheep>) -> Self {
+        RecoveryWorker { sheep, pass: None }
     }
-    if !sheep.opts.gateway {
-        // Placement depends on each VDI's copy count: before the first
-        // marking, learn the VDIs whose inodes other nodes hold.
-        if !sheep.recovery.inner.lock().unwrap().vdis_synced {
-            for n in view.ring.nodes().iter().filter(|n| n.nid != me) {
-                crate::vdi::sync_vdis_from(sheep, n).await;
-            }
-            sheep.recovery.inner.lock().unwrap().vdis_synced = true;
+}
+
+impl crate::worker::Worker for RecoveryWorker {
+    fn name(&self) -> &'static str {
+        "recovery"
+    }
+
+    fn progress(&self) -> crate::worker::Progress {
+        let i = self.sheep.recovery.inner.lock().unwrap();
+        let errors = match self.pass.as_ref().map(|p| &p.stage) {
+            Some(Stage::Recover { missing, .. } | Stage::Retry { missing, .. }) => missing.len(),
+            _ => 0,
+        };
+        crate::worker::Progress {
+            done: i.finished,
+            total: i.total,
+            errors: errors as u64,
         }
-        // Retire objects this node stopped holding in any epoch since the
-        // last marking: such copies may miss writes and must not be served.
-        let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;
-        for e in from..=epoch {
-            let ring = match e == epoch {
-                true => view.ring.clone(),
-                false => match crate::vdi::epoch_nodes(sheep, e).await {
-                    Some((n, _)) => Arc::new(Ring::new(&n)),
-                    None => continue,
-                },
-            };
-            // Exclusive: every store decided under an older placement has
-            // landed (and is retired here) or will see the newer epoch.
-            let _exclusive = sheep.recovery.placement.write().await;
-            if !sheep.recovery.current(generation) {
-                return Ok(());
-            }
-            let s = sheep.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                for k in s.store.list()? {
-                    if !keeps(&s, &ring, &k) {
-                        s.store.move_to_stale(&k, e - 1)?;
+    }
+
+    async fn wait_for_work(&mut self) {
+        if self.sheep.recovery.requested_pass().is_none() {
+            self.sheep.recovery.requested.notified().await;
+        }
+    }
+
+    async fn step(&mut self) -> WorkerState {
+        let sheep = self.sheep.clone();
+        let rec = &sheep.recovery;
+        let Some((epoch, generation)) = rec.requested_pass() else {
+            self.pass = None;
+            return WorkerState::Idle;
+        };
+        let pass = match &mut self.pass {
+            Some(p) if p.generation == generation => p,
+            slot => slot.insert(Pass {
+                generation,
+                stage: Stage::Prepare,
+                since_pause: 0,
+            }),
+        };
+        let stage = std::mem::replace(&mut pass.stage, Stage::Notify);
+        let (next, state) = match stage {
+            Stage::Prepare => match prepare(&sheep, epoch, generation).await {
+                Ok(Some(wanted)) => (
+                    Stage::Recover {
+                        queue: wanted.into_iter().collect(),
+                        missing: Vec::new(),
+                    },
+                    WorkerState::Busy,
+                ),
+                // Superseded: the next step starts the newer pass.
+                Ok(None) => return WorkerState::Busy,
+                Err(e) => {
+                    tracing::error!("preparing recovery of epoch {epoch} failed: {e:#}");
+                    (
+                        Stage::Prepare,
+                        WorkerState::Throttled(Duration::from_secs(1)),
+                    )
+                }
+            },
+            Stage::Recover {
+                mut queue,
+                mut missing,
+            } => {
+                if sheep.view().disable_recovery {
+                    let stage = Stage::Recover { queue, missing };
+                    pass.stage = stage;
+                    return WorkerState::Throttled(Duration::from_millis(200));
+                }
+                match queue.pop_front() {
+                    None if missing.is_empty() => (Stage::Notify, WorkerState::Busy),
+                    None => {
+                        let delay = Duration::from_millis(500);
+                        tracing::warn!(
+                            "{} objects not recovered yet, retrying in {delay:?}",
+                            missing.len()
+                        );
+                        (
+                            Stage::Retry { missing, delay },
+                            WorkerState::Throttled(delay),
+                        )
+                    }
+                    Some(oid) => {
+                        let started = Instant::now();
+                        if !recover_one(&sheep, oid).await {
+                            missing.push(oid);
+                        }
+                        (
+                            Stage::Recover { queue, missing },
+                            pause(&sheep, started, &mut pass.since_pause),
+                        )
                     }
                 }
-                Ok(())
-            })
-            .await??;
-            let mut i = sheep.recovery.inner.lock().unwrap();
-            if i.generation == generation {
-                i.marked_epoch = i.marked_epoch.max(e);
             }
+            // Never report the pass complete (which purges the stale
+            // copies everywhere) while an object is missing: its last copy
+            // may be one of them, on a node that is slow or briefly
+            // unreachable.
+            Stage::Retry { missing, delay } => {
+                let mut still = Vec::new();
+                for oid in missing {
+                    if !rec.current(generation) {
+                        return WorkerState::Busy;
+                    }
+                    if !recover_one(&sheep, oid).await {
+                        still.push(oid);
+                    }
+                }
+                if still.is_empty() {
+                    (Stage::Notify, WorkerState::Busy)
+                } else {
+                    let delay = (delay * 2).min(MAX_RETRY_DELAY);
+                    tracing::warn!(
+                        "{} objects not recovered yet, retrying in {delay:?}",
+                        still.len()
+                    );
+                    (
+                        Stage::Retry {
+                            missing: still,
+                            delay,
+                        },
+                        WorkerState::Throttled(delay),
+                    )
+                }
+            }
+            Stage::Notify => {
+                if let Err(e) = notify_complete(&sheep, epoch, generation).await {
+                    tracing::error!("recovery of epoch {epoch}: {e:#}");
+                }
+                self.pass = None;
+                return WorkerState::Busy;
+            }
+        };
+        if let Some(p) = &mut self.pass {
+            p.stage = next;
         }
+        state
+    }
+}
 
-        let mut wanted = BTreeSet::new();
-        for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
-            // Every member's list is needed: an object only a slow member
-            // lists (a stale copy it keeps) would otherwise be skipped,
-            // and completing the pass purges the stale copies everywhere.
-            // A member that never answers leaves the view, and the newer
-            // epoch supersedes this pass.
-            let mut delay = Duration::from_millis(200);
-            let list = loop {
-                if let Some(l) = obj_list(sheep, n).await {
-                    break l;
-                }
-                if !sheep.recovery.current(generation) {
-                    return Ok(());
-                }
-                tracing::warn!(
-                    "no object list from {} yet; retrying in {delay:?}",
-                    n.nid.socket_addr()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            };
-            for oid in list {
-                if sheep
-                    .key_in(&view.ring, oid)
-                    .is_some_and(|(_, k)| !sheep.store.exists(&k))
-                {
-                    wanted.insert(oid);
-                }
-            }
+/// The pause after recovering one object: while clients are active, as
+/// long again as the object took, so recovery gets at most half of the
+/// disk and network (objects clients touch are recovered at once anyway,
+/// by `ensure`); and the operator's throttle (`max` objects, then
+/// `interval` ms).
+fn pause(sheep: &Sheep, started: Instant, since_pause: &mut u32) -> WorkerState {
+    let mut d = Duration::ZERO;
+    if sheep.recovery.clients_active() {
+        d = started.elapsed();
+    }
+    let t = *sheep.throttle.lock().unwrap();
+    if t.max_exec_count > 0 && t.queue_work_interval > 0 {
+        *since_pause += 1;
+        if *since_pause >= t.max_exec_count {
+            *since_pause = 0;
+            d += Duration::from_millis(t.queue_work_interval);
         }
-        {
-            let mut i = sheep.recovery.inner.lock().unwrap();
-            if i.generation != generation {
-                return Ok(());
-            }
-            i.total = wanted.len() as u64;
-            i.pending = wanted.clone();
-            i.phase = PHASE_RECOVER;
-        }
+    }
+    match d.is_zero() {
+        true => WorkerState::Busy,
+        false => WorkerState::Throttled(d),
+    }
+}
+
+/// Prepares the pass of `epoch`: retires what this node stopped holding,
+/// then lists the objects it must hold and lacks. None if a newer pass
+/// superseded this one meanwhile.
+async fn prepare(
+    sheep: &Arc<Sheep>,
+    epoch: u32,
+    generation: u64,
+) -> anyhow::Result<Option<BTreeSet<u64>>> {
+    let view = sheep.view();
+    if view.epoch != epoch {
+        return Ok(None);
+    }
+    let mut wanted = BTreeSet::new();
+    if sheep.opts.gateway {
         sheep.recovery.prepared.send_replace(epoch);
-        let mut since_pause = 0u32;
-        let mut missing = Vec::new();
-        for oid in wanted {
-            loop {
-                if !sheep.recovery.current(generation) {
-                    return Ok(());
-                }
-                if !sheep.state.lock().unwrap().disable_recovery {
-                    break;
-                }
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    sheep.recovery.wake.notified(),
-                )
-                .await;
-            }
-            let started = Instant::now();
-            if !recover_one(sheep, oid).await {
-                missing.push(oid);
-            }
-            if sheep.recovery.clients_active() {
-                // Clients first: as long again as the object took, so
-                // recovery gets at most half of the disk and network
-                // while they are busy (objects they touch are recovered
-                // at once anyway, by `ensure`).
-                tokio::time::sleep(started.elapsed()).await;
-            }
-            let t = *sheep.throttle.lock().unwrap();
-            if t.max_exec_count > 0 && t.queue_work_interval > 0 {
-                since_pause += 1;
-                if since_pause >= t.max_exec_count {
-                    since_pause = 0;
-                    tokio::time::sleep(Duration::from_millis(t.queue_work_interval)).await;
-                }
-            }
+        return Ok(Some(wanted));
+    }
+    // Placement depends on each VDI's copy count: before the first
+    // marking, learn the VDIs whose inodes other nodes hold.
+    if !sheep.recovery.inner.lock().unwrap().vdis_synced {
+        for n in view.ring.nodes().iter().filter(|n| n.nid != sheep.this.nid) {
+            crate::vdi::sync_vdis_from(sheep, n).await;
         }
-        // Never report the pass complete (which purges the stale copies
-        // everywhere) while an object is missing: its last copy may be
-        // one of them, on a node that is slow or briefly unreachable.
-        let mut delay = Duration::from_millis(500);
-        while !missing.is_empty() {
+        sheep.recovery.inner.lock().unwrap().vdis_synced = true;
+    }
+    // Retire objects this node stopped holding in any epoch since the
+    // last marking: such copies may miss writes and must not be served.
+    let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;
+    for e in from..=epoch {
+        let ring = match e == epoch {
+            true => view.ring.clone(),
+            false => match crate::vdi::epoch_nodes(sheep, e).await {
+                Some((n, _)) => Arc::new(Ring::new(&n)),
+                None => continue,
+            },
+        };
+        // Exclusive: every store decided under an older placement has
+        // landed (and is retired here) or will see the newer epoch.
+        let _exclusive = sheep.recovery.placement.write().await;
+        if !sheep.recovery.current(generation) {
+            return Ok(None);
+        }
+        let s = sheep.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for k in s.store.list()? {
+                if !keeps(&s, &ring, &k) {
+                    s.store.move_to_stale(&k, e - 1)?;
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        let mut i = sheep.recovery.inner.lock().unwrap();
+        if i.generation == generation {
+            i.marked_epoch = i.marked_epoch.max(e);
+        }
+    }
+
+    for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
+        // Every member's list is needed: an object only a slow member
+        // lists (a stale copy it keeps) would otherwise be skipped,
+        // and completing the pass purges the stale copies everywhere.
+        // A member that never answers leaves the view, and the newer
+        // epoch supersedes this pass.
+        let mut delay = Duration::from_millis(200);
+        let list = loop {
+            if let Some(l) = obj_list(sheep, n).await {
+                break l;
+            }
+            if !sheep.recovery.current(generation) {
+                return Ok(None);
+            }
             tracing::warn!(
-                "{} objects not recovered yet, retrying in {delay:?}",
-                missing.len()
+                "no object list from {} yet; retrying in {delay:?}",
+                n.nid.socket_addr()
             );
             tokio::time::sleep(delay).await;
-            if !sheep.recovery.current(generation) {
-                return Ok(());
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        for oid in list {
+            if sheep
+                .key_in(&view.ring, oid)
+                .is_some_and(|(_, k)| !sheep.store.exists(&k))
+            {
+                wanted.insert(oid);
             }
-            let mut still = Vec::new();
-            for oid in missing {
-                if !recover_one(sheep, oid).await {
-                    still.push(oid);
-                }
-            }
-            missing = still;
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
-    } else {
-        sheep.recovery.prepared.send_replace(epoch);
     }
+    {
+        let mut i = sheep.recovery.inner.lock().unwrap();
+        if i.generation != generation {
+            return Ok(None);
+        }
+        i.total = wanted.len() as u64;
+        i.pending = wanted.clone();
+        i.phase = PHASE_RECOVER;
+    }
+    sheep.recovery.prepared.send_replace(epoch);
+    Ok(Some(wanted))
+}
+
+/// Tells the cluster this node has recovered everything for `epoch`.
+async fn notify_complete(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<()> {
     {
         let mut i = sheep.recovery.inner.lock().unwrap();
         if i.generation != generation {
@@ -614,11 +775,14 @@ async fn run(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> anyhow::Result<
         ..Default::default()
     });
     let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
-    let done = sheep.recovery.current(generation);
-    if done {
+    {
+        // Checked and cleared under one lock: a pass asked for meanwhile
+        // keeps the node in recovery.
         let mut i = sheep.recovery.inner.lock().unwrap();
-        i.in_recovery = false;
-        i.recovered_epoch = epoch;
+        if i.generation == generation {
+            i.in_recovery = false;
+            i.recovered_epoch = epoch;
+        }
     }
     sheep
         .broadcast(OpMessage {

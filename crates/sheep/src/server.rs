@@ -245,7 +245,8 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::GET_EPOCH
         | op::EXIST
         | op::OIDS_EXIST
-        | op::GET_LOGLEVEL => Local { force: true },
+        | op::GET_LOGLEVEL
+        | op::WORKER_STATUS => Local { force: true },
         op::STAT_SHEEP
         | op::STAT_RECOVERY
         | op::GET_OBJ_LIST

@@ -11,7 +11,7 @@ use sd_cluster::{Delivered, Event};
 use sd_proto::le::*;
 use sd_proto::*;
 use sd_ring::auto_vnodes;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Cluster status as dog sees it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,10 +152,15 @@ impl NewVdiOutcome {
 /// Something the local node must do because of an applied event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Our own JOIN was accepted; persist the cluster's config.
-    /// `into_running`: the cluster was serving without us, so anything we
-    /// hold may have missed writes.
-    Joined { into_running: bool },
+    /// Our own JOIN was accepted; persist the cluster's config and the
+    /// epochs of this stream. `into_running`: the cluster was serving
+    /// without us, so anything we hold may have missed writes.
+    Joined {
+        into_running: bool,
+        config: SheepdogConfig,
+        history: Vec<(u32, Vec<SdNode>, u64)>,
+        epoch: u32,
+    },
     /// Our own JOIN was refused.
     JoinRefused(SdRes),
     /// A new epoch began with these members.
@@ -194,33 +199,36 @@ pub const PART_INVALIDATED: u32 = 3;
 /// LOCK_VDI / RELEASE_VDI `vdi.type`.
 pub const LOCK_TYPE_SHARED: u32 = 1;
 
-/// A fixed-size bitmap over the 2^24 VDI ids.
-#[derive(Clone)]
-pub struct VidBitmap(Vec<u64>);
-
-impl Default for VidBitmap {
-    fn default() -> Self {
-        VidBitmap(vec![0; (SD_NR_VDIS / 64) as usize])
-    }
-}
+/// A set over the 2^24 VDI ids, with the wire form of a bitmap.
+///
+/// Kept sparse (a cluster has thousands of VDIs, not millions) so that
+/// every published [`crate::core::ClusterView`] can carry its own copy.
+#[derive(Clone, Default)]
+pub struct VidBitmap(BTreeSet<u32>);
 
 impl VidBitmap {
     pub fn get(&self, vid: u32) -> bool {
-        let v = (vid & (SD_NR_VDIS - 1)) as usize;
-        self.0[v / 64] & (1 << (v % 64)) != 0
+        self.0.contains(&(vid & (SD_NR_VDIS - 1)))
     }
     pub fn set(&mut self, vid: u32) {
-        let v = (vid & (SD_NR_VDIS - 1)) as usize;
-        self.0[v / 64] |= 1 << (v % 64);
+        self.0.insert(vid & (SD_NR_VDIS - 1));
     }
     /// The wire form of READ_VDIS: byte v/8, bit v%8.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|w| w.to_le_bytes()).collect()
+        let mut b = vec![0u8; SD_VDI_BITMAP_SIZE];
+        for &v in &self.0 {
+            b[v as usize / 8] |= 1 << (v % 8);
+        }
+        b
     }
     /// ORs a wire bitmap into this one.
     pub fn merge_bytes(&mut self, b: &[u8]) {
-        for (w, c) in self.0.iter_mut().zip(b.chunks_exact(8)) {
-            *w |= u64::from_le_bytes(c.try_into().unwrap());
+        for (i, &byte) in b.iter().enumerate().filter(|(_, &x)| x != 0) {
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    self.set((i * 8 + bit) as u32);
+                }
+            }
         }
     }
     /// First clear bit in `[from, SD_NR_VDIS)`.
@@ -570,7 +578,13 @@ impl ClusterState {
         }
         if is_me {
             self.joined = true;
-            fx.insert(0, Effect::Joined { into_running });
+            let joined = Effect::Joined {
+                into_running,
+                config: self.config.clone(),
+                history: self.history.clone(),
+                epoch: self.epoch,
+            };
+            fx.insert(0, joined);
         } else if self.joined {
             fx.push(Effect::PeerJoined(m.node));
         }
@@ -718,31 +732,6 @@ impl ClusterState {
             _ => {}
         }
     }
-
-    /// The `cluster_info` this node reports.
-    pub fn cluster_info(&self) -> ClusterInfo {
-        ClusterInfo {
-            proto_ver: SD_SHEEP_PROTO_VER,
-            disable_recovery: self.disable_recovery,
-            epoch: self.epoch,
-            ctime: self.config.ctime,
-            flags: self.config.flags,
-            nr_copies: self.config.copies,
-            copy_policy: self.config.copy_policy,
-            status: self.status.cluster_status(),
-            block_size_shift: self.config.block_size_shift,
-            default_store: self.config.default_store,
-            nodes: self.nodes(),
-        }
-    }
-
-    /// Redundancy of objects of `vid`: (copies, copy_policy).
-    pub fn vdi_redundancy(&self, vid: u32) -> (u8, u8) {
-        match self.vdis.states.get(&vid) {
-            Some(s) if s.nr_copies > 0 => (s.nr_copies, s.copy_policy),
-            _ => (self.config.copies.max(1), self.config.copy_policy),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -831,12 +820,14 @@ mod tests {
     fn format_join_leave_epochs() {
         let mut s = ClusterState::new(node(7000).nid, Default::default());
         let fresh = JoinInfo::default();
-        assert_eq!(
-            s.apply(&join(1, 7000, &fresh)),
-            vec![Effect::Joined {
-                into_running: false
+        let fx = s.apply(&join(1, 7000, &fresh));
+        assert!(matches!(
+            &fx[..],
+            [Effect::Joined {
+                into_running: false,
+                ..
             }]
-        );
+        ));
         assert_eq!(s.status, Status::WaitForFormat);
         s.apply(&join(2, 7001, &fresh));
         let fx = s.apply(&format(3));

@@ -32,7 +32,8 @@ async fn lookup(
     tag: &[u8],
     snapid: u32,
 ) -> Result<Lookup, (SdRes, Lookup)> {
-    let inuse = sheep.state.lock().unwrap().vdis.inuse.clone();
+    let view = sheep.view();
+    let inuse = &view.vdis.inuse;
     let mut left = sd_hash_vdi(name);
     if left == 0 {
         left = 1;
@@ -130,7 +131,7 @@ pub struct WorkDone {
 pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> WorkDone {
     let mut rsp = SdRsp::for_req(req, SdRes::SUCCESS);
     let mut data = Vec::new();
-    let locking = sheep.view().flags & cluster_flag::USE_LOCK != 0;
+    let locking = sheep.view().config.flags & cluster_flag::USE_LOCK != 0;
     let me = sheep.this.nid;
     let nid_bytes = || {
         let mut b = vec![0u8; NODE_ID_SIZE];
@@ -146,11 +147,10 @@ pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> WorkDone {
             Err(e) => Err(e),
             Ok(()) if !locking => Ok(None),
             Ok(()) => {
-                let can = sheep.state.lock().unwrap().vdis.can_lock(
-                    rsp.vdi_id(),
-                    req.vdi().lock_type,
-                    &me,
-                );
+                let can = sheep
+                    .view()
+                    .vdis
+                    .can_lock(rsp.vdi_id(), req.vdi().lock_type, &me);
                 if can {
                     Ok(Some(nid_bytes()))
                 } else {
@@ -164,7 +164,7 @@ pub async fn work(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> WorkDone {
             .map(|_| Some(Vec::new())),
         op::GET_VDI_ATTR => vdi_attr(sheep, req, payload, &mut rsp).await.map(|_| None),
         op::FORCE_RECOVER => {
-            let st = sheep.state.lock().unwrap();
+            let st = sheep.view();
             if st.status != Status::WaitForJoin {
                 Err(SdRes::FORCE_RECOVER)
             } else {
@@ -273,7 +273,7 @@ async fn vdi_info(
     rsp: &mut SdRsp,
 ) -> Result<(), SdRes> {
     let found = lookup_request(sheep, req, payload).await?;
-    let (copies, _) = sheep.state.lock().unwrap().vdi_redundancy(found.vid);
+    let (copies, _) = sheep.view().vdi_redundancy(found.vid);
     let shift = sheep
         .object_size(vid_to_data_oid(found.vid, 0))
         .trailing_zeros() as u8;
@@ -388,7 +388,7 @@ async fn new_vdi(
     if copies == 0 {
         (copies, policy) = match &base_h {
             Some(h) => (h.nr_copies, h.copy_policy),
-            None => (view.default_copies, view.default_policy),
+            None => (view.config.copies, view.config.copy_policy),
         };
     }
     if let Some((d, p)) = policy::decode(policy) {
@@ -399,7 +399,7 @@ async fn new_vdi(
     }
     let shift = match (&base_h, v.block_size_shift) {
         (Some(h), _) => h.block_size_shift,
-        (None, 0) => view.block_size_shift,
+        (None, 0) => view.config.block_size_shift,
         (None, s) => s,
     };
     if !(20..=31).contains(&shift) {
@@ -595,7 +595,7 @@ async fn remove_hyper_objects(sheep: &Arc<Sheep>, vid: u32) -> Result<(), SdRes>
 /// them) from being reused after a restart.
 async fn remove_dead_family(sheep: &Arc<Sheep>, deleting: u32) {
     let family: Vec<u32> = {
-        let st = sheep.state.lock().unwrap();
+        let st = sheep.view();
         let parent = |v: u32| st.vdis.states.get(&v).map_or(0, |s| s.parent_vid);
         let root_of = |mut v: u32| {
             for _ in 0..SD_NR_VDIS {
@@ -719,18 +719,13 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
         );
         return;
     };
-    let mut st = sheep.state.lock().unwrap();
-    for c in states.chunks_exact(VDI_STATE_SIZE) {
-        if let Some(s) = VdiState::decode(c) {
-            st.vdis.add(s);
-        }
-    }
-    if let Some(b) = inuse {
-        st.vdis.inuse.merge_bytes(&b);
-    }
-    if let Some(b) = deleted {
-        st.vdis.deleted.merge_bytes(&b);
-    }
+    let states = states
+        .chunks_exact(VDI_STATE_SIZE)
+        .filter_map(VdiState::decode)
+        .collect();
+    sheep
+        .core
+        .merge_vdis(states, inuse.as_deref(), deleted.as_deref());
 }
 
 /// Members and creation time of `epoch`: from our epoch file, else from
@@ -739,8 +734,8 @@ pub async fn epoch_nodes(sheep: &Arc<Sheep>, epoch: u32) -> Option<(Vec<SdNode>,
     if let Ok(Some(e)) = sheep.store.read_epoch(epoch) {
         return Some(e);
     }
-    let nodes = sheep.state.lock().unwrap().nodes();
-    for n in nodes.iter().filter(|n| n.nid != sheep.this.nid) {
+    let view = sheep.view();
+    for n in view.nodes.iter().filter(|n| n.nid != sheep.this.nid) {
         let Some(mut c) = connect_peer(n).await else {
             continue;
         };

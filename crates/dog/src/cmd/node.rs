@@ -190,6 +190,51 @@ pub async fn recovery_info(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
+/// `node worker`: the background workers of the target node (recovery,
+/// reclaim, VDI sync...), their state and progress. Raw: `name state done
+/// total errors` per line.
+pub async fn worker(ctx: &mut Ctx) -> Res<()> {
+    let mut req = SdReq::new(op::WORKER_STATUS);
+    req.data_length = (64 * WORKER_RECORD_SIZE) as u32;
+    let target = ctx.target();
+    let data = match ctx.net.exec(target, &req, &[]).await {
+        Ok((rsp, data)) if rsp.result.is_success() => data,
+        Ok((rsp, _)) => {
+            err!("Failed to get the workers: {}", rsp.result);
+            return Err(End::Exit(1));
+        }
+        Err(_) => return Err(End::Ret(2)),
+    };
+    if !ctx.opts.raw {
+        out!("  Name              State           Done      Total   Errors\n");
+    }
+    for r in data
+        .chunks_exact(WORKER_RECORD_SIZE)
+        .filter_map(WorkerRecord::decode)
+    {
+        let state = match r.state {
+            worker_state::IDLE => "idle",
+            worker_state::BUSY => "busy",
+            worker_state::THROTTLED => "throttled",
+            _ => "unknown",
+        };
+        if ctx.opts.raw {
+            let name = r.name.replace(' ', "_");
+            out!("{name} {state} {} {} {}\n", r.done, r.total, r.errors);
+        } else {
+            out!(
+                "  {:<18}{:<12}{:>8}{:>11}{:>9}\n",
+                r.name,
+                state,
+                r.done,
+                r.total,
+                r.errors
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The target's recovery state for `-P`: any failure ends with 2.
 async fn progress_state(ctx: &mut Ctx, to: std::net::SocketAddr) -> Res<RecoveryState> {
     recovery_state(ctx, to).await.map_err(|e| {
