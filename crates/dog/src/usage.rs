@@ -11,6 +11,12 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").replace('-', "_")
 }
 
+/// The subcommands the original's listings show (not this project's
+/// additions, so those listings stay byte-identical).
+fn listed(subs: &[Sub]) -> impl Iterator<Item = &Sub> {
+    subs.iter().filter(|s| s.flags & crate::cmdtab::EXT == 0)
+}
+
 /// The main usage (`dog`, `dog -h`, `dog help`), on stdout.
 pub fn main_usage() {
     out!(
@@ -18,7 +24,7 @@ pub fn main_usage() {
         version()
     );
     for c in COMMANDS {
-        for s in c.subs {
+        for s in listed(c.subs) {
             out!("  {:<24}{}\n", format!("{} {}", c.name, s.name), s.desc);
         }
     }
@@ -33,7 +39,7 @@ pub fn try_help() {
 /// `Available <cmd> commands:` and the list of its subcommands (stderr).
 pub fn available_commands(c: &Command) {
     err!("Available {} commands:", c.name);
-    for s in c.subs.iter().filter(|s| s.flags & crate::cmdtab::EXT == 0) {
+    for s in listed(c.subs) {
         err!("  {} {}", c.name, s.name);
     }
 }

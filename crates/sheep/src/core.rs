@@ -156,12 +156,12 @@ impl ClusterCore {
         self.state.lock().unwrap().apply(d)
     }
 
-    /// Publishes the state as it is now.
+    /// Publishes the state as it is now. Built and stored under the
+    /// state's lock, so two publishers can never store their views in the
+    /// opposite order of the states they saw.
     pub fn publish(&self) {
-        let view = {
-            let st = self.state.lock().unwrap();
-            Arc::new(ClusterView::of(&st, self.suspended.load(Ordering::SeqCst)))
-        };
+        let st = self.state.lock().unwrap();
+        let view = Arc::new(ClusterView::of(&st, self.suspended.load(Ordering::SeqCst)));
         self.current.store(view.clone());
         self.changes.send_replace(view);
     }

@@ -199,7 +199,7 @@ impl Sheep {
                     // Joining a cluster that ran without us: what we
                     // hold may have missed writes, so it only serves as
                     // stale copies until recovery brings current ones.
-                    if my_epoch != 0 && (into_running || my_epoch + 1 < cluster_epoch) {
+                    if crate::recovery::retires_on_join(my_epoch, cluster_epoch, into_running) {
                         for k in self.store.list()? {
                             self.store.move_to_stale(&k, my_epoch)?;
                         }
@@ -247,15 +247,21 @@ impl Sheep {
                         .store
                         .read_epoch(epoch)?
                         .is_some_and(|(n, _)| ids(&n) == ids(&nodes));
+                    if recover {
+                        // Retire what the new placement takes away before
+                        // the epoch is on disk: a crash in between must
+                        // not leave a copy that missed this epoch's writes
+                        // looking current through it.
+                        let generation = self.recovery.start(epoch);
+                        let ring = Arc::new(sd_ring::Ring::new(&nodes));
+                        crate::recovery::mark(self, epoch, &ring, generation).await?;
+                    } else {
+                        self.recovery.nothing_to_recover(epoch);
+                    }
                     if !same {
                         self.store.write_epoch(epoch, &nodes, time)?;
                     }
                     tracing::info!("epoch {epoch}: {} nodes", nodes.len());
-                    if recover {
-                        self.recovery.start(epoch);
-                    } else {
-                        self.recovery.nothing_to_recover(epoch);
-                    }
                 }
             }
             Effect::RecoveryGathered(epoch) => {

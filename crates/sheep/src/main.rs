@@ -14,6 +14,8 @@ mod opts;
 mod peer;
 mod recovery;
 mod server;
+#[cfg(test)]
+mod sim;
 mod state;
 mod vdi;
 mod worker;

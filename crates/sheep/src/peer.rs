@@ -204,15 +204,14 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         let st = &s.store;
         match req.opcode {
             op::READ_PEER if recovery_read => {
-                if st.exists(&key) {
-                    let sz = st.size(&key)?;
-                    st.read(&key, 0, sz.min(req.data_length as u64) as usize)
-                } else {
-                    let ep = st
-                        .newest_stale(&key, stale_floor(req.flags, o.tgt_epoch))
-                        .ok_or(sd_store::StoreError::NoObj)?;
-                    let all = st.read_stale(&key, ep, 0, req.data_length as usize)?;
-                    Ok(all)
+                use crate::recovery::{recovery_source, Source};
+                match recovery_source(st, &key, req.flags, o.tgt_epoch) {
+                    Some(Source::Working) => {
+                        let sz = st.size(&key)?;
+                        st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+                    }
+                    Some(Source::Stale(ep)) => st.read_stale(&key, ep, 0, req.data_length as usize),
+                    None => Err(sd_store::StoreError::NoObj),
                 }
             }
             op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
@@ -247,16 +246,6 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply(&req, e.res())
         }
         Err(_) => reply(&req, SdRes::EIO),
-    }
-}
-
-/// The oldest stale copy a recovery read of `tgt_epoch` may be served: a
-/// copy retired before that epoch may miss writes of it; a wildcard read
-/// takes any.
-pub fn stale_floor(flags: u16, tgt_epoch: u32) -> u32 {
-    match flags & flag::CMD_WILDCARD {
-        0 => tgt_epoch,
-        _ => 0,
     }
 }
 

@@ -127,7 +127,8 @@ impl Recovery {
 
     /// Starts (or restarts) recovery for `epoch`: the worker drops any
     /// pass of an older generation at its next step and begins this one.
-    pub fn start(&self, epoch: u32) {
+    /// The pass's generation.
+    pub fn start(&self, epoch: u32) -> u64 {
         {
             let mut i = self.inner.lock().unwrap();
             i.epoch = epoch;
@@ -142,6 +143,7 @@ impl Recovery {
             }
         }
         self.requested.notify_one();
+        self.inner.lock().unwrap().generation
     }
 
     /// The pass asked for last: (epoch, generation), if one was asked for.
@@ -224,6 +226,83 @@ impl Recovery {
             inflight.remove(&oid);
         }
     }
+}
+
+/// What a node knows of its copies of one file: enough to decide which
+/// copy a recovery read is served (the store, or a simulated one).
+pub trait CopyIndex {
+    fn has_working(&self, k: &ObjKey) -> bool;
+    /// The newest stale copy's epoch if it is `since` or later.
+    fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32>;
+}
+
+impl CopyIndex for sd_store::Store {
+    fn has_working(&self, k: &ObjKey) -> bool {
+        self.exists(k)
+    }
+    fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
+        sd_store::Store::newest_stale(self, k, since)
+    }
+}
+
+/// A copy a node serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Working,
+    /// The stale copy retired with this epoch (current through it).
+    Stale(u32),
+}
+
+/// The copy of `k` a recovery read of `tgt_epoch` is served: the working
+/// copy, else the newest stale copy that was current through `tgt_epoch`
+/// (any stale copy for a wildcard read).
+pub fn recovery_source(
+    copies: &impl CopyIndex,
+    k: &ObjKey,
+    flags: u16,
+    tgt_epoch: u32,
+) -> Option<Source> {
+    if copies.has_working(k) {
+        return Some(Source::Working);
+    }
+    let floor = match flags & flag::CMD_WILDCARD {
+        0 => tgt_epoch,
+        _ => 0,
+    };
+    copies.newest_stale(k, floor).map(Source::Stale)
+}
+
+/// The nodes to ask, in order, for the file at position `strip` (None:
+/// any replica) of `oid` as it was in an epoch whose ring was `ring`:
+/// those still alive, and this node `me` itself. (Skipping our own stale
+/// copy of that epoch would let an older epoch's holder answer with a
+/// copy that missed the writes of this one.)
+pub fn epoch_candidates(
+    ring: &Ring,
+    oid: u64,
+    copies: usize,
+    strip: Option<usize>,
+    me: &NodeId,
+    alive: impl Fn(&SdNode) -> bool,
+) -> Vec<SdNode> {
+    let targets = ring.targets(oid, copies);
+    let candidates: Vec<&SdNode> = match strip {
+        // A strip lives at its index only.
+        Some(i) => targets.get(i).copied().into_iter().collect(),
+        None => targets,
+    };
+    candidates
+        .into_iter()
+        .filter(|n| n.nid == *me || alive(n))
+        .copied()
+        .collect()
+}
+
+/// Whether a node joining at `cluster_epoch`, whose own latest epoch is
+/// `my_epoch`, must retire everything it holds to stale copies: when the
+/// cluster ran without it, what it holds may have missed writes.
+pub fn retires_on_join(my_epoch: u32, cluster_epoch: u32, into_running: bool) -> bool {
+    my_epoch != 0 && (into_running || my_epoch + 1 < cluster_epoch)
 }
 
 /// Whether this node should keep the local file `k` under `ring`.
@@ -321,11 +400,10 @@ async fn read_peer(
         // Our own working file or stale copy (e.g. a strip we held at
         // another index before).
         let st = &sheep.store;
-        if st.exists(key) {
-            return st.read_all(key).ok();
-        }
-        let e = st.newest_stale(key, crate::peer::stale_floor(flags, tgt_epoch))?;
-        return st.read_stale(key, e, 0, r.data_length as usize).ok();
+        return match recovery_source(st, key, flags, tgt_epoch)? {
+            Source::Working => st.read_all(key).ok(),
+            Source::Stale(e) => st.read_stale(key, e, 0, r.data_length as usize).ok(),
+        };
     }
     let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
     (rsp.result == SdRes::SUCCESS).then_some(data)
@@ -340,24 +418,16 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
     let copies = sheep.copies_of(oid);
     let alive: Vec<SdNode> = sheep.view().nodes.clone();
     let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
-    // Newest epoch first, this node included: the first copy found was
-    // current through the newest epoch any surviving copy was. (Skipping
-    // our own stale copy of epoch e would let an older epoch's holder
-    // answer with a copy that missed the writes of e.)
-    let holds = |n: &SdNode| n.nid == sheep.this.nid || is_alive(n);
+    // Newest epoch first: the first copy found was current through the
+    // newest epoch any surviving copy was.
     for e in (1..epoch).rev() {
         let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
             continue;
         };
+        let strip = key.ec_index.map(|_| idx);
         let ring = Ring::new(&nodes);
-        let targets = ring.targets(oid, copies);
-        let candidates: Vec<&SdNode> = match key.ec_index {
-            // A strip lives at its index only.
-            Some(_) => targets.get(idx).copied().into_iter().collect(),
-            None => targets,
-        };
-        for t in candidates.into_iter().filter(|t| holds(t)) {
-            if let Some(d) = read_peer(sheep, t, key, e, 0).await {
+        for t in epoch_candidates(&ring, oid, copies, strip, &sheep.this.nid, is_alive) {
+            if let Some(d) = read_peer(sheep, &t, key, e, 0).await {
                 return Some(d);
             }
         }
@@ -657,6 +727,52 @@ fn pause(sheep: &Sheep, started: Instant, since_pause: &mut u32) -> WorkerState 
     }
 }
 
+/// Retires the objects this node stopped holding in any epoch since the
+/// last marking, up to `epoch` (whose ring is `ring`): such copies may
+/// miss writes and must not be served as current. The daemon marks a new
+/// epoch before it records the epoch's file, so after a crash every
+/// working copy is current through the newest epoch file (the tag a
+/// joining node gives what it retires). False if the pass `generation`
+/// was superseded meanwhile.
+pub async fn mark(
+    sheep: &Arc<Sheep>,
+    epoch: u32,
+    ring: &Arc<Ring>,
+    generation: u64,
+) -> anyhow::Result<bool> {
+    let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;
+    for e in from..=epoch {
+        let ring = match e == epoch {
+            true => ring.clone(),
+            false => match crate::vdi::epoch_nodes(sheep, e).await {
+                Some((n, _)) => Arc::new(Ring::new(&n)),
+                None => continue,
+            },
+        };
+        // Exclusive: every store decided under an older placement has
+        // landed (and is retired here) or will see the newer epoch.
+        let _exclusive = sheep.recovery.placement.write().await;
+        if !sheep.recovery.current(generation) {
+            return Ok(false);
+        }
+        let s = sheep.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for k in s.store.list()? {
+                if !keeps(&s, &ring, &k) {
+                    s.store.move_to_stale(&k, e - 1)?;
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        let mut i = sheep.recovery.inner.lock().unwrap();
+        if i.generation == generation {
+            i.marked_epoch = i.marked_epoch.max(e);
+        }
+    }
+    Ok(true)
+}
+
 /// Prepares the pass of `epoch`: retires what this node stopped holding,
 /// then lists the objects it must hold and lacks. None if a newer pass
 /// superseded this one meanwhile.
@@ -682,37 +798,8 @@ async fn prepare(
         }
         sheep.recovery.inner.lock().unwrap().vdis_synced = true;
     }
-    // Retire objects this node stopped holding in any epoch since the
-    // last marking: such copies may miss writes and must not be served.
-    let from = sheep.recovery.inner.lock().unwrap().marked_epoch + 1;
-    for e in from..=epoch {
-        let ring = match e == epoch {
-            true => view.ring.clone(),
-            false => match crate::vdi::epoch_nodes(sheep, e).await {
-                Some((n, _)) => Arc::new(Ring::new(&n)),
-                None => continue,
-            },
-        };
-        // Exclusive: every store decided under an older placement has
-        // landed (and is retired here) or will see the newer epoch.
-        let _exclusive = sheep.recovery.placement.write().await;
-        if !sheep.recovery.current(generation) {
-            return Ok(None);
-        }
-        let s = sheep.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            for k in s.store.list()? {
-                if !keeps(&s, &ring, &k) {
-                    s.store.move_to_stale(&k, e - 1)?;
-                }
-            }
-            Ok(())
-        })
-        .await??;
-        let mut i = sheep.recovery.inner.lock().unwrap();
-        if i.generation == generation {
-            i.marked_epoch = i.marked_epoch.max(e);
-        }
+    if !mark(sheep, epoch, &view.ring, generation).await? {
+        return Ok(None);
     }
 
     for n in view.ring.nodes().iter().filter(|n| !n.is_gateway()) {
