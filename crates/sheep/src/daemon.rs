@@ -188,28 +188,29 @@ impl Sheep {
     async fn execute_one(self: &Arc<Self>, f: Effect) -> anyhow::Result<()> {
         match f {
             Effect::Joined {
-                into_running,
                 config,
                 history,
                 epoch: cluster_epoch,
             } => {
                 let cfg = self.persisted_config(&config);
-                let my_epoch = self.store.latest_epoch()?;
                 if cfg.ctime != 0 {
-                    // Joining a cluster that ran without us: what we
-                    // hold may have missed writes, so it only serves as
-                    // stale copies until recovery brings current ones.
-                    if crate::recovery::retires_on_join(my_epoch, cluster_epoch, into_running) {
-                        for k in self.store.list()? {
-                            self.store.move_to_stale(&k, my_epoch)?;
-                        }
-                    }
                     self.store.write_config(&cfg)?;
-                    for (e, nodes, t) in &history {
+                    // The current epoch's file is written by its NewEpoch,
+                    // once what it takes away has been retired.
+                    for (e, nodes, t) in history.iter().filter(|h| h.0 < cluster_epoch) {
                         self.store.write_epoch(*e, nodes, *t)?;
                     }
                 }
                 tracing::info!("joined the cluster at epoch {cluster_epoch}");
+            }
+            Effect::Retire { epoch } => {
+                // What we hold only serves as stale copies until recovery
+                // brings current ones.
+                let n = self.store.list()?.len();
+                for k in self.store.list()? {
+                    self.store.move_to_stale(&k, epoch)?;
+                }
+                tracing::info!("the cluster ran past our epoch {epoch}: retired {n} objects");
             }
             Effect::JoinRefused(r) => {
                 tracing::error!("the cluster refused our join: {}", r.describe());
@@ -333,15 +334,18 @@ impl Sheep {
     async fn apply_stream(self: &Arc<Self>, rx: &mut mpsc::UnboundedReceiver<Delivered>) {
         while let Some(d) = rx.recv().await {
             let seq = d.seq;
-            let mut fx = self.core.apply(&d);
+            let fx = self.core.apply(&d);
             // Our own join retires what we hold to stale copies before the
             // new view is published: no peer may read it as current.
-            let joined = fx.iter().position(|f| matches!(f, Effect::Joined { .. }));
-            if let Some(i) = joined {
-                self.execute(vec![fx.remove(i)]).await;
-            }
+            // (So does a node whose copies the resumed cluster outran.)
+            let joined = fx.iter().any(|f| matches!(f, Effect::Joined { .. }));
+            let (first, rest): (Vec<Effect>, Vec<Effect>) = fx
+                .into_iter()
+                .partition(|f| matches!(f, Effect::Joined { .. } | Effect::Retire { .. }));
+            self.execute(first).await;
+            let fx = rest;
             self.core.publish();
-            if joined.is_some() {
+            if joined {
                 // Placement needs every VDI's redundancy: learn the VDIs
                 // whose inodes only others hold.
                 for n in self.view().nodes.iter().filter(|n| n.nid != self.this.nid) {

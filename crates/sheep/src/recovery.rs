@@ -272,30 +272,29 @@ pub fn recovery_source(
     copies.newest_stale(k, floor).map(Source::Stale)
 }
 
-/// The nodes to ask, in order, for the file at position `strip` (None:
-/// any replica) of `oid` as it was in an epoch whose ring was `ring`:
-/// those still alive, and this node `me` itself. (Skipping our own stale
-/// copy of that epoch would let an older epoch's holder answer with a
-/// copy that missed the writes of this one.)
-pub fn epoch_candidates(
-    ring: &Ring,
-    oid: u64,
-    copies: usize,
-    strip: Option<usize>,
-    me: &NodeId,
-    alive: impl Fn(&SdNode) -> bool,
-) -> Vec<SdNode> {
+/// The holders of the file at position `strip` (None: any replica) of
+/// `oid` in an epoch whose ring was `ring`, in the order to ask them.
+/// This node itself is one of them when it was a holder: skipping our own
+/// stale copy of that epoch would let an older epoch's holder answer with
+/// a copy that missed the writes of this one.
+pub fn epoch_holders(ring: &Ring, oid: u64, copies: usize, strip: Option<usize>) -> Vec<SdNode> {
     let targets = ring.targets(oid, copies);
-    let candidates: Vec<&SdNode> = match strip {
+    let holders: Vec<&SdNode> = match strip {
         // A strip lives at its index only.
         Some(i) => targets.get(i).copied().into_iter().collect(),
         None => targets,
     };
-    candidates
-        .into_iter()
-        .filter(|n| n.nid == *me || alive(n))
-        .copied()
-        .collect()
+    holders.into_iter().copied().collect()
+}
+
+/// Whether recovery, having found no copy among an epoch's holders, may
+/// take an older epoch's copy: only if one of them answered that it has
+/// none (a write of that epoch reached every holder, so it would have
+/// it). A holder that did not answer (dead, partitioned, behind) may hold
+/// the newest copy: then the object waits for it rather than come back
+/// older than acknowledged.
+pub fn may_walk_older(absent: usize, silent: usize) -> bool {
+    absent > 0 || silent == 0
 }
 
 /// Whether a node joining at `cluster_epoch`, whose own latest epoch is
@@ -377,6 +376,16 @@ fn finish(rec: &Recovery, oid: u64, generation: u64) {
     }
 }
 
+/// What a recovery read got from one node.
+pub enum Fetched<T> {
+    Data(T),
+    /// The node answered that it has no copy that qualifies.
+    Absent,
+    /// The node did not answer (down, partitioned, behind this epoch): it
+    /// may hold the newest copy, so nothing older may be taken instead.
+    Unreachable,
+}
+
 /// A recovery read of file `key` (strip `key.ec_index` for EC objects)
 /// from `node` as of `tgt_epoch`.
 async fn read_peer(
@@ -385,7 +394,7 @@ async fn read_peer(
     key: &ObjKey,
     tgt_epoch: u32,
     flags: u16,
-) -> Option<Vec<u8>> {
+) -> Fetched<Vec<u8>> {
     let mut r = SdReq::new(op::READ_PEER);
     r.flags = flag::CMD_RECOVERY | flags;
     r.epoch = sheep.epoch();
@@ -400,13 +409,19 @@ async fn read_peer(
         // Our own working file or stale copy (e.g. a strip we held at
         // another index before).
         let st = &sheep.store;
-        return match recovery_source(st, key, flags, tgt_epoch)? {
-            Source::Working => st.read_all(key).ok(),
-            Source::Stale(e) => st.read_stale(key, e, 0, r.data_length as usize).ok(),
+        let read = match recovery_source(st, key, flags, tgt_epoch) {
+            None => return Fetched::Absent,
+            Some(Source::Working) => st.read_all(key),
+            Some(Source::Stale(e)) => st.read_stale(key, e, 0, r.data_length as usize),
         };
+        return read.map_or(Fetched::Unreachable, Fetched::Data);
     }
     let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
-    (rsp.result == SdRes::SUCCESS).then_some(data)
+    match rsp.result {
+        SdRes::SUCCESS => Fetched::Data(data),
+        SdRes::NO_OBJ => Fetched::Absent,
+        _ => Fetched::Unreachable,
+    }
 }
 
 /// Walks back through the epochs' rings asking the node that held this
@@ -426,10 +441,21 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
         };
         let strip = key.ec_index.map(|_| idx);
         let ring = Ring::new(&nodes);
-        for t in epoch_candidates(&ring, oid, copies, strip, &sheep.this.nid, is_alive) {
-            if let Some(d) = read_peer(sheep, &t, key, e, 0).await {
-                return Some(d);
+        let (mut absent, mut silent) = (0, 0);
+        for t in epoch_holders(&ring, oid, copies, strip) {
+            if t.nid != sheep.this.nid && !is_alive(&t) {
+                silent += 1;
+                continue;
             }
+            match read_peer(sheep, &t, key, e, 0).await {
+                Fetched::Data(d) => return Some(d),
+                Fetched::Absent => absent += 1,
+                Fetched::Unreachable => silent += 1,
+            }
+        }
+        if !may_walk_older(absent, silent) {
+            tracing::warn!("object {oid:016x}: no holder of epoch {e} answers; waiting for one");
+            return None;
         }
     }
     if let (Some(j), Some(codec)) = (key.ec_index, sheep.ec_codec(oid, 0)) {
@@ -438,21 +464,18 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
         }
     }
     for n in alive.iter().filter(|n| is_alive(n)) {
-        if let Some(d) = read_peer(sheep, n, key, epoch.saturating_sub(1), flag::CMD_WILDCARD).await
-        {
+        let e = epoch.saturating_sub(1);
+        if let Fetched::Data(d) = read_peer(sheep, n, key, e, flag::CMD_WILDCARD).await {
             return Some(d);
         }
     }
     // Last resort: our own stale copy (better than nothing when it is the
     // only one left).
-    read_peer(
-        sheep,
-        &sheep.this,
-        key,
-        epoch.saturating_sub(1),
-        flag::CMD_WILDCARD,
-    )
-    .await
+    let e = epoch.saturating_sub(1);
+    match read_peer(sheep, &sheep.this, key, e, flag::CMD_WILDCARD).await {
+        Fetched::Data(d) => Some(d),
+        _ => None,
+    }
 }
 
 /// Rebuilds strip `j` of an EC object from `d` other strips: strip `k` is
@@ -481,7 +504,7 @@ async fn rebuild_strip(
                 oid,
                 ec_index: Some(k as u8),
             };
-            if let Some(d) = read_peer(sheep, t, &key, e, flag::CMD_WILDCARD).await {
+            if let Fetched::Data(d) = read_peer(sheep, t, &key, e, flag::CMD_WILDCARD).await {
                 if present.first().is_none_or(|p| p.1.len() == d.len()) {
                     present.push((k, d));
                 }

@@ -24,7 +24,7 @@
 //! one atomic step), the disks (generation numbers, not bytes) and the
 //! VDI layer (one VDI's objects, cluster-default redundancy).
 
-use crate::recovery::{epoch_candidates, recovery_source, retires_on_join, CopyIndex, Source};
+use crate::recovery::{epoch_holders, may_walk_older, recovery_source, CopyIndex, Fetched, Source};
 use crate::state::{ClusterState, Effect, JoinInfo, OpMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -160,6 +160,9 @@ pub struct Sim {
     pub recovered: u64,
     /// Print every event (SIM_TRACE=1), to follow a failing seed.
     trace: bool,
+    /// With the trace: the object whose copies are shown after each event
+    /// (SIM_FOCUS=<oid in hex>).
+    focus: Option<u64>,
 }
 
 impl Sim {
@@ -183,12 +186,33 @@ impl Sim {
             faults_done: 0,
             recovered: 0,
             trace: std::env::var_os("SIM_TRACE").is_some(),
+            focus: std::env::var("SIM_FOCUS")
+                .ok()
+                .and_then(|h| u64::from_str_radix(&h, 16).ok()),
         }
     }
 
     fn note(&mut self, what: impl std::fmt::Display) {
         if self.trace {
             eprintln!("[{}] {what}", self.step);
+            if let Some(o) = self.focus {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let st: Vec<String> = n
+                        .disk
+                        .stale
+                        .iter()
+                        .filter(|((x, _), _)| *x == o)
+                        .map(|((_, e), g)| format!("{g}@{e}"))
+                        .collect();
+                    let ep = n.proc.as_ref().map(|p| p.state.epoch);
+                    eprintln!(
+                        "      n{i} {:?} ep {ep:?} file {} working {:?} stale {st:?}",
+                        n.proc.is_some(),
+                        n.disk.latest_epoch(),
+                        n.disk.working.get(&o)
+                    );
+                }
+            }
         }
         for b in what.to_string().bytes().chain([b'\n']) {
             self.hash = (self.hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
@@ -379,21 +403,19 @@ impl Sim {
         let p = n.proc.as_mut().unwrap();
         match f {
             Effect::Joined {
-                into_running,
                 config,
                 history,
                 epoch,
             } if config.ctime != 0 => {
-                let mine = n.disk.latest_epoch();
-                if retires_on_join(mine, epoch, into_running) {
-                    let all: Vec<u64> = n.disk.working.keys().copied().collect();
-                    for o in all {
-                        n.disk.retire(o, mine);
-                    }
-                }
                 n.disk.config = config;
-                for (e, nodes, _) in history {
+                for (e, nodes, _) in history.into_iter().filter(|h| h.0 < epoch) {
                     n.disk.epochs.insert(e, nodes);
+                }
+            }
+            Effect::Retire { epoch } => {
+                let all: Vec<u64> = n.disk.working.keys().copied().collect();
+                for o in all {
+                    n.disk.retire(o, epoch);
                 }
             }
             Effect::Formatted if p.state.joined => {
@@ -603,7 +625,6 @@ impl Sim {
         if self.nodes[i].disk.working.contains_key(&o) {
             return true;
         }
-        let me = self.nodes[i].node.nid;
         let epoch = self.nodes[i].proc.as_ref().unwrap().state.epoch;
         let mut found = None;
         'walk: for e in (1..epoch).rev() {
@@ -611,23 +632,36 @@ impl Sim {
                 continue;
             };
             let ring = self.ring(&members);
-            let alive = |n: &SdNode| self.index_of(&n.nid).is_some_and(|j| self.answers(i, j));
-            for t in epoch_candidates(&ring, o, self.copies, None, &me, alive) {
+            let (mut absent, mut silent) = (0, 0);
+            for t in epoch_holders(&ring, o, self.copies, None) {
                 let j = self.index_of(&t.nid).unwrap();
-                if let Some(g) = self.nodes[j].disk.serve(o, 0, e) {
-                    found = Some(g);
-                    break 'walk;
+                if j != i && !self.answers(i, j) {
+                    silent += 1;
+                    continue;
                 }
+                match self.recovery_read(i, j, o, 0, e) {
+                    Fetched::Data(g) => {
+                        found = Some(g);
+                        break 'walk;
+                    }
+                    Fetched::Absent => absent += 1,
+                    Fetched::Unreachable => silent += 1,
+                }
+            }
+            if !may_walk_older(absent, silent) {
+                return false;
             }
         }
         if found.is_none() {
             let others: Vec<usize> = (0..self.nodes.len())
                 .filter(|&j| j != i && self.answers(i, j))
                 .collect();
-            found = others
-                .into_iter()
-                .chain([i])
-                .find_map(|j| self.nodes[j].disk.serve(o, flag::CMD_WILDCARD, 0));
+            found = others.into_iter().chain([i]).find_map(|j| {
+                match self.recovery_read(i, j, o, flag::CMD_WILDCARD, 0) {
+                    Fetched::Data(g) => Some(g),
+                    _ => None,
+                }
+            });
         }
         match found {
             Some(g) => {
@@ -637,6 +671,27 @@ impl Sim {
                 true
             }
             None => false,
+        }
+    }
+
+    /// A recovery read by node `i` of `o` at node `j`: as the daemon's
+    /// epoch rule has it, a node behind the asker's epoch does not answer
+    /// (yet).
+    fn recovery_read(
+        &self,
+        i: usize,
+        j: usize,
+        o: u64,
+        flags: u16,
+        tgt_epoch: u32,
+    ) -> Fetched<u64> {
+        let epoch = |k: usize| self.nodes[k].proc.as_ref().map_or(0, |p| p.state.epoch);
+        if j != i && epoch(j) < epoch(i) {
+            return Fetched::Unreachable;
+        }
+        match self.nodes[j].disk.serve(o, flags, tgt_epoch) {
+            Some(g) => Fetched::Data(g),
+            None => Fetched::Absent,
         }
     }
 

@@ -153,16 +153,18 @@ impl NewVdiOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Our own JOIN was accepted; persist the cluster's config and the
-    /// epochs of this stream. `into_running`: the cluster was serving
-    /// without us, so anything we hold may have missed writes.
+    /// epochs of this stream (before `epoch`, the one we joined at).
     Joined {
-        into_running: bool,
         config: SheepdogConfig,
         history: Vec<(u32, Vec<SdNode>, u64)>,
         epoch: u32,
     },
     /// Our own JOIN was refused.
     JoinRefused(SdRes),
+    /// What we hold may have missed writes (the cluster ran, or resumes,
+    /// past our latest epoch `epoch`): retire every working copy to a
+    /// stale copy current through `epoch`, before the new view is served.
+    Retire { epoch: u32 },
     /// A new epoch began with these members.
     /// A new epoch began with these members; `recover` is false for the
     /// epoch a format creates (there is nothing to recover).
@@ -394,6 +396,9 @@ pub struct ClusterState {
     pub vdis: VdiTable,
     /// Position of the last applied event.
     pub applied: u64,
+    /// Our own latest epoch when we joined (formatted stores only), until
+    /// it has been judged against the epoch the cluster runs at.
+    my_join_epoch: Option<u32>,
 }
 
 impl ClusterState {
@@ -412,6 +417,7 @@ impl ClusterState {
             recovered: HashSet::new(),
             vdis: VdiTable::default(),
             applied: 0,
+            my_join_epoch: None,
         }
     }
 
@@ -517,6 +523,9 @@ impl ClusterState {
     fn apply_join(&mut self, m: Member, info: JoinInfo, time: u64, fx: &mut Vec<Effect>) {
         let is_me = m.node.nid == self.me && self.my_incarnation.is_none_or(|i| i == m.incarnation);
         let into_running = self.status == Status::Ok && !self.members.is_empty();
+        if is_me && info.config.ctime != 0 && info.epoch != 0 {
+            self.my_join_epoch = Some(info.epoch);
+        }
         let refuse = |st: &mut Self, fx: &mut Vec<Effect>, r: SdRes| {
             if is_me {
                 fx.push(Effect::JoinRefused(r));
@@ -578,8 +587,12 @@ impl ClusterState {
         }
         if is_me {
             self.joined = true;
+            if into_running {
+                if let Some(r) = self.judge_my_copies(self.epoch, true) {
+                    fx.insert(0, r);
+                }
+            }
             let joined = Effect::Joined {
-                into_running,
                 config: self.config.clone(),
                 history: self.history.clone(),
                 epoch: self.epoch,
@@ -595,7 +608,6 @@ impl ClusterState {
         if self.status != Status::WaitForJoin || !self.all_awaited_present() {
             return;
         }
-        self.status = Status::Ok;
         let same: bool = {
             let mut a: Vec<NodeId> = self.last_epoch_nodes.iter().map(|n| n.nid).collect();
             let mut b: Vec<NodeId> = self.members.iter().map(|m| m.node.nid).collect();
@@ -603,11 +615,32 @@ impl ClusterState {
             b.sort();
             a == b
         };
+        self.resume(same, time, fx);
+    }
+
+    /// The cluster runs again (at the last epoch if its members are all
+    /// back, else at a new one). A member whose own store stopped at an
+    /// older epoch than the one resumed missed writes: it retires what it
+    /// holds first.
+    fn resume(&mut self, same: bool, time: u64, fx: &mut Vec<Effect>) {
+        self.status = Status::Ok;
+        let resumed = if same { self.epoch } else { self.epoch + 1 };
+        if let Some(r) = self.judge_my_copies(resumed, false) {
+            fx.push(r);
+        }
         if same {
             self.enter_epoch(time, fx);
         } else {
             self.new_epoch(time, fx);
         }
+    }
+
+    /// Whether our own copies (of the store we joined with) must be
+    /// retired now that the cluster runs at `cluster_epoch`; judged once.
+    fn judge_my_copies(&mut self, cluster_epoch: u32, into_running: bool) -> Option<Effect> {
+        let mine = self.my_join_epoch.take()?;
+        crate::recovery::retires_on_join(mine, cluster_epoch, into_running)
+            .then_some(Effect::Retire { epoch: mine })
     }
 
     fn apply_op(&mut self, m: &OpMessage, time: u64, fx: &mut Vec<Effect>) {
@@ -659,8 +692,7 @@ impl ClusterState {
             }
             op::DISABLE_RECOVER => self.disable_recovery = true,
             op::FORCE_RECOVER if self.status == Status::WaitForJoin => {
-                self.status = Status::Ok;
-                self.new_epoch(time, fx);
+                self.resume(false, time, fx);
             }
             op::ALTER_CLUSTER_COPY => {
                 self.config.copies = m.req.cluster().copies;
@@ -821,13 +853,7 @@ mod tests {
         let mut s = ClusterState::new(node(7000).nid, Default::default());
         let fresh = JoinInfo::default();
         let fx = s.apply(&join(1, 7000, &fresh));
-        assert!(matches!(
-            &fx[..],
-            [Effect::Joined {
-                into_running: false,
-                ..
-            }]
-        ));
+        assert!(matches!(&fx[..], [Effect::Joined { .. }]));
         assert_eq!(s.status, Status::WaitForFormat);
         s.apply(&join(2, 7001, &fresh));
         let fx = s.apply(&format(3));
