@@ -182,6 +182,18 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             reply_data(&req, sheep.recovery.state(epoch).encode().to_vec())
         }
         op::GET_OBJ_LIST => {
+            // Listed only once this node has reached the asker's epoch:
+            // from then on no write of an older epoch can land here, so
+            // the list holds every object the asker may have to recover.
+            let asked = req.epoch;
+            if asked != 0
+                && (asked.wrapping_sub(sheep.epoch()) as i32) > 0
+                && !sheep
+                    .wait_epoch(asked, std::time::Duration::from_secs(10))
+                    .await
+            {
+                return reply(&req, SdRes::NEW_NODE_VER);
+            }
             let s = sheep.clone();
             let oids = tokio::task::spawn_blocking(move || -> Vec<u64> {
                 let mut v: Vec<u64> = s

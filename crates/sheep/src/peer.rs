@@ -151,6 +151,15 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return reply(&req, SdRes::OLD_NODE_VER);
     }
 
+    // Object I/O only once this node runs the cluster at this epoch: a
+    // node that has the epoch's number but has not applied the cluster's
+    // resumption yet has not retired what it missed, so nothing it holds
+    // may be served or changed (its sender retries).
+    if o.oid != 0 {
+        if let Some(r) = crate::server::refusal_after_catching_up(sheep).await {
+            return reply(&req, r);
+        }
+    }
     if sheep.opts.gateway {
         return reply(&req, SdRes::NO_OBJ);
     }

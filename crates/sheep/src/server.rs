@@ -197,7 +197,7 @@ pub enum Class {
 /// event already ordered (bounded to a second): a request sent right after
 /// `cluster format` through another node must not fail only because this
 /// node has not applied the format yet.
-async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
+pub async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
     let r = sheep.view().status.refusal()?;
     if r == SdRes::SHUTDOWN {
         return Some(r);

@@ -601,7 +601,10 @@ impl Sim {
             let Some(j) = self.index_of(&m.nid) else {
                 continue;
             };
-            if self.nodes[j].proc.is_none() {
+            // A member behind our epoch does not list yet (the daemon's
+            // object list waits for the asker's epoch).
+            let behind = |p: &Proc| p.state.epoch < epoch;
+            if self.nodes[j].proc.as_ref().is_none_or(behind) {
                 return Ok(());
             }
             let d = &self.nodes[j].disk;
@@ -613,6 +616,9 @@ impl Sim {
                 }
             }
         }
+        self.note(format_args!(
+            "node {i} prepared epoch {epoch}: wants {wanted:x?}"
+        ));
         let pass = self.nodes[i].proc.as_mut().unwrap().pass.as_mut().unwrap();
         pass.prepared = true;
         pass.queue = wanted.into_iter().collect();
@@ -686,7 +692,13 @@ impl Sim {
         tgt_epoch: u32,
     ) -> Fetched<u64> {
         let epoch = |k: usize| self.nodes[k].proc.as_ref().map_or(0, |p| p.state.epoch);
-        if j != i && epoch(j) < epoch(i) {
+        let running = |k: usize| {
+            self.nodes[k]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.state.status == crate::state::Status::Ok)
+        };
+        if j != i && (epoch(j) < epoch(i) || !running(j)) {
             return Fetched::Unreachable;
         }
         match self.nodes[j].disk.serve(o, flags, tgt_epoch) {
@@ -740,10 +752,11 @@ impl Sim {
             .map(|n| self.index_of(&n.nid).unwrap())
             .collect();
         let ready = t.iter().all(|&j| {
-            self.nodes[j]
-                .proc
-                .as_ref()
-                .is_some_and(|q| q.state.epoch == p.state.epoch && q.state.joined)
+            self.nodes[j].proc.as_ref().is_some_and(|q| {
+                q.state.epoch == p.state.epoch
+                    && q.state.joined
+                    && q.state.status == crate::state::Status::Ok
+            })
         });
         ready.then_some(t)
     }

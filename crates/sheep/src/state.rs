@@ -534,9 +534,14 @@ impl ClusterState {
         };
         if self.members.is_empty() {
             // First member of this stream: its own view seeds the cluster.
+            // A store that has a config but no epoch (it stopped between
+            // taking a cluster's config and its first epoch) knows no
+            // members to wait for: it waits like a clean one, and the
+            // first formatted node to join brings the cluster back.
             self.config = info.config.clone();
             self.members.clear();
-            if info.config.ctime == 0 {
+            if info.config.ctime == 0 || info.epoch == 0 {
+                self.config.ctime = 0;
                 self.status = Status::WaitForFormat;
                 self.epoch = 0;
                 self.insert_member(m);
