@@ -435,6 +435,7 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
     let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
     // Newest epoch first: the first copy found was current through the
     // newest epoch any surviving copy was.
+    let mut waiting = None;
     for e in (1..epoch).rev() {
         let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
             continue;
@@ -454,14 +455,19 @@ async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Opti
             }
         }
         if !may_walk_older(absent, silent) {
-            tracing::warn!("object {oid:016x}: no holder of epoch {e} answers; waiting for one");
-            return None;
+            waiting = Some(e);
+            break;
         }
     }
+    // A strip whose holder is gone is decoded from the others instead.
     if let (Some(j), Some(codec)) = (key.ec_index, sheep.ec_codec(oid, 0)) {
         if let Some(d) = rebuild_strip(sheep, &codec, oid, j as usize, epoch).await {
             return Some(d);
         }
+    }
+    if let Some(e) = waiting {
+        tracing::warn!("object {oid:016x}: no holder of epoch {e} answers; waiting for one");
+        return None;
     }
     for n in alive.iter().filter(|n| is_alive(n)) {
         let e = epoch.saturating_sub(1);
