@@ -1060,14 +1060,14 @@ mod tests {
         Config {
             seed,
             nodes: 5,
-            faults: 6,
-            ops: 500,
+            faults: 12,
+            ops: 800,
         }
     }
 
     #[test]
-    fn two_hundred_seeds_keep_every_acknowledged_write() {
-        let failures = run_seeds(0..200, 5, 6, 500);
+    fn a_thousand_seeds_keep_every_acknowledged_write() {
+        let failures = run_seeds(0..1000, 5, 12, 800);
         assert!(failures.is_empty(), "{}", report(&failures));
     }
 
@@ -1090,7 +1090,7 @@ mod tests {
         for seed in 0..20 {
             let mut s = Sim::new(cfg(seed));
             s.run().unwrap();
-            assert!(s.ops_done >= 500 && s.faults_done >= 6);
+            assert!(s.ops_done >= 800 && s.faults_done >= 12);
             assert!(s.nodes.len() >= 5);
             acked += s.next_gen - 1;
             epochs += s.nodes.iter().map(|n| n.disk.latest_epoch()).max().unwrap() as u64;
