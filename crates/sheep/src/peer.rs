@@ -154,11 +154,14 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     // Object I/O only once this node runs the cluster at this epoch: a
     // node that has the epoch's number but has not applied the cluster's
     // resumption yet has not retired what it missed, so nothing it holds
-    // may be served or changed (its sender retries).
-    if o.oid != 0 {
-        if let Some(r) = crate::server::refusal_after_catching_up(sheep).await {
-            return reply(&req, r);
-        }
+    // may be served or changed. NEW_NODE_VER: its sender retries (a
+    // gateway) or waits for this node (recovery).
+    if o.oid != 0
+        && crate::server::refusal_after_catching_up(sheep)
+            .await
+            .is_some()
+    {
+        return reply(&req, SdRes::NEW_NODE_VER);
     }
     if sheep.opts.gateway {
         return reply(&req, SdRes::NO_OBJ);
