@@ -275,6 +275,12 @@ fn returning_cluster(zk: Option<&ZkServer>) {
     for i in 0..3 {
         assert!(c.wait_exit(i, Duration::from_secs(30)).success());
     }
+    if zk.is_some() {
+        // "Shut down" means gone: a session that outlives its process by
+        // up to the timeout (2 s) would let the clean nodes join the old,
+        // shutting-down stream instead of a new one.
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let port = free_ports(3, 20000, 60000);
     for k in 0..3u16 {
         let n = node(&c, port + k, 10 + k as u32);

@@ -437,11 +437,15 @@ impl Worker for ReclaimWorker {
 /// Merges the VDI tables of peers into ours (on joining, and when a peer
 /// joins): placement needs every VDI's redundancy, and a VDI's inode may
 /// live only on other nodes.
+///
+/// A peer that cannot answer yet is asked again while it is a member: a
+/// table missing a VDI hides that VDI from `vdi list` and its lookups.
 struct VdiSyncWorker {
     sheep: Arc<Sheep>,
     requests: mpsc::UnboundedReceiver<SdNode>,
     queue: std::collections::VecDeque<SdNode>,
     done: u64,
+    errors: u64,
 }
 
 impl Worker for VdiSyncWorker {
@@ -452,7 +456,7 @@ impl Worker for VdiSyncWorker {
         Progress {
             done: self.done,
             total: self.done + self.queue.len() as u64,
-            errors: 0,
+            errors: self.errors,
         }
     }
     async fn step(&mut self) -> WorkerState {
@@ -462,9 +466,15 @@ impl Worker for VdiSyncWorker {
         let Some(node) = self.queue.pop_front() else {
             return WorkerState::Idle;
         };
-        crate::vdi::sync_vdis_from(&self.sheep, &node).await;
-        self.done += 1;
-        WorkerState::Busy
+        if crate::vdi::sync_vdis_from(&self.sheep, &node).await {
+            self.done += 1;
+            return WorkerState::Busy;
+        }
+        self.errors += 1;
+        if self.sheep.view().nodes.iter().any(|n| n.nid == node.nid) {
+            self.queue.push_back(node);
+        }
+        WorkerState::Throttled(Duration::from_millis(500))
     }
     async fn wait_for_work(&mut self) {
         match self.requests.recv().await {
@@ -564,6 +574,7 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         requests: vdi_sync_rx,
         queue: Default::default(),
         done: 0,
+        errors: 0,
     });
 
     // A fresh start binds its ports first (a port in use is an error at

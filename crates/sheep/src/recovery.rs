@@ -823,7 +823,7 @@ async fn prepare(
     // marking, learn the VDIs whose inodes other nodes hold.
     if !sheep.recovery.inner.lock().unwrap().vdis_synced {
         for n in view.ring.nodes().iter().filter(|n| n.nid != sheep.this.nid) {
-            crate::vdi::sync_vdis_from(sheep, n).await;
+            let _ = crate::vdi::sync_vdis_from(sheep, n).await;
         }
         sheep.recovery.inner.lock().unwrap().vdis_synced = true;
     }

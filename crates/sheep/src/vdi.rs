@@ -701,7 +701,7 @@ async fn connect_peer(node: &SdNode) -> Option<Connection> {
 }
 
 /// Merges another node's VDI table into ours (after a join, both ways).
-pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
+pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
     let fetched = tokio::time::timeout(PEER_QUERY_TIMEOUT, async {
         let mut conn = connect_peer(node).await?;
         let states = fetch(&mut conn, op::GET_VDI_COPIES, 1 << 20)
@@ -712,12 +712,12 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
         Some((states, inuse, deleted))
     })
     .await;
-    let Ok(Some((states, inuse, deleted))) = fetched else {
+    let Ok(Some((states, Some(inuse), deleted))) = fetched else {
         tracing::warn!(
             "could not fetch the VDI table of {}",
             node.nid.socket_addr()
         );
-        return;
+        return false;
     };
     let states = states
         .chunks_exact(VDI_STATE_SIZE)
@@ -725,7 +725,8 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) {
         .collect();
     sheep
         .core
-        .merge_vdis(states, inuse.as_deref(), deleted.as_deref());
+        .merge_vdis(states, Some(&inuse), deleted.as_deref());
+    true
 }
 
 /// Members and creation time of `epoch`: from our epoch file, else from
