@@ -173,15 +173,13 @@ impl ClusterCore {
 
     /// Merges a peer's VDI table (GET_VDI_COPIES states and the READ_VDIS
     /// / READ_DEL_VDIS bitmaps) into ours.
-    pub fn merge_vdis(&self, states: Vec<VdiState>, inuse: Option<&[u8]>, deleted: Option<&[u8]>) {
+    pub fn merge_vdis(&self, states: Vec<VdiState>, inuse: &[u8], deleted: Option<&[u8]>) {
         {
             let mut st = self.state.lock().unwrap();
             for s in states {
                 st.vdis.add(s);
             }
-            if let Some(b) = inuse {
-                st.vdis.inuse.merge_bytes(b);
-            }
+            st.vdis.inuse.merge_bytes(inuse);
             if let Some(b) = deleted {
                 st.vdis.deleted.merge_bytes(b);
             }

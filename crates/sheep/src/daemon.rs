@@ -75,12 +75,25 @@ impl Sheep {
         let _ = rx.wait_for(|&a| a >= seq).await;
     }
 
-    /// Waits (a bounded time) until this node has applied, with their
-    /// effects, every event the cluster driver has ordered so far.
+    /// Waits (at most 5 s) until this node has applied, with their
+    /// effects, every event the cluster driver has ordered so far. A node
+    /// already caught up returns at once.
     pub async fn catch_up(&self) {
-        if let Ok(end) = self.driver.stream_end().await {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_applied(end)).await;
-        }
+        let caught_up = async {
+            if let Ok(end) = self.driver.stream_end().await {
+                self.wait_applied(end).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), caught_up).await;
+    }
+
+    /// The epoch rule for a request stamped `epoch` from a node ahead of
+    /// us: wait (a bounded time) until this node has reached it. False if
+    /// it did not (the sender gets NEW_NODE_VER and retries).
+    pub async fn reach_epoch(&self, epoch: u32) -> bool {
+        epoch == 0
+            || (epoch.wrapping_sub(self.epoch()) as i32) <= 0
+            || self.wait_epoch(epoch, Duration::from_secs(10)).await
     }
 
     /// Size of the file that holds `oid` (full object size).
@@ -206,10 +219,11 @@ impl Sheep {
             Effect::Retire { epoch } => {
                 // What we hold only serves as stale copies until recovery
                 // brings current ones.
-                let n = self.store.list()?.len();
-                for k in self.store.list()? {
-                    self.store.move_to_stale(&k, epoch)?;
+                let held = self.store.list()?;
+                for k in &held {
+                    self.store.move_to_stale(k, epoch)?;
                 }
+                let n = held.len();
                 tracing::info!("the cluster ran past our epoch {epoch}: retired {n} objects");
             }
             Effect::JoinRefused(r) => {

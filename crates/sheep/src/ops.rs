@@ -185,13 +185,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             // Listed only once this node has reached the asker's epoch:
             // from then on no write of an older epoch can land here, so
             // the list holds every object the asker may have to recover.
-            let asked = req.epoch;
-            if asked != 0
-                && (asked.wrapping_sub(sheep.epoch()) as i32) > 0
-                && !sheep
-                    .wait_epoch(asked, std::time::Duration::from_secs(10))
-                    .await
-            {
+            if !sheep.reach_epoch(req.epoch).await {
                 return reply(&req, SdRes::NEW_NODE_VER);
             }
             let s = sheep.clone();

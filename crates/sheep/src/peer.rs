@@ -141,10 +141,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             && (req.epoch.wrapping_sub(sheep.epoch()) as i32) < 0
             && req.flags & flag::CMD_RECOVERY == 0
     };
-    if o.oid != 0
-        && (req.epoch.wrapping_sub(sheep.epoch()) as i32) > 0
-        && !sheep.wait_epoch(req.epoch, Duration::from_secs(10)).await
-    {
+    if o.oid != 0 && !sheep.reach_epoch(req.epoch).await {
         return reply(&req, SdRes::NEW_NODE_VER);
     }
     if stale(sheep) {

@@ -194,7 +194,7 @@ pub enum Class {
 
 /// Why this node refuses non-force requests now, if it does. A node that
 /// is waiting for a format or for members first applies every cluster
-/// event already ordered (bounded to a second): a request sent right after
+/// event already ordered (bounded to 5 s): a request sent right after
 /// `cluster format` through another node must not fail only because this
 /// node has not applied the format yet.
 pub async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
@@ -202,12 +202,7 @@ pub async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
     if r == SdRes::SHUTDOWN {
         return Some(r);
     }
-    let catch_up = async {
-        if let Ok(end) = sheep.driver.stream_end().await {
-            sheep.wait_applied(end).await;
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), catch_up).await;
+    sheep.catch_up().await;
     sheep.view().status.refusal()
 }
 

@@ -723,9 +723,7 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
         .chunks_exact(VDI_STATE_SIZE)
         .filter_map(VdiState::decode)
         .collect();
-    sheep
-        .core
-        .merge_vdis(states, Some(&inuse), deleted.as_deref());
+    sheep.core.merge_vdis(states, &inuse, deleted.as_deref());
     true
 }
 
