@@ -8,6 +8,9 @@
 //! `nosync`. All calls are blocking; the daemon runs them on its blocking
 //! pool.
 
+#[cfg(any(test, feature = "mem"))]
+pub mod mem;
+
 use sd_proto::*;
 use sha1::{Digest, Sha1};
 use std::fs::{self, File, OpenOptions};
@@ -148,9 +151,6 @@ impl Store {
     pub fn base(&self) -> &Path {
         &self.base
     }
-    pub fn obj_dir(&self) -> &Path {
-        &self.obj_dir
-    }
 
     fn path(&self, k: &ObjKey) -> PathBuf {
         self.obj_dir.join(k.file_name())
@@ -230,50 +230,114 @@ impl Store {
         res
     }
 
-    pub fn exists(&self, k: &ObjKey) -> bool {
+    fn reclaim_dir(&self) -> PathBuf {
+        self.base.join("reclaim")
+    }
+}
+
+/// A node's storage: its objects (working and stale copies), the pending
+/// reclaims, the cluster config and the epoch log.
+///
+/// A trait so that the object service (gateway, peer executor, recovery)
+/// can run against an in-memory store in component tests and the
+/// simulation, and later against other layouts (several disks), without
+/// knowing which. Every method is blocking; the daemon calls them on its
+/// blocking pool. Object files are named by [`ObjKey`]; a stale copy is
+/// the working copy retired with an epoch (current through that epoch).
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Where objects live, for operators (`dog node md info`).
+    fn obj_dir(&self) -> &Path;
+    fn exists(&self, k: &ObjKey) -> bool;
+    /// Size of the stored file.
+    fn size(&self, k: &ObjKey) -> Result<u64>;
+    /// Reads `len` bytes at `offset`; bytes past the end of the file read
+    /// as zeros (objects are sparse).
+    fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Reads the whole file.
+    fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>>;
+    /// Writes into an existing object and makes it durable.
+    fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()>;
+    /// Creates (or replaces) an object of `size` bytes, zero-filled, with
+    /// `data` at `offset`, atomically and durably.
+    fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()>;
+    fn remove(&self, k: &ObjKey) -> Result<()>;
+    /// Every object in the working directory.
+    fn list(&self) -> Result<Vec<ObjKey>>;
+    /// Every stale copy as (key, epoch).
+    fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>>;
+    /// Retires the working copy, tagged with `epoch`.
+    fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()>;
+    /// Reads the stale copy of `epoch`.
+    fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The newest stale copy's epoch if it is `since` or later: a copy
+    /// retired with epoch `e` was current through epoch `e`.
+    fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32>;
+    /// Records that the object `oid` is to be removed cluster-wide (its
+    /// last reference is gone), durably, before the reference itself goes.
+    fn reclaim_add(&self, oid: u64) -> Result<()>;
+    /// The objects recorded by [`ObjectStore::reclaim_add`] and not yet done.
+    fn reclaim_pending(&self) -> Result<Vec<u64>>;
+    /// Forgets a reclaim that is done.
+    fn reclaim_done(&self, oid: u64) -> Result<()>;
+    /// Removes every stale copy; how many there were.
+    fn purge_stale(&self) -> Result<usize>;
+    /// Removes every object, stale copy, reclaim and epoch (cluster format).
+    fn wipe(&self) -> Result<()>;
+    /// SHA-1 of the working copy, or of the stale copy of `epoch`.
+    fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]>;
+    fn read_config(&self) -> Result<Option<SheepdogConfig>>;
+    fn write_config(&self, c: &SheepdogConfig) -> Result<()>;
+    /// Writes epoch `epoch`'s members (stored in node order) and time.
+    fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()>;
+    /// Reads epoch `epoch`: (nodes, creation time).
+    fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>>;
+    /// The largest epoch recorded, 0 if none.
+    fn latest_epoch(&self) -> Result<u32>;
+    /// (total, free) bytes of the space holding the objects.
+    fn fs_space(&self) -> Result<(u64, u64)>;
+    /// Bytes used by working objects.
+    fn used_bytes(&self) -> u64;
+}
+
+impl ObjectStore for Store {
+    fn obj_dir(&self) -> &Path {
+        &self.obj_dir
+    }
+
+    fn exists(&self, k: &ObjKey) -> bool {
         self.path(k).exists()
     }
 
-    /// Size of the stored file.
-    pub fn size(&self, k: &ObjKey) -> Result<u64> {
+    fn size(&self, k: &ObjKey) -> Result<u64> {
         Ok(fs::metadata(self.path(k))?.len())
     }
 
-    /// Reads `len` bytes at `offset`; bytes past the end of the file read as
-    /// zeros (objects are sparse).
-    pub fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
         read_at(&self.path(k), offset, len)
     }
 
-    /// Reads the whole file.
-    pub fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
+    fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
         Ok(fs::read(self.path(k))?)
     }
 
-    /// Writes into an existing object and makes it durable.
-    pub fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
+    fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
         let f = OpenOptions::new().write(true).open(self.path(k))?;
         f.write_all_at(data, offset)?;
         self.sync_file(&f)
     }
 
-    /// Creates (or replaces) an object of `size` bytes, zero-filled, with
-    /// `data` at `offset`, atomically. Data objects are allocated in full
-    /// (so the space they will need is reserved now, as the original does);
-    /// inode and ledger objects stay sparse.
-    pub fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
+    fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         let size = size.max(offset + data.len() as u64);
         let sparse = is_vdi_obj(k.oid) || is_ledger_obj(k.oid) || data.len() as u64 >= size;
         self.atomic_write(&self.path(k), Some(size), sparse, offset, data)
     }
 
-    pub fn remove(&self, k: &ObjKey) -> Result<()> {
+    fn remove(&self, k: &ObjKey) -> Result<()> {
         fs::remove_file(self.path(k))?;
         Ok(())
     }
 
-    /// Every object in the working directory.
-    pub fn list(&self) -> Result<Vec<ObjKey>> {
+    fn list(&self) -> Result<Vec<ObjKey>> {
         let mut v = Vec::new();
         for e in fs::read_dir(&self.obj_dir)? {
             if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
@@ -283,8 +347,7 @@ impl Store {
         Ok(v)
     }
 
-    /// Every stale copy as (key, epoch).
-    pub fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
+    fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
         let mut v = Vec::new();
         for e in fs::read_dir(&self.stale_dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
@@ -297,20 +360,16 @@ impl Store {
         Ok(v)
     }
 
-    /// Moves the working copy into `.stale/` tagged with `epoch`.
-    pub fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
+    fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
         fs::rename(self.path(k), self.stale_path(k, epoch))?;
         Ok(())
     }
 
-    /// Reads a stale copy of `epoch`.
-    pub fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         read_at(&self.stale_path(k, epoch), offset, len)
     }
 
-    /// The newest stale copy's epoch if it is `since` or later: a copy
-    /// retired with epoch `e` was current through epoch `e`.
-    pub fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
+    fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
         let prefix = format!("{}.", k.file_name());
         fs::read_dir(&self.stale_dir)
             .ok()?
@@ -326,21 +385,14 @@ impl Store {
             .max()
     }
 
-    fn reclaim_dir(&self) -> PathBuf {
-        self.base.join("reclaim")
-    }
-
-    /// Records that the object `oid` is to be removed cluster-wide (its
-    /// last reference is gone), durably, before the reference itself goes.
-    pub fn reclaim_add(&self, oid: u64) -> Result<()> {
+    fn reclaim_add(&self, oid: u64) -> Result<()> {
         let d = self.reclaim_dir();
         fs::create_dir_all(&d)?;
         File::create(d.join(format!("{oid:016x}")))?;
         self.sync_dir(&d)
     }
 
-    /// The objects recorded by [`Store::reclaim_add`] and not yet done.
-    pub fn reclaim_pending(&self) -> Result<Vec<u64>> {
+    fn reclaim_pending(&self) -> Result<Vec<u64>> {
         let rd = match fs::read_dir(self.reclaim_dir()) {
             Ok(rd) => rd,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -357,16 +409,14 @@ impl Store {
         Ok(v)
     }
 
-    /// Forgets a reclaim that is done.
-    pub fn reclaim_done(&self, oid: u64) -> Result<()> {
+    fn reclaim_done(&self, oid: u64) -> Result<()> {
         match fs::remove_file(self.reclaim_dir().join(format!("{oid:016x}"))) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
 
-    /// Removes every stale copy.
-    pub fn purge_stale(&self) -> Result<usize> {
+    fn purge_stale(&self) -> Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(&self.stale_dir)? {
             fs::remove_file(e?.path())?;
@@ -375,8 +425,7 @@ impl Store {
         Ok(n)
     }
 
-    /// Removes every object, stale copy and epoch file (cluster format).
-    pub fn wipe(&self) -> Result<()> {
+    fn wipe(&self) -> Result<()> {
         let _ = fs::create_dir_all(self.reclaim_dir());
         for d in [
             &self.obj_dir,
@@ -394,8 +443,7 @@ impl Store {
         self.sync_dir(&self.obj_dir)
     }
 
-    /// SHA-1 of the working copy, or of the stale copy of `epoch`.
-    pub fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {
+    fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {
         let p = match stale_epoch {
             None => self.path(k),
             Some(e) => self.stale_path(k, e),
@@ -413,9 +461,7 @@ impl Store {
         Ok(h.finalize().into())
     }
 
-    // ---- config and epochs -------------------------------------------------
-
-    pub fn read_config(&self) -> Result<Option<SheepdogConfig>> {
+    fn read_config(&self) -> Result<Option<SheepdogConfig>> {
         match fs::read(self.base.join("config")) {
             Ok(b) => Ok(SheepdogConfig::decode(&b)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -423,12 +469,11 @@ impl Store {
         }
     }
 
-    pub fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
+    fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
         self.atomic_write(&self.base.join("config"), None, true, 0, &c.encode())
     }
 
-    /// Writes epoch file `epoch` (nodes in node order + LE time_t).
-    pub fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
+    fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
         let mut sorted = nodes.to_vec();
         sorted.sort_by_key(|n| n.nid);
         let mut b = encode_nodes(&sorted);
@@ -442,8 +487,7 @@ impl Store {
         )
     }
 
-    /// Reads epoch file `epoch`: (nodes, creation time).
-    pub fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
+    fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
         match fs::read(self.epoch_dir.join(format!("{epoch:08}"))) {
             Ok(b) if b.len() >= 8 => {
                 let (n, t) = b.split_at(b.len() - 8);
@@ -458,8 +502,7 @@ impl Store {
         }
     }
 
-    /// The largest epoch with a file, 0 if none.
-    pub fn latest_epoch(&self) -> Result<u32> {
+    fn latest_epoch(&self) -> Result<u32> {
         let mut max = 0;
         for e in fs::read_dir(&self.epoch_dir)? {
             let name = e?.file_name();
@@ -473,8 +516,7 @@ impl Store {
         Ok(max)
     }
 
-    /// (total, free) bytes of the filesystem holding the objects.
-    pub fn fs_space(&self) -> Result<(u64, u64)> {
+    fn fs_space(&self) -> Result<(u64, u64)> {
         let c = std::ffi::CString::new(self.obj_dir.as_os_str().as_encoded_bytes()).unwrap();
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
@@ -487,8 +529,7 @@ impl Store {
         ))
     }
 
-    /// Bytes used by working objects (allocated blocks).
-    pub fn used_bytes(&self) -> u64 {
+    fn used_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         fs::read_dir(&self.obj_dir)
             .map(|rd| {

@@ -1,15 +1,18 @@
 //! The daemon: one [`Sheep`] shared by every connection and worker.
 
+use crate::clock::Clock;
 use crate::core::{ClusterCore, ClusterView};
 use crate::opts::Opts;
+use crate::peer::PeerTransport;
 use crate::recovery::Recovery;
+use crate::server::Reply;
 use crate::state::{ClusterState, Effect, JoinInfo, OpMessage};
 use crate::worker::{Progress, Supervisor, Worker, WorkerState};
 use anyhow::Context;
 use sd_cluster::{Delivered, Driver};
 use sd_proto::*;
 use sd_ring::Ring;
-use sd_store::Store;
+use sd_store::{ObjectStore, Store};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,11 +26,12 @@ use tokio::sync::{mpsc, watch};
 pub struct Sheep {
     pub opts: Opts,
     pub this: SdNode,
-    pub store: Store,
+    pub store: Arc<dyn ObjectStore>,
     pub driver: Driver,
     pub core: ClusterCore,
     pub applied: watch::Sender<u64>,
-    pub peers: crate::peer::PeerPool,
+    pub peers: Arc<dyn PeerTransport>,
+    pub clock: Arc<dyn Clock>,
     pub recovery: Recovery,
     pub throttle: Mutex<RecoveryThrottling>,
     pub exit: watch::Sender<Option<i32>>,
@@ -60,13 +64,36 @@ impl Sheep {
     /// Waits until the local epoch reaches `epoch` (or `timeout` passes).
     pub async fn wait_epoch(&self, epoch: u32, timeout: Duration) -> bool {
         let mut rx = self.core.subscribe();
-        let ok = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|v| v.epoch.wrapping_sub(epoch) as i32 >= 0),
-        )
-        .await
-        .is_ok();
+        let reached = rx.wait_for(|v| v.epoch.wrapping_sub(epoch) as i32 >= 0);
+        let ok = crate::clock::timeout(&*self.clock, timeout, reached)
+            .await
+            .is_some();
         ok
+    }
+
+    /// Sends one request to the sheep at `addr`; transport failures read
+    /// as NETWORK_ERROR.
+    ///
+    /// A request that carries an epoch is abandoned (NETWORK_ERROR, so its
+    /// sender retries with the new view) as soon as this node's epoch moves
+    /// past it: a target that left the view (crashed, partitioned) must not
+    /// hold a request until the transport timeouts. The connection is
+    /// dropped, so the peer, if it is still there, abandons it too.
+    pub async fn send_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        req: &SdReq,
+        payload: &[u8],
+    ) -> Reply {
+        if req.epoch == 0 {
+            return self.peers.exec(addr, req, payload).await;
+        }
+        let mut view = self.core.subscribe();
+        let newer = view.wait_for(|v| (v.epoch.wrapping_sub(req.epoch) as i32) > 0);
+        tokio::select! {
+            r = self.peers.exec(addr, req, payload) => r,
+            _ = newer => crate::server::reply(req, SdRes::NETWORK_ERROR),
+        }
     }
 
     /// Waits until the event loop has applied the stream up to `seq`.
@@ -347,28 +374,32 @@ impl Sheep {
 
     async fn apply_stream(self: &Arc<Self>, rx: &mut mpsc::UnboundedReceiver<Delivered>) {
         while let Some(d) = rx.recv().await {
-            let seq = d.seq;
-            let fx = self.core.apply(&d);
-            // Our own join retires what we hold to stale copies before the
-            // new view is published: no peer may read it as current.
-            // (So does a node whose copies the resumed cluster outran.)
-            let joined = fx.iter().any(|f| matches!(f, Effect::Joined { .. }));
-            let (first, rest): (Vec<Effect>, Vec<Effect>) = fx
-                .into_iter()
-                .partition(|f| matches!(f, Effect::Joined { .. } | Effect::Retire { .. }));
-            self.execute(first).await;
-            let fx = rest;
-            self.core.publish();
-            if joined {
-                // Placement needs every VDI's redundancy: learn the VDIs
-                // whose inodes only others hold.
-                for n in self.view().nodes.iter().filter(|n| n.nid != self.this.nid) {
-                    let _ = self.vdi_sync.send(*n);
-                }
-            }
-            self.execute(fx).await;
-            self.applied.send_replace(seq);
+            self.apply_one(&d).await;
         }
+    }
+
+    /// Applies one event of the driver's stream with its effects, and
+    /// publishes the new view.
+    pub async fn apply_one(self: &Arc<Self>, d: &Delivered) {
+        let fx = self.core.apply(d);
+        // Our own join retires what we hold to stale copies before the
+        // new view is published: no peer may read it as current.
+        // (So does a node whose copies the resumed cluster outran.)
+        let joined = fx.iter().any(|f| matches!(f, Effect::Joined { .. }));
+        let (first, rest): (Vec<Effect>, Vec<Effect>) = fx
+            .into_iter()
+            .partition(|f| matches!(f, Effect::Joined { .. } | Effect::Retire { .. }));
+        self.execute(first).await;
+        self.core.publish();
+        if joined {
+            // Placement needs every VDI's redundancy: learn the VDIs
+            // whose inodes only others hold.
+            for n in self.view().nodes.iter().filter(|n| n.nid != self.this.nid) {
+                let _ = self.vdi_sync.send(*n);
+            }
+        }
+        self.execute(rest).await;
+        self.applied.send_replace(d.seq);
     }
 }
 
@@ -498,6 +529,57 @@ impl Worker for VdiSyncWorker {
     }
 }
 
+/// What a [`Sheep`] is made of: its store, cluster driver and starting
+/// state, and how it reaches peers and time. The daemon passes the real
+/// ones; component tests pass an in-memory store and fake peers.
+pub struct Parts {
+    pub opts: Opts,
+    pub this: SdNode,
+    pub store: Arc<dyn ObjectStore>,
+    pub driver: Driver,
+    pub state: ClusterState,
+    pub peers: Arc<dyn PeerTransport>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Sheep {
+    /// Assembles a node; also the receiving ends of its reclaim and
+    /// VDI-sync requests, for the workers that serve them.
+    pub fn new(
+        p: Parts,
+    ) -> (
+        Arc<Sheep>,
+        mpsc::UnboundedReceiver<u64>,
+        mpsc::UnboundedReceiver<SdNode>,
+    ) {
+        let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
+        let (vdi_sync_tx, vdi_sync_rx) = mpsc::unbounded_channel();
+        let born = p.clock.now();
+        let sheep = Arc::new(Sheep {
+            opts: p.opts,
+            this: p.this,
+            store: p.store,
+            driver: p.driver,
+            core: ClusterCore::new(p.state),
+            applied: watch::Sender::new(0),
+            peers: p.peers,
+            clock: p.clock,
+            recovery: Recovery::new(born),
+            throttle: Mutex::new(RecoveryThrottling::default()),
+            exit: watch::Sender::new(None),
+            ledger_lock: tokio::sync::Mutex::new(()),
+            reclaim: reclaim_tx,
+            vdi_sync: vdi_sync_tx,
+            workers: Arc::default(),
+            codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
+            stats: Default::default(),
+            leaving: Default::default(),
+            obj_locks: Default::default(),
+        });
+        (sheep, reclaim_rx, vdi_sync_rx)
+    }
+}
+
 /// Exit status asking `main` to restart this daemon in place (same pid,
 /// same options) so it rejoins as a new incarnation.
 pub const EXIT_REJOIN: i32 = 75;
@@ -556,29 +638,14 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     };
     let mut state = ClusterState::new(nid, config.clone());
     crate::vdi::scan_local_inodes(&store, &mut state.vdis);
-    let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
-    let (vdi_sync_tx, vdi_sync_rx) = mpsc::unbounded_channel();
-    let core = ClusterCore::new(state);
-    let peers = crate::peer::PeerPool::new(core.subscribe());
-    let sheep = Arc::new(Sheep {
+    let (sheep, reclaim_rx, vdi_sync_rx) = Sheep::new(Parts {
         opts: o.clone(),
         this,
-        store,
+        store: Arc::new(store),
         driver: driver.clone(),
-        core,
-        applied: watch::Sender::new(0),
-        peers,
-        recovery: Recovery::default(),
-        throttle: Mutex::new(RecoveryThrottling::default()),
-        exit: watch::Sender::new(None),
-        ledger_lock: tokio::sync::Mutex::new(()),
-        reclaim: reclaim_tx,
-        vdi_sync: vdi_sync_tx,
-        workers: Arc::default(),
-        codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
-        stats: Default::default(),
-        leaving: Default::default(),
-        obj_locks: Default::default(),
+        state,
+        peers: Arc::new(crate::peer::PeerPool::default()),
+        clock: Arc::new(crate::clock::SystemClock),
     });
     let workers = sheep.workers.clone();
     workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));

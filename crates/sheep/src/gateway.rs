@@ -11,7 +11,7 @@ use crate::server::{reply, reply_data, Reply};
 use futures::future::join_all;
 use sd_proto::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a request keeps retrying transient failures.
 const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -124,7 +124,7 @@ async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         None => sheep.copies_of(o.oid),
     };
     let peer_op = op::gateway_to_peer(req.opcode).expect("gateway opcode");
-    let deadline = Instant::now() + RETRY_FOR;
+    let deadline = sheep.clock.now() + RETRY_FOR;
     loop {
         let view = sheep.view();
         if let Some(r) = view.status.refusal() {
@@ -172,7 +172,7 @@ async fn io(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             _ if is_write => fan_out(sheep, &targets, preq, &payload).await,
             _ => read_any(sheep, &targets, preq).await,
         };
-        if transient(r.0.result) && Instant::now() < deadline {
+        if transient(r.0.result) && sheep.clock.now() < deadline {
             let _ = sheep
                 .wait_epoch(view.epoch.wrapping_add(1), Duration::from_millis(500))
                 .await;
@@ -191,8 +191,7 @@ pub async fn send(sheep: &Arc<Sheep>, node: &SdNode, req: SdReq, payload: &[u8])
         crate::peer::handle(sheep, req, payload.to_vec()).await
     } else {
         sheep
-            .peers
-            .exec(node.nid.io_socket_addr(), &req, payload)
+            .send_peer(node.nid.io_socket_addr(), &req, payload)
             .await
     }
 }
@@ -230,9 +229,21 @@ async fn read_any(sheep: &Arc<Sheep>, targets: &[SdNode], req: SdReq) -> Reply {
     let mut last = reply(&req, SdRes::NO_OBJ);
     for k in 0..targets.len() {
         let n = &targets[(start + k) % targets.len()];
-        let r = send(sheep, n, req, &[]).await;
-        if r.0.result == SdRes::SUCCESS {
+        let mut r = send(sheep, n, req, &[]).await;
+        if r.0.result == SdRes::SUCCESS && r.1.len() == req.data_length as usize {
             return r;
+        }
+        if r.0.result == SdRes::SUCCESS {
+            // A replica that answers with other than what was asked is
+            // broken: its bytes are not served; the next one is asked.
+            tracing::error!(
+                "{} answered {} bytes of {:016x} for {} asked; not served",
+                n.nid.socket_addr(),
+                r.1.len(),
+                req.obj().oid,
+                req.data_length
+            );
+            r = reply(&req, SdRes::EIO);
         }
         // A transient failure must win over NO_OBJ so the caller retries.
         if !(transient(last.0.result) && r.0.result == SdRes::NO_OBJ) {
@@ -440,4 +451,121 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gateway against fake peers (see `crate::testing`).
+
+    use super::*;
+    use crate::testing::{Harness, Mode};
+    use std::time::Duration;
+
+    const OID: u64 = 0x00ab_cd00_0000_0007;
+
+    fn bytes(seed: u8) -> Vec<u8> {
+        (0..512)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// The bytes fake peer `i` holds at the start of `OID`.
+    fn held(h: &Harness, i: u16) -> Option<Vec<u8>> {
+        use sd_store::ObjectStore;
+        h.peer(i)
+            .store
+            .read(&sd_store::ObjKey::replica(OID), 0, 512)
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_write_is_acknowledged_once_every_target_has_it() {
+        let h = Harness::new(4, 3, true).await;
+        let epoch = h.sheep.epoch();
+        let targets = h.targets(OID);
+        assert_eq!(targets.len(), 3);
+        create(&h.sheep, OID, 0, bytes(1), 0).await.unwrap();
+        for i in 1..=4u16 {
+            let calls = h.peer(i).calls();
+            if targets.contains(&i) {
+                assert_eq!(held(&h, i), Some(bytes(1)), "target {i}");
+                assert_eq!(calls.len(), 1);
+                assert_eq!(calls[0].opcode, op::CREATE_AND_WRITE_PEER);
+                assert_eq!(calls[0].epoch, epoch);
+            } else {
+                assert!(calls.is_empty(), "node {i} is no target");
+            }
+        }
+        assert_eq!(read(&h.sheep, OID, 0, 512, 0).await.unwrap(), bytes(1));
+    }
+
+    #[tokio::test]
+    async fn a_target_that_fails_the_write_fails_it_for_the_client() {
+        let h = Harness::new(4, 3, true).await;
+        let t = h.targets(OID);
+        h.peer(t[1]).set_mode(Mode::Answer(SdRes::EIO));
+        assert_eq!(create(&h.sheep, OID, 0, bytes(2), 0).await, Err(SdRes::EIO));
+    }
+
+    #[tokio::test]
+    async fn a_silent_target_is_retried_until_the_deadline_then_reported() {
+        let h = Harness::new(4, 3, true).await;
+        let t = h.targets(OID);
+        h.peer(t[0]).set_mode(Mode::Silent);
+        let r = create(&h.sheep, OID, 0, bytes(3), 0).await;
+        assert_eq!(r, Err(SdRes::NETWORK_ERROR));
+        // One attempt every 500 ms (waiting for a newer epoch), for 60 s.
+        assert_eq!(h.clock.elapsed(), RETRY_FOR);
+        assert_eq!(h.peer(t[0]).calls().len(), 121);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_target_left_lands_on_the_new_placement() {
+        let mut h = Harness::new(4, 3, true).await;
+        let old_epoch = h.sheep.epoch();
+        let gone = h.targets(OID)[0];
+        h.peer(gone).set_mode(Mode::Silent);
+        let s = h.sheep.clone();
+        let write = tokio::spawn(async move { create(&s, OID, 0, bytes(4), 0).await });
+        while h.peer(gone).calls().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        h.remove_peer(gone).await;
+        assert_eq!(write.await.unwrap(), Ok(()));
+        let now = h.targets(OID);
+        assert!(!now.contains(&gone) && now.len() == 3);
+        for i in now {
+            assert_eq!(held(&h, i), Some(bytes(4)), "new target {i}");
+        }
+        assert!(h.peer(gone).calls().iter().all(|c| c.epoch == old_epoch));
+        assert!(h.clock.elapsed() < RETRY_FOR);
+    }
+
+    #[tokio::test]
+    async fn old_node_ver_is_retried_and_the_write_completes() {
+        let h = Harness::new(3, 3, true).await;
+        let t = h.targets(OID);
+        h.peer(t[2]).set_mode(Mode::Once(SdRes::OLD_NODE_VER));
+        create(&h.sheep, OID, 0, bytes(5), 0).await.unwrap();
+        assert_eq!(h.peer(t[2]).calls().len(), 2);
+        for i in t {
+            assert_eq!(held(&h, i), Some(bytes(5)));
+        }
+        assert_eq!(h.clock.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_read_of_the_wrong_length_is_never_served() {
+        let h = Harness::new(3, 3, true).await;
+        create(&h.sheep, OID, 0, bytes(6), 0).await.unwrap();
+        let t = h.targets(OID);
+        h.peer(t[0]).set_mode(Mode::ShortReads);
+        h.peer(t[1]).set_mode(Mode::ShortReads);
+        // Whichever replica a read starts at, the answer is the good one.
+        for _ in 0..20 {
+            assert_eq!(read(&h.sheep, OID, 0, 512, 0).await.unwrap(), bytes(6));
+        }
+        h.peer(t[2]).set_mode(Mode::ShortReads);
+        assert_eq!(read(&h.sheep, OID, 0, 512, 0).await, Err(SdRes::EIO));
+    }
 }

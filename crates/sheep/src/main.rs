@@ -4,6 +4,7 @@
 //! directory, daemonize (the launching command returns 0 once the lock is
 //! held), then open the store, listen and join the cluster.
 
+mod clock;
 mod core;
 mod daemon;
 mod ec;
@@ -17,6 +18,8 @@ mod server;
 #[cfg(test)]
 mod sim;
 mod state;
+#[cfg(test)]
+mod testing;
 mod vdi;
 mod worker;
 

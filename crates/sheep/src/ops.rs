@@ -256,7 +256,7 @@ async fn repair_replica(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         tgt_epoch: sheep.epoch(),
         ..Default::default()
     });
-    let (rsp, data) = sheep.peers.exec(from, &r, &[]).await;
+    let (rsp, data) = sheep.send_peer(from, &r, &[]).await;
     if rsp.result != SdRes::SUCCESS {
         return reply(req, rsp.result);
     }

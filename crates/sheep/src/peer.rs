@@ -1,24 +1,41 @@
 //! Peer operations: requests executed against this node's own store, and
 //! the connection pool used to send them to other nodes.
 
-use crate::core::ClusterView;
 use crate::daemon::Sheep;
 use crate::server::{reply, reply_data, Reply};
+use crossbeam_queue::ArrayQueue;
+use futures::future::BoxFuture;
 use sd_client::{Connection, Endpoint};
 use sd_proto::*;
 use sd_store::ObjKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+
+/// How requests reach other sheep: the object service sends through this,
+/// so component tests can put fake peers (that time out, answer
+/// OLD_NODE_VER or return wrong data) in place of real ones.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Sends one request to the sheep at `addr`; transport failures read as
+    /// NETWORK_ERROR.
+    fn exec<'a>(
+        &'a self,
+        addr: SocketAddr,
+        req: &'a SdReq,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Reply>;
+}
 
 /// Idle connections to other sheep, reused across requests. A connection
 /// carries one request at a time; concurrency opens more connections.
+///
+/// No lock is shared between requests: the map of peers is replaced
+/// whole (copy on write) when a new peer is first contacted, and each
+/// peer's idle connections sit in a lock-free queue.
+#[derive(Default)]
 pub struct PeerPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
-    /// This node's view: a request of an older epoch is abandoned.
-    view: watch::Receiver<Arc<ClusterView>>,
+    peers: arc_swap::ArcSwap<HashMap<SocketAddr, Arc<ArrayQueue<Connection>>>>,
 }
 
 /// Idle connections kept per peer.
@@ -27,40 +44,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PeerPool {
-    pub fn new(view: watch::Receiver<Arc<ClusterView>>) -> PeerPool {
-        PeerPool {
-            idle: Mutex::default(),
-            view,
+    fn idle(&self, addr: SocketAddr) -> Arc<ArrayQueue<Connection>> {
+        if let Some(q) = self.peers.load().get(&addr) {
+            return q.clone();
         }
-    }
-
-    /// Sends one request to `addr`; transport failures read as NETWORK_ERROR.
-    ///
-    /// A request that carries an epoch is abandoned (NETWORK_ERROR, so its
-    /// sender retries with the new view) as soon as this node's epoch moves
-    /// past it: a target that left the view (crashed, partitioned) must not
-    /// hold a request until the transport timeouts. The connection is
-    /// dropped, so the peer, if it is still there, abandons it too.
-    pub async fn exec(&self, addr: SocketAddr, req: &SdReq, payload: &[u8]) -> Reply {
-        if req.epoch == 0 {
-            return self.exec_now(addr, req, payload).await;
-        }
-        let mut view = self.view.clone();
-        let newer = view.wait_for(|v| (v.epoch.wrapping_sub(req.epoch) as i32) > 0);
-        tokio::select! {
-            r = self.exec_now(addr, req, payload) => r,
-            _ = newer => reply(req, SdRes::NETWORK_ERROR),
-        }
+        self.peers.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.entry(addr)
+                .or_insert_with(|| Arc::new(ArrayQueue::new(MAX_IDLE)));
+            m
+        });
+        self.peers.load()[&addr].clone()
     }
 
     async fn exec_now(&self, addr: SocketAddr, req: &SdReq, payload: &[u8]) -> Reply {
-        let conn = self
-            .idle
-            .lock()
-            .unwrap()
-            .get_mut(&addr)
-            .and_then(|v| v.pop());
-        let mut conn = match conn {
+        let idle = self.idle(addr);
+        let mut conn = match idle.pop() {
             Some(c) => c,
             None => match tokio::time::timeout(
                 CONNECT_TIMEOUT,
@@ -74,15 +73,23 @@ impl PeerPool {
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, conn.exec(req, payload)).await {
             Ok(Ok(r)) => {
-                let mut idle = self.idle.lock().unwrap();
-                let v = idle.entry(addr).or_default();
-                if v.len() < MAX_IDLE {
-                    v.push(conn);
-                }
+                // A full queue drops the connection.
+                let _ = idle.push(conn);
                 r
             }
             _ => reply(req, SdRes::NETWORK_ERROR),
         }
+    }
+}
+
+impl PeerTransport for PeerPool {
+    fn exec<'a>(
+        &'a self,
+        addr: SocketAddr,
+        req: &'a SdReq,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(self.exec_now(addr, req, payload))
     }
 }
 
@@ -128,7 +135,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
     let recovery_read = req.opcode == op::READ_PEER && req.flags & flag::CMD_RECOVERY != 0;
     if !recovery_read && o.oid != 0 {
-        sheep.recovery.client_io();
+        sheep.recovery.client_io(sheep.clock.now());
     }
     let mutating = matches!(
         req.opcode,
@@ -210,7 +217,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let s = sheep.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {
         let _held = (object, placement);
-        let st = &s.store;
+        let st = &*s.store;
         match req.opcode {
             op::READ_PEER if recovery_read => {
                 use crate::recovery::{recovery_source, Source};
@@ -338,5 +345,98 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         Ok(Ok(false)) => reply(req, SdRes::SUCCESS),
         Ok(Err(e)) => reply(req, e.res()),
         Err(_) => reply(req, SdRes::EIO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The peer executor on an in-memory store (see `crate::testing`).
+
+    use super::*;
+    use crate::testing::Harness;
+    use sd_store::ObjectStore;
+
+    const OID: u64 = 0x00ab_cd00_0000_0009;
+
+    fn peer_req(opcode: u8, epoch: u32, len: usize) -> SdReq {
+        let mut r = SdReq::new(opcode);
+        r.epoch = epoch;
+        r.data_length = len as u32;
+        if opcode != op::READ_PEER {
+            r.flags = flag::CMD_WRITE;
+        }
+        r.set_obj(ObjArgs {
+            oid: OID,
+            ..Default::default()
+        });
+        r
+    }
+
+    fn held(h: &Harness) -> Vec<u8> {
+        h.store.read(&ObjKey::replica(OID), 0, 4).unwrap()
+    }
+
+    /// A node of a 2-node cluster (3 copies, so it holds everything) that
+    /// holds `OID` = "old!", then a third node joins (epoch 2).
+    async fn holder() -> Harness {
+        let mut h = Harness::new(1, 3, false).await;
+        let e = h.sheep.epoch();
+        let r = handle(
+            &h.sheep,
+            peer_req(op::CREATE_AND_WRITE_PEER, e, 4),
+            b"old!".to_vec(),
+        )
+        .await;
+        assert_eq!(r.0.result, SdRes::SUCCESS);
+        h.add_peer(crate::testing::node(2)).await;
+        assert_eq!(h.sheep.epoch(), e + 1);
+        h
+    }
+
+    #[tokio::test]
+    async fn a_write_of_an_older_epoch_is_refused_and_changes_nothing() {
+        let h = holder().await;
+        let old = h.sheep.epoch() - 1;
+        let r = handle(&h.sheep, peer_req(op::WRITE_PEER, old, 4), b"new!".to_vec()).await;
+        assert_eq!(r.0.result, SdRes::OLD_NODE_VER);
+        assert_eq!(held(&h), b"old!");
+        // The same write stamped with the current epoch lands.
+        let now = h.sheep.epoch();
+        let r = handle(&h.sheep, peer_req(op::WRITE_PEER, now, 4), b"new!".to_vec()).await;
+        assert_eq!(r.0.result, SdRes::SUCCESS);
+        assert_eq!(held(&h), b"new!");
+    }
+
+    #[tokio::test]
+    async fn a_write_from_a_newer_epoch_waits_for_it_then_is_refused() {
+        let h = holder().await;
+        let ahead = h.sheep.epoch() + 1;
+        let before = h.clock.elapsed();
+        let r = handle(
+            &h.sheep,
+            peer_req(op::WRITE_PEER, ahead, 4),
+            b"new!".to_vec(),
+        )
+        .await;
+        assert_eq!(r.0.result, SdRes::NEW_NODE_VER);
+        assert_eq!(
+            h.clock.elapsed() - before,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(held(&h), b"old!");
+    }
+
+    #[tokio::test]
+    async fn a_disk_error_is_reported_not_hidden() {
+        let h = holder().await;
+        let e = h.sheep.epoch();
+        h.store.fail_next(1);
+        let r = handle(&h.sheep, peer_req(op::READ_PEER, e, 4), vec![]).await;
+        assert_eq!(r.0.result, SdRes::EIO);
+        h.store.fail_next(1);
+        let r = handle(&h.sheep, peer_req(op::WRITE_PEER, e, 4), b"new!".to_vec()).await;
+        assert_eq!(r.0.result, SdRes::EIO);
+        let r = handle(&h.sheep, peer_req(op::READ_PEER, e, 4), vec![]).await;
+        assert_eq!((r.0.result, r.1), (SdRes::SUCCESS, b"old!".to_vec()));
     }
 }

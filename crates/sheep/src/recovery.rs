@@ -12,7 +12,7 @@ use crate::state::OpMessage;
 use crate::worker::WorkerState;
 use sd_proto::*;
 use sd_ring::Ring;
-use sd_store::ObjKey;
+use sd_store::{ObjKey, ObjectStore};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,8 +71,9 @@ pub struct Recovery {
 /// Client I/O more recent than this makes the background pass yield.
 const CLIENT_ACTIVE: Duration = Duration::from_millis(100);
 
-impl Default for Recovery {
-    fn default() -> Self {
+impl Recovery {
+    /// Recovery state of a node started at `born` (on its clock).
+    pub fn new(born: Instant) -> Self {
         Recovery {
             inner: Mutex::default(),
             prepared: watch::Sender::new(0),
@@ -81,12 +82,9 @@ impl Default for Recovery {
             requested: Notify::new(),
             placement: Arc::default(),
             client_seen_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            born,
         }
     }
-}
-
-impl Recovery {
     /// What STAT_RECOVERY reports while this node is at `epoch` (0 when it
     /// serves no epoch yet). A node is recovering from the moment it
     /// enters an epoch until its pass for that epoch has finished, even
@@ -108,15 +106,15 @@ impl Recovery {
     }
 
     /// Notes client data I/O on this node (not recovery's own traffic).
-    pub fn client_io(&self) {
-        let now = self.born.elapsed().as_millis() as u64;
+    pub fn client_io(&self, now: Instant) {
+        let now = now.saturating_duration_since(self.born).as_millis() as u64;
         self.client_seen_ms.store(now.max(1), Ordering::Relaxed);
     }
 
     /// Whether clients did I/O here within [`CLIENT_ACTIVE`].
-    fn clients_active(&self) -> bool {
+    fn clients_active(&self, now: Instant) -> bool {
         let seen = self.client_seen_ms.load(Ordering::Relaxed);
-        let now = self.born.elapsed().as_millis() as u64;
+        let now = now.saturating_duration_since(self.born).as_millis() as u64;
         seen != 0 && now.saturating_sub(seen) < CLIENT_ACTIVE.as_millis() as u64
     }
 
@@ -173,11 +171,8 @@ impl Recovery {
     async fn wait_prepared(&self, sheep: &Sheep) {
         let epoch = sheep.epoch();
         let mut rx = self.prepared.subscribe();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(30),
-            rx.wait_for(|&e| e.wrapping_sub(epoch) as i32 >= 0),
-        )
-        .await;
+        let prepared = rx.wait_for(|&e| e.wrapping_sub(epoch) as i32 >= 0);
+        let _ = crate::clock::timeout(&*sheep.clock, Duration::from_secs(30), prepared).await;
     }
 
     fn slot(&self, oid: u64) -> Arc<tokio::sync::Mutex<()>> {
@@ -236,12 +231,12 @@ pub trait CopyIndex {
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32>;
 }
 
-impl CopyIndex for sd_store::Store {
+impl CopyIndex for dyn ObjectStore {
     fn has_working(&self, k: &ObjKey) -> bool {
         self.exists(k)
     }
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
-        sd_store::Store::newest_stale(self, k, since)
+        ObjectStore::newest_stale(self, k, since)
     }
 }
 
@@ -257,7 +252,7 @@ pub enum Source {
 /// copy, else the newest stale copy that was current through `tgt_epoch`
 /// (any stale copy for a wildcard read).
 pub fn recovery_source(
-    copies: &impl CopyIndex,
+    copies: &(impl CopyIndex + ?Sized),
     k: &ObjKey,
     flags: u16,
     tgt_epoch: u32,
@@ -408,7 +403,7 @@ async fn read_peer(
     if node.nid == sheep.this.nid {
         // Our own working file or stale copy (e.g. a strip we held at
         // another index before).
-        let st = &sheep.store;
+        let st = &*sheep.store;
         let read = match recovery_source(st, key, flags, tgt_epoch) {
             None => return Fetched::Absent,
             Some(Source::Working) => st.read_all(key),
@@ -416,7 +411,7 @@ async fn read_peer(
         };
         return read.map_or(Fetched::Unreachable, Fetched::Data);
     }
-    let (rsp, data) = sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await;
+    let (rsp, data) = sheep.send_peer(node.nid.io_socket_addr(), &r, &[]).await;
     match rsp.result {
         SdRes::SUCCESS => Fetched::Data(data),
         SdRes::NO_OBJ => Fetched::Absent,
@@ -540,7 +535,7 @@ async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {
         let (rsp, data) = if node.nid == sheep.this.nid {
             crate::ops::local(sheep, r, Vec::new()).await
         } else {
-            sheep.peers.exec(node.nid.io_socket_addr(), &r, &[]).await
+            sheep.send_peer(node.nid.io_socket_addr(), &r, &[]).await
         };
         match rsp.result {
             SdRes::SUCCESS => {
@@ -678,7 +673,7 @@ impl crate::worker::Worker for RecoveryWorker {
                         )
                     }
                     Some(oid) => {
-                        let started = Instant::now();
+                        let started = sheep.clock.now();
                         if !recover_one(&sheep, oid).await {
                             missing.push(oid);
                         }
@@ -742,8 +737,9 @@ impl crate::worker::Worker for RecoveryWorker {
 /// `interval` ms).
 fn pause(sheep: &Sheep, started: Instant, since_pause: &mut u32) -> WorkerState {
     let mut d = Duration::ZERO;
-    if sheep.recovery.clients_active() {
-        d = started.elapsed();
+    let now = sheep.clock.now();
+    if sheep.recovery.clients_active(now) {
+        d = now.saturating_duration_since(started);
     }
     let t = *sheep.throttle.lock().unwrap();
     if t.max_exec_count > 0 && t.queue_work_interval > 0 {
@@ -852,7 +848,7 @@ async fn prepare(
                 "no object list from {} yet; retrying in {delay:?}",
                 n.nid.socket_addr()
             );
-            tokio::time::sleep(delay).await;
+            sheep.clock.sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         };
         for oid in list {
@@ -912,4 +908,75 @@ async fn notify_complete(sheep: &Arc<Sheep>, epoch: u32, generation: u64) -> any
         .await?;
     tracing::info!("recovery of epoch {epoch} finished on this node");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Recovery on an in-memory store among fake peers (see
+    //! `crate::testing`).
+
+    use super::*;
+    use crate::testing::{Harness, Mode};
+    use crate::worker::Worker;
+
+    /// An object of a 3-node, 2-copy cluster that this node (node 0) does
+    /// not hold at epoch 1: fake peers 1 and 2 do, with `data`.
+    fn held_by_peers(h: &Harness, data: &[u8]) -> u64 {
+        let oid = (0..)
+            .map(|i| vid_to_data_oid(0xabcd, i))
+            .find(|&o| !h.targets(o).contains(&0))
+            .unwrap();
+        for i in [1, 2] {
+            h.peer(i)
+                .store
+                .create_and_write(&ObjKey::replica(oid), 0, 0, data)
+                .unwrap();
+        }
+        oid
+    }
+
+    /// Runs the recovery worker until this node holds `oid` (at most
+    /// `steps` steps); whether it does.
+    async fn recover(h: &Harness, w: &mut RecoveryWorker, oid: u64, steps: usize) -> bool {
+        for _ in 0..steps {
+            if h.store.exists(&ObjKey::replica(oid)) {
+                return true;
+            }
+            w.step().await;
+        }
+        h.store.exists(&ObjKey::replica(oid))
+    }
+
+    #[tokio::test]
+    async fn a_new_target_recovers_the_copy_its_holders_had() {
+        let mut h = Harness::new(2, 2, false).await;
+        let oid = held_by_peers(&h, b"acknowledged");
+        // Node 2 leaves: this node becomes a target of the object.
+        h.remove_peer(2).await;
+        let epoch = h.sheep.epoch();
+        assert!(h.targets(oid).contains(&0));
+        assert!(h.sheep.recovery.state(epoch).in_recovery);
+        let mut w = RecoveryWorker::new(h.sheep.clone());
+        assert!(recover(&h, &mut w, oid, 50).await);
+        let got = h.store.read(&ObjKey::replica(oid), 0, 12).unwrap();
+        assert_eq!(got, b"acknowledged");
+    }
+
+    #[tokio::test]
+    async fn an_object_whose_holder_does_not_answer_is_waited_for() {
+        let mut h = Harness::new(2, 2, false).await;
+        let oid = held_by_peers(&h, b"acknowledged");
+        h.peer(1).set_mode(Mode::SilentReads);
+        h.remove_peer(2).await;
+        let epoch = h.sheep.epoch();
+        let mut w = RecoveryWorker::new(h.sheep.clone());
+        // The only live holder is silent: the object stays missing, and
+        // the node keeps reporting recovery (it must not look idle).
+        assert!(!recover(&h, &mut w, oid, 30).await);
+        assert!(h.sheep.recovery.state(epoch).in_recovery);
+        h.peer(1).set_mode(Mode::Serve);
+        assert!(recover(&h, &mut w, oid, 30).await);
+        let got = h.store.read(&ObjKey::replica(oid), 0, 12).unwrap();
+        assert_eq!(got, b"acknowledged");
+    }
 }

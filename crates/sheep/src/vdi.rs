@@ -8,7 +8,7 @@ use crate::state::{Status, VdiTable};
 use sd_client::{Connection, Endpoint};
 use sd_proto::le::cstr;
 use sd_proto::*;
-use sd_store::Store;
+use sd_store::ObjectStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -636,7 +636,7 @@ async fn remove_dead_family(sheep: &Arc<Sheep>, deleting: u32) {
 }
 
 /// Builds the VDI table from the inode objects this node stores.
-pub fn scan_local_inodes(store: &Store, t: &mut VdiTable) {
+pub fn scan_local_inodes(store: &dyn ObjectStore, t: &mut VdiTable) {
     // Stale copies count too: a node that crashed while recovering may
     // hold a VDI's inode only there, and if every holder did, a scan of
     // working copies alone would lose the VDI from the cluster's table.

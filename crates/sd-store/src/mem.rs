@@ -1,0 +1,241 @@
+//! An [`ObjectStore`] in memory, for component tests of the object service
+//! (gateway, peer executor, recovery) without files or a daemon.
+//!
+//! It keeps exactly what the file store keeps (working and stale copies,
+//! pending reclaims, config, epochs) with the same semantics, and can be
+//! told to fail: [`MemStore::fail_next`] makes the next operations return
+//! EIO, as a dying disk does.
+
+use crate::{ObjKey, ObjectStore, Result, StoreError};
+use sd_proto::{SdNode, SheepdogConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Contents {
+    working: BTreeMap<ObjKey, Vec<u8>>,
+    stale: BTreeMap<(ObjKey, u32), Vec<u8>>,
+    reclaim: BTreeSet<u64>,
+    config: Option<SheepdogConfig>,
+    epochs: BTreeMap<u32, (Vec<SdNode>, u64)>,
+    /// Operations still to fail with EIO.
+    failing: u32,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct MemStore {
+    contents: Mutex<Contents>,
+}
+
+fn eio() -> StoreError {
+    StoreError::Io(std::io::Error::other("injected disk error"))
+}
+
+impl MemStore {
+    /// Makes the next `n` operations that touch objects fail with EIO.
+    pub fn fail_next(&self, n: u32) {
+        self.contents.lock().unwrap().failing = n;
+    }
+
+    /// Runs `f` on the contents unless an injected failure is due.
+    fn with<T>(&self, f: impl FnOnce(&mut Contents) -> Result<T>) -> Result<T> {
+        let mut c = self.contents.lock().unwrap();
+        if c.failing > 0 {
+            c.failing -= 1;
+            return Err(eio());
+        }
+        f(&mut c)
+    }
+}
+
+/// `len` bytes at `offset` of `data`, zeros past its end.
+fn slice(data: &[u8], offset: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let start = (offset as usize).min(data.len());
+    let end = (offset as usize).saturating_add(len).min(data.len());
+    out[..end - start].copy_from_slice(&data[start..end]);
+    out
+}
+
+fn put(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if dst.len() < end {
+        dst.resize(end, 0);
+    }
+    dst[offset as usize..end].copy_from_slice(data);
+}
+
+impl ObjectStore for MemStore {
+    fn obj_dir(&self) -> &Path {
+        Path::new("(memory)")
+    }
+    fn exists(&self, k: &ObjKey) -> bool {
+        self.contents.lock().unwrap().working.contains_key(k)
+    }
+    fn size(&self, k: &ObjKey) -> Result<u64> {
+        self.with(|c| {
+            c.working
+                .get(k)
+                .map(|d| d.len() as u64)
+                .ok_or(StoreError::NoObj)
+        })
+    }
+    fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.with(|c| {
+            let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            Ok(slice(d, offset, len))
+        })
+    }
+    fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
+        self.with(|c| c.working.get(k).cloned().ok_or(StoreError::NoObj))
+    }
+    fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
+        self.with(|c| {
+            put(c.working.get_mut(k).ok_or(StoreError::NoObj)?, offset, data);
+            Ok(())
+        })
+    }
+    fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.with(|c| {
+            let mut d = vec![0u8; size as usize];
+            put(&mut d, offset, data);
+            c.working.insert(*k, d);
+            Ok(())
+        })
+    }
+    fn remove(&self, k: &ObjKey) -> Result<()> {
+        self.with(|c| c.working.remove(k).map(|_| ()).ok_or(StoreError::NoObj))
+    }
+    fn list(&self) -> Result<Vec<ObjKey>> {
+        self.with(|c| Ok(c.working.keys().copied().collect()))
+    }
+    fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
+        self.with(|c| Ok(c.stale.keys().copied().collect()))
+    }
+    fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
+        self.with(|c| {
+            let d = c.working.remove(k).ok_or(StoreError::NoObj)?;
+            c.stale.insert((*k, epoch), d);
+            Ok(())
+        })
+    }
+    fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.with(|c| {
+            let d = c.stale.get(&(*k, epoch)).ok_or(StoreError::NoObj)?;
+            Ok(slice(d, offset, len))
+        })
+    }
+    fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
+        let c = self.contents.lock().unwrap();
+        c.stale
+            .range((*k, since)..=(*k, u32::MAX))
+            .map(|((_, e), _)| *e)
+            .next_back()
+    }
+    fn reclaim_add(&self, oid: u64) -> Result<()> {
+        self.with(|c| {
+            c.reclaim.insert(oid);
+            Ok(())
+        })
+    }
+    fn reclaim_pending(&self) -> Result<Vec<u64>> {
+        self.with(|c| Ok(c.reclaim.iter().copied().collect()))
+    }
+    fn reclaim_done(&self, oid: u64) -> Result<()> {
+        self.with(|c| {
+            c.reclaim.remove(&oid);
+            Ok(())
+        })
+    }
+    fn purge_stale(&self) -> Result<usize> {
+        self.with(|c| Ok(std::mem::take(&mut c.stale).len()))
+    }
+    fn wipe(&self) -> Result<()> {
+        self.with(|c| {
+            c.working.clear();
+            c.stale.clear();
+            c.reclaim.clear();
+            c.epochs.clear();
+            Ok(())
+        })
+    }
+    fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {
+        use sha1::{Digest, Sha1};
+        let data = match stale_epoch {
+            None => self.read_all(k)?,
+            Some(e) => self.with(|c| c.stale.get(&(*k, e)).cloned().ok_or(StoreError::NoObj))?,
+        };
+        Ok(Sha1::digest(&data).into())
+    }
+    fn read_config(&self) -> Result<Option<SheepdogConfig>> {
+        Ok(self.contents.lock().unwrap().config.clone())
+    }
+    fn write_config(&self, cfg: &SheepdogConfig) -> Result<()> {
+        self.contents.lock().unwrap().config = Some(cfg.clone());
+        Ok(())
+    }
+    fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
+        let mut sorted = nodes.to_vec();
+        sorted.sort_by_key(|n| n.nid);
+        self.contents
+            .lock()
+            .unwrap()
+            .epochs
+            .insert(epoch, (sorted, time));
+        Ok(())
+    }
+    fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
+        Ok(self.contents.lock().unwrap().epochs.get(&epoch).cloned())
+    }
+    fn latest_epoch(&self) -> Result<u32> {
+        let c = self.contents.lock().unwrap();
+        Ok(c.epochs.keys().next_back().copied().unwrap_or(0))
+    }
+    fn fs_space(&self) -> Result<(u64, u64)> {
+        Ok((1 << 40, 1 << 40))
+    }
+    fn used_bytes(&self) -> u64 {
+        let c = self.contents.lock().unwrap();
+        c.working.values().map(|d| d.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory store answers as the file store does.
+    #[test]
+    fn behaves_as_the_file_store() {
+        let d = tempfile::tempdir().unwrap();
+        let file = crate::Store::open(d.path(), true).unwrap();
+        let mem = MemStore::default();
+        let k = ObjKey::replica(0x007c_2b25_0000_0001);
+        for s in [&file as &dyn ObjectStore, &mem] {
+            assert!(matches!(s.read(&k, 0, 4), Err(StoreError::NoObj)));
+            assert!(matches!(s.write(&k, 0, b"x"), Err(StoreError::NoObj)));
+            s.create_and_write(&k, 64, 10, b"hello").unwrap();
+            s.write(&k, 12, b"LL").unwrap();
+            assert_eq!(s.read(&k, 8, 8).unwrap(), b"\0\0heLLo\0");
+            assert_eq!(s.read(&k, 60, 8).unwrap(), b"\0\0\0\0\0\0\0\0");
+            assert_eq!(s.size(&k).unwrap(), 64);
+            s.move_to_stale(&k, 3).unwrap();
+            assert!(!s.exists(&k));
+            assert_eq!(s.newest_stale(&k, 2), Some(3));
+            assert_eq!(s.newest_stale(&k, 4), None);
+            assert_eq!(s.read_stale(&k, 3, 10, 5).unwrap(), b"heLLo");
+            assert_eq!(s.list_stale().unwrap(), vec![(k, 3)]);
+            assert_eq!(s.purge_stale().unwrap(), 1);
+            s.reclaim_add(7).unwrap();
+            assert_eq!(s.reclaim_pending().unwrap(), vec![7]);
+            s.reclaim_done(7).unwrap();
+            assert!(s.reclaim_pending().unwrap().is_empty());
+        }
+        mem.create_and_write(&k, 8, 0, b"x").unwrap();
+        mem.fail_next(1);
+        assert!(matches!(mem.read(&k, 0, 1), Err(StoreError::Io(_))));
+        assert_eq!(mem.read(&k, 0, 1).unwrap(), b"x");
+    }
+}
