@@ -102,14 +102,18 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         .await
 }
 
-/// Per-object ordering between writes and recovery reads on this node.
+/// Per-object ordering of what changes an object on this node.
 ///
-/// Writes hold their object's stripe shared and check the epoch while
-/// holding it; a recovery read (another node copying the object for a
-/// newer epoch) holds it exclusively. So once a recovery read has been
-/// served, no write of an older epoch can still land here: it either
-/// finished before the copy was taken or is refused (OLD_NODE_VER) and
-/// retried by its gateway against the new placement.
+/// Writes (and recovery storing what it fetched) hold their object's
+/// stripe shared and check the epoch while holding it. A recovery read
+/// (another node copying the object for a newer epoch) holds it
+/// exclusively: once it has been served, no write of an older epoch can
+/// still land here; it either finished before the copy was taken or is
+/// refused (OLD_NODE_VER) and retried by its gateway against the new
+/// placement. The marking of a new epoch holds every stripe exclusively
+/// while it retires the copies the new placement no longer wants, so no
+/// copy decided under an older placement lands after that. Requests on
+/// objects of different stripes never share a lock.
 pub struct ObjLocks {
     stripes: Vec<Arc<tokio::sync::RwLock<()>>>,
 }
@@ -123,8 +127,18 @@ impl Default for ObjLocks {
 }
 
 impl ObjLocks {
-    fn stripe(&self, oid: u64) -> Arc<tokio::sync::RwLock<()>> {
+    pub fn stripe(&self, oid: u64) -> Arc<tokio::sync::RwLock<()>> {
         self.stripes[(sd_hash_oid(oid) % self.stripes.len() as u64) as usize].clone()
+    }
+
+    /// Every stripe, exclusively (taken in one order, so two such callers
+    /// cannot deadlock; requests hold one stripe at a time).
+    pub async fn all_exclusive(&self) -> Vec<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let mut all = Vec::with_capacity(self.stripes.len());
+        for s in &self.stripes {
+            all.push(s.write().await);
+        }
+        all
     }
 }
 
@@ -202,21 +216,12 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     } else {
         None
     };
-    // A write checked against this epoch lands before a newer epoch's
-    // marking retires copies (see `Recovery::placement`).
-    let placement: Held = if mutating {
-        Some(Box::new(
-            sheep.recovery.placement.clone().read_owned().await,
-        ))
-    } else {
-        None
-    };
     if stale(sheep) {
         return reply(&req, SdRes::OLD_NODE_VER);
     }
     let s = sheep.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {
-        let _held = (object, placement);
+        let _held = object;
         let st = &*s.store;
         match req.opcode {
             op::READ_PEER if recovery_read => {

@@ -13,8 +13,8 @@ use crate::worker::WorkerState;
 use sd_proto::*;
 use sd_ring::Ring;
 use sd_store::{ObjKey, ObjectStore};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -31,7 +31,6 @@ struct Inner {
     phase: u32,
     finished: u64,
     total: u64,
-    pending: BTreeSet<u64>,
     /// Last epoch whose ring was used to retire objects to `.stale`.
     marked_epoch: u32,
     /// Bumped by every (re)start; a pass whose generation is old stops.
@@ -43,24 +42,66 @@ struct Inner {
     recovered_epoch: u32,
 }
 
+/// The objects of the running pass not recovered yet.
+///
+/// Every peer request asks whether its object is among them, so the set
+/// is split into shards by object (two requests contend only when their
+/// objects share a shard), and an empty set is seen without any lock.
+/// Filled and cleared only under [`Recovery`]'s state lock (so the
+/// pass's generation and its set change together).
+struct Pending {
+    shards: Box<[Mutex<HashSet<u64>>]>,
+    len: AtomicUsize,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            shards: (0..64).map(|_| Mutex::default()).collect(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Pending {
+    fn shard(&self, oid: u64) -> &Mutex<HashSet<u64>> {
+        &self.shards[(sd_hash_oid(oid) % self.shards.len() as u64) as usize]
+    }
+    fn contains(&self, oid: u64) -> bool {
+        self.len.load(Ordering::SeqCst) != 0 && self.shard(oid).lock().unwrap().contains(&oid)
+    }
+    fn remove(&self, oid: u64) -> bool {
+        let removed =
+            self.len.load(Ordering::SeqCst) != 0 && self.shard(oid).lock().unwrap().remove(&oid);
+        if removed {
+            self.len.fetch_sub(1, Ordering::SeqCst);
+        }
+        removed
+    }
+    fn replace(&self, oids: &BTreeSet<u64>) {
+        for s in self.shards.iter() {
+            s.lock().unwrap().clear();
+        }
+        for &o in oids {
+            self.shard(o).lock().unwrap().insert(o);
+        }
+        self.len.store(oids.len(), Ordering::SeqCst);
+    }
+}
+
 /// The recovery worker's shared state.
 pub struct Recovery {
     inner: Mutex<Inner>,
+    pending: Pending,
     /// Epoch whose object list is ready; requests wait for it.
     prepared: watch::Sender<u32>,
+    /// The same, read without a lock by requests that need not wait.
+    prepared_epoch: AtomicU32,
     /// Objects being fetched right now (so two fetchers never race).
     inflight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
     /// Told when a new pass is asked for.
     requested: Notify,
-    /// Orders changes of the working directory against the retiring of
-    /// copies a new placement no longer wants: whoever puts data into a
-    /// working copy (a recovery storing what it fetched, a peer write)
-    /// holds it shared while it checks that its epoch is still current
-    /// and writes; the marking of a new epoch holds it exclusively. So no
-    /// copy decided under an older placement lands after a newer one has
-    /// retired what this node must not hold.
-    pub placement: Arc<tokio::sync::RwLock<()>>,
     /// When this node last served client data I/O (ms since `born`):
     /// while clients are active, the background pass yields half of its
     /// time to them.
@@ -76,11 +117,12 @@ impl Recovery {
     pub fn new(born: Instant) -> Self {
         Recovery {
             inner: Mutex::default(),
+            pending: Pending::default(),
             prepared: watch::Sender::new(0),
+            prepared_epoch: AtomicU32::new(0),
             inflight: Mutex::default(),
             wake: Notify::new(),
             requested: Notify::new(),
-            placement: Arc::default(),
             client_seen_ms: AtomicU64::new(0),
             born,
         }
@@ -135,7 +177,7 @@ impl Recovery {
             i.phase = PHASE_PREPARE;
             i.finished = 0;
             i.total = 0;
-            i.pending.clear();
+            self.pending.replace(&BTreeSet::new());
             if i.marked_epoch == 0 || i.marked_epoch >= epoch {
                 i.marked_epoch = epoch - 1;
             }
@@ -157,10 +199,16 @@ impl Recovery {
             i.epoch = epoch;
             i.generation += 1;
             i.in_recovery = false;
-            i.pending.clear();
+            self.pending.replace(&BTreeSet::new());
             i.marked_epoch = epoch;
             i.recovered_epoch = epoch;
         }
+        self.set_prepared(epoch);
+    }
+
+    /// The object list of `epoch` is ready.
+    fn set_prepared(&self, epoch: u32) {
+        self.prepared_epoch.store(epoch, Ordering::SeqCst);
         self.prepared.send_replace(epoch);
     }
 
@@ -170,6 +218,14 @@ impl Recovery {
 
     async fn wait_prepared(&self, sheep: &Sheep) {
         let epoch = sheep.epoch();
+        if self
+            .prepared_epoch
+            .load(Ordering::SeqCst)
+            .wrapping_sub(epoch) as i32
+            >= 0
+        {
+            return;
+        }
         let mut rx = self.prepared.subscribe();
         let prepared = rx.wait_for(|&e| e.wrapping_sub(epoch) as i32 >= 0);
         let _ = crate::clock::timeout(&*sheep.clock, Duration::from_secs(30), prepared).await;
@@ -190,7 +246,7 @@ impl Recovery {
             return;
         }
         self.wait_prepared(sheep).await;
-        if !self.inner.lock().unwrap().pending.contains(&oid) {
+        if !self.pending.contains(oid) {
             return;
         }
         recover_one(sheep, oid).await;
@@ -202,12 +258,12 @@ impl Recovery {
             return;
         }
         self.wait_prepared(sheep).await;
-        if !self.inner.lock().unwrap().pending.contains(&oid) {
+        if !self.pending.contains(oid) {
             return;
         }
         let slot = self.slot(oid);
         let _g = slot.lock().await;
-        if self.inner.lock().unwrap().pending.remove(&oid) {
+        if self.pending.remove(oid) {
             self.inner.lock().unwrap().finished += 1;
         }
         self.release_slot(oid, &slot);
@@ -325,7 +381,7 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
     let rec = &sheep.recovery;
     let (epoch, generation) = {
         let i = rec.inner.lock().unwrap();
-        if !i.pending.contains(&oid) {
+        if !rec.pending.contains(oid) {
             return true;
         }
         (i.epoch, i.generation)
@@ -341,7 +397,7 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
                 tracing::error!("object {oid:016x} could not be recovered from any node yet");
                 return false;
             };
-            let shared = rec.placement.clone().read_owned().await;
+            let shared = sheep.obj_locks.stripe(oid).read_owned().await;
             if !rec.current(generation) || sheep.epoch() != epoch {
                 return true;
             }
@@ -366,7 +422,7 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
 /// Takes `oid` off the list of pass `generation` (if it still runs).
 fn finish(rec: &Recovery, oid: u64, generation: u64) {
     let mut i = rec.inner.lock().unwrap();
-    if i.generation == generation && i.pending.remove(&oid) {
+    if i.generation == generation && rec.pending.remove(oid) {
         i.finished += 1;
     }
 }
@@ -779,7 +835,7 @@ pub async fn mark(
         };
         // Exclusive: every store decided under an older placement has
         // landed (and is retired here) or will see the newer epoch.
-        let _exclusive = sheep.recovery.placement.write().await;
+        let _exclusive = sheep.obj_locks.all_exclusive().await;
         if !sheep.recovery.current(generation) {
             return Ok(false);
         }
@@ -815,7 +871,7 @@ async fn prepare(
     }
     let mut wanted = BTreeSet::new();
     if sheep.opts.gateway {
-        sheep.recovery.prepared.send_replace(epoch);
+        sheep.recovery.set_prepared(epoch);
         return Ok(Some(wanted));
     }
     // Placement depends on each VDI's copy count: before the first
@@ -866,10 +922,10 @@ async fn prepare(
             return Ok(None);
         }
         i.total = wanted.len() as u64;
-        i.pending = wanted.clone();
+        sheep.recovery.pending.replace(&wanted);
         i.phase = PHASE_RECOVER;
     }
-    sheep.recovery.prepared.send_replace(epoch);
+    sheep.recovery.set_prepared(epoch);
     Ok(Some(wanted))
 }
 
