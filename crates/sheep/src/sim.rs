@@ -5,24 +5,72 @@
 //! totally ordered stream (delivered to each node at its own pace), the
 //! real placement ([`Ring`]) and the real recovery rules (which copy a
 //! node serves, in which order recovery asks, when a joiner retires what
-//! it holds) act on simulated disks. Clients write and read objects
-//! through random gateways while nodes crash, stop cleanly, restart with
-//! their disks, get replaced by new ones, and the whole cluster crashes at
-//! once. Crashes come at any moment; clean stops follow an operator's
-//! discipline: a node is stopped only when `dog node recovery` would
-//! list no node (every member finished its pass for the epoch it is in).
-//! No disk is ever lost, so no acknowledged write may be.
+//! it holds) act on simulated disks whose objects hold generation
+//! numbers.
 //!
-//! Checked: every successful read returns the newest acknowledged write;
-//! once faults stop and recovery settles, every object reads back through
-//! every node, has its full copy count on distinct zones, every replica
-//! agrees, no node keeps a copy it is not a target of, and all nodes agree
-//! on each epoch's members. A failing run names its seed; a seed replays
-//! the same schedule and event log (the log's hash is compared).
+//! Clients write and read objects through random gateways. A write is a
+//! fan-out as the gateway's: one peer request per target of the
+//! gateway's view, each executed at its target in its own step (so other
+//! writes, deliveries, recovery steps and faults come in between, and a
+//! request made at epoch E may reach its target several epochs later).
+//! The target applies the peer's rules: a request of an older epoch than
+//! the target's is refused (OLD_NODE_VER), one of a newer epoch waits for
+//! the target to get there, one to a node not running the cluster is
+//! refused (NEW_NODE_VER), an overwrite first recovers the object if the
+//! target's pass still lists it, a create takes it off that list. The
+//! write is acknowledged only once every target stored it. An attempt
+//! fails on a target that is down or restarted, across a down link, on
+//! EIO or on a refusal; it is abandoned when the gateway's epoch moves or
+//! after a timeout (the targets then never execute what they had not yet:
+//! the server aborts a gone client's requests). On a transient failure
+//! (network, OLD/NEW_NODE_VER) the gateway retries the same generation
+//! against its current view, up to four attempts (standing for its 60 s);
+//! then, on EIO or NO_OBJ, or when the gateway dies, the client gets an
+//! error and never retries that generation. A client has at most one
+//! write of an object in flight.
 //!
-//! What is simulated rather than real: the network (a read or write is
-//! one atomic step), the disks (generation numbers, not bytes) and the
-//! VDI layer (one VDI's objects, cluster-default redundancy).
+//! Faults: crashes at any moment (noticed by the driver some steps
+//! later), clean stops (only when `dog node recovery` would list no
+//! node), restarts with the disk kept, replacements by new empty nodes,
+//! whole-cluster crashes, partitions (a link between two nodes, or all
+//! links of one node, down for a while: requests across it fail, for
+//! client writes, client reads, object lists and recovery reads; the
+//! driver does not see partitions, so membership is unchanged) and disk
+//! EIO (a node's next K disk operations fail: a write is not stored, a
+//! read tries the next replica, a recovery read counts as no answer, a
+//! recovered copy is not stored; the disk keeps what it had). Opt-in:
+//! SIM_TORN=1 makes a crash interrupt an in-place overwrite now and then,
+//! leaving a torn copy (neither generation; creates and recovered copies
+//! are renamed into place and never tear); SIM_LAST_CRASH=1 lets a crash
+//! take the last running node, so the cluster can die node by node. Both
+//! fail seeds today (see the soak notes in the tests), so the default
+//! seeds run without them.
+//!
+//! Checked, with "maybe" generations being those written after an
+//! object's newest acknowledged one and not acknowledged (in flight, or
+//! failed): every successful read returns the newest acknowledged
+//! generation or a maybe generation of that object (never an older one,
+//! never a torn copy; a later read may return the acknowledged one again,
+//! as nothing repairs replicas that a failed write left apart). Once
+//! faults stop and recovery settles: every object reads back through
+//! every node and each of its targets holds a copy, all under the same
+//! rule (for an object with no maybe generation: exactly its newest
+//! acknowledged one, so the replicas agree; for one whose last write
+//! failed: each replica holds the acknowledged generation or one of the
+//! maybe ones, possibly different ones; an object never acknowledged may
+//! also be absent); it has its full copy count on distinct zones; no node
+//! keeps a copy it is not a target of; all nodes agree on each epoch's
+//! members. A failing run names its seed; a seed replays the same
+//! schedule and event log (the log's hash is compared).
+//!
+//! What is simulated rather than real: the network (a peer request is
+//! received and executed in one step; a request a peer received but had
+//! not executed when its sender gave up is not modelled beyond the abort),
+//! the disks (generation numbers, not bytes: a write replaces the whole
+//! object), the VDI layer (one VDI's objects, cluster-default redundancy,
+//! no inode updates) and time (steps, not seconds). Not simulated: the
+//! driver expelling a partitioned node, reads racing a write on the same
+//! replica, erasure coding.
 
 use crate::recovery::{epoch_holders, may_walk_older, recovery_source, CopyIndex, Fetched, Source};
 use crate::state::{ClusterState, Effect, JoinInfo, OpMessage};
@@ -225,8 +273,13 @@ pub struct Sim {
     /// Links that are down, as (lower index, higher index) → the step
     /// they come back at.
     links_down: BTreeMap<(usize, usize), u64>,
-    /// Crashes during in-place writes leave torn copies (SIM_TORN=1).
+    /// Crashes during in-place writes leave torn copies (SIM_TORN=1),
+    /// until the faults stop.
     torn: bool,
+    /// A single crash may take the last running node too, so the
+    /// cluster can die node by node and come back in any order
+    /// (SIM_LAST_CRASH=1).
+    last_crash: bool,
     next_gen: u64,
     next_incarnation: u64,
     step: u64,
@@ -270,6 +323,7 @@ impl Sim {
             writes: Vec::new(),
             links_down: BTreeMap::new(),
             torn: std::env::var_os("SIM_TORN").is_some_and(|v| v == "1"),
+            last_crash: std::env::var_os("SIM_LAST_CRASH").is_some_and(|v| v == "1"),
             next_gen: 1,
             next_incarnation: 1,
             step: 0,
@@ -345,12 +399,12 @@ impl Sim {
             self.step += 1;
             let r = self.rng.gen_range(0..100);
             match r {
-                0..=34 => self.deliver_one(),
-                35..=56 => self.recovery_step()?,
-                57..=68 => {
+                0..=29 => self.deliver_one(),
+                30..=49 => self.recovery_step()?,
+                50..=67 => {
                     self.write_step();
                 }
-                69..=80 if self.ops_done < self.cfg.ops => self.client_write(),
+                68..=80 if self.ops_done < self.cfg.ops => self.client_write(),
                 81..=93 if self.ops_done < self.cfg.ops => self.client_read()?,
                 94..=99 if self.faults_done < self.cfg.faults => self.fault(),
                 _ => self.deliver_one(),
@@ -1057,7 +1111,8 @@ impl Sim {
         }
         // A create is a temporary file renamed into place; an overwrite is
         // in place, and a crash in the middle of it tears the copy.
-        if self.torn && !create && self.rng.gen_ratio(1, 40) {
+        let others = self.running().len() > 1 || self.last_crash;
+        if self.torn && others && !create && self.rng.gen_ratio(1, 40) {
             self.nodes[j].disk.working.insert(o, gen | TORN);
             self.torn_writes += 1;
             self.note(format_args!(
@@ -1260,7 +1315,7 @@ impl Sim {
                 }
             }
             // One node crashes, at any moment.
-            6..=7 if running.len() > 1 => {
+            6..=7 if running.len() > 1 || (self.last_crash && !running.is_empty()) => {
                 let i = running[self.rng.gen_range(0..running.len())];
                 let after = self.rng.gen_range(1..20);
                 self.crash(i, after);
@@ -1309,6 +1364,7 @@ impl Sim {
     /// Brings back every node that is down (no disk is ever lost here, so
     /// no acknowledged write may be), every link and every disk.
     fn heal(&mut self) {
+        self.torn = false;
         self.links_down.clear();
         self.nodes.iter_mut().for_each(|n| n.eio = 0);
         self.driver.dying.iter_mut().for_each(|d| d.2 = 1);
@@ -1531,6 +1587,15 @@ mod tests {
 
     /// `SIM_SEEDS=a..b cargo test --release -p sheep soak -- --ignored`
     /// (see scripts/soak.sh).
+    ///
+    /// Known failures of the opt-in faults: SIM_TORN=1 fails 69 of seeds
+    /// 0..1000 (a torn copy is served: no checksum tells it from a good
+    /// one yet); SIM_TORN=1 SIM_LAST_CRASH=1 also loses acknowledged
+    /// writes (seeds 334, 1276 of 0..3000): a cluster that died node by
+    /// node resumes once the members of its first restarted node's older
+    /// epoch are back, and the last survivor, whose epoch is newer, then
+    /// joins the running cluster and retires the only copies of writes
+    /// acknowledged after that older epoch.
     #[test]
     #[ignore]
     fn soak() {
