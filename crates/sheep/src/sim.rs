@@ -466,19 +466,7 @@ impl Sim {
     }
 
     fn format(&mut self) {
-        let mut req = SdReq::new(op::MAKE_FS);
-        req.set_cluster(ClusterArgs {
-            ctime: 0x1234 << 32,
-            copies: self.copies as u8,
-            flags: cluster_flag::AUTO_VNODES,
-            ..Default::default()
-        });
-        let rsp = SdRsp::for_req(&req, SdRes::SUCCESS);
-        let msg = OpMessage {
-            req,
-            rsp,
-            data: b"plain\0".to_vec(),
-        };
+        let msg = crate::testing::make_fs(self.copies as u8);
         self.append(Event::Notify {
             sender: self.nodes[0].node.nid,
             msg: msg.encode(),
@@ -1490,12 +1478,7 @@ impl Sim {
 
 fn new_node(i: u16) -> SimNode {
     SimNode {
-        node: SdNode {
-            nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000 + i),
-            nr_vnodes: SD_DEFAULT_VNODES,
-            zone: i as u32,
-            space: 1 << 40,
-        },
+        node: crate::testing::node(i),
         disk: Disk::default(),
         proc: None,
         eio: 0,
