@@ -255,6 +255,13 @@ impl Sheep {
             }
             Effect::JoinRefused(r) => {
                 tracing::error!("the cluster refused our join: {}", r.describe());
+                if r == SdRes::INVALID_EPOCH {
+                    tracing::error!(
+                        "this node ran epochs the running cluster never saw (it came back \
+                         without the last nodes to stop): this node's objects are kept; \
+                         stop the cluster and start the nodes of the newest epoch first"
+                    );
+                }
                 self.request_exit(1);
             }
             Effect::Formatted => {
@@ -280,15 +287,10 @@ impl Sheep {
                 if self.view().joined {
                     // A restart with the same members keeps the epoch
                     // file (and its time) it had.
-                    let ids = |v: &[SdNode]| {
-                        let mut a: Vec<NodeId> = v.iter().map(|x| x.nid).collect();
-                        a.sort();
-                        a
-                    };
                     let same = self
                         .store
                         .read_epoch(epoch)?
-                        .is_some_and(|(n, _)| ids(&n) == ids(&nodes));
+                        .is_some_and(|(n, _)| crate::state::same_members(&n, &nodes));
                     if recover {
                         // Retire what the new placement takes away before
                         // the epoch is on disk: a crash in between must

@@ -375,6 +375,16 @@ impl VdiTable {
     }
 }
 
+/// Whether two node lists name the same nodes (in any order).
+pub fn same_members(a: &[SdNode], b: &[SdNode]) -> bool {
+    let ids = |v: &[SdNode]| {
+        let mut ids: Vec<NodeId> = v.iter().map(|n| n.nid).collect();
+        ids.sort();
+        ids
+    };
+    ids(a) == ids(b)
+}
+
 /// The agreed cluster state.
 pub struct ClusterState {
     pub me: NodeId,
@@ -574,6 +584,9 @@ impl ClusterState {
                     if info.config.ctime != 0 && info.config.ctime != self.config.ctime {
                         return refuse(self, fx, SdRes::INVALID_CTIME);
                     }
+                    if info.config.ctime != 0 && self.diverges(&info) {
+                        return refuse(self, fx, SdRes::INVALID_EPOCH);
+                    }
                     self.insert_member(m);
                     self.new_epoch(time, fx);
                 }
@@ -608,18 +621,31 @@ impl ClusterState {
         }
     }
 
+    /// Whether a formatted node joining the running cluster saw epochs this
+    /// cluster never ran: an epoch newer than ours, or one of ours with
+    /// other members. That happens when a whole cluster died node by node
+    /// and came back without the last nodes to die: it resumed from an
+    /// older epoch, and the joiner may hold the only copies of writes
+    /// acknowledged after it. Letting it in would retire those copies as
+    /// stale and recovery would purge them; refused, it keeps them (the
+    /// operator restarts the cluster with the newest epoch's nodes).
+    /// (The original let such a node in.)
+    fn diverges(&self, info: &JoinInfo) -> bool {
+        if info.epoch > self.epoch {
+            return true;
+        }
+        self.history
+            .iter()
+            .find(|h| h.0 == info.epoch)
+            .is_some_and(|h| !same_members(&h.1, &info.epoch_nodes))
+    }
+
     /// Leaves WAIT_FOR_JOIN once every node of the last epoch is back.
     fn try_leave_wait(&mut self, time: u64, fx: &mut Vec<Effect>) {
         if self.status != Status::WaitForJoin || !self.all_awaited_present() {
             return;
         }
-        let same: bool = {
-            let mut a: Vec<NodeId> = self.last_epoch_nodes.iter().map(|n| n.nid).collect();
-            let mut b: Vec<NodeId> = self.members.iter().map(|m| m.node.nid).collect();
-            a.sort();
-            b.sort();
-            a == b
-        };
+        let same = same_members(&self.last_epoch_nodes, &self.nodes());
         self.resume(same, time, fx);
     }
 
@@ -927,6 +953,44 @@ mod tests {
             vec![Effect::JoinRefused(SdRes::INVALID_CTIME)]
         );
         assert!(!s2.is_member(&node(7009).nid));
+    }
+
+    #[test]
+    fn a_node_that_ran_epochs_the_cluster_never_saw_is_refused() {
+        let cfg = SheepdogConfig {
+            ctime: 77,
+            copies: 3,
+            ..Default::default()
+        };
+        let at = |epoch, ports: &[u16]| JoinInfo {
+            config: cfg.clone(),
+            epoch,
+            epoch_nodes: ports.iter().map(|&p| node(p)).collect(),
+        };
+        // The cluster came back at epoch 5 ({7000, 7001}).
+        let resumed = |me: u16| {
+            let mut s = ClusterState::new(node(me).nid, Default::default());
+            s.apply(&join(1, 7000, &at(5, &[7000, 7001])));
+            s.apply(&join(2, 7001, &at(5, &[7000, 7001])));
+            assert_eq!((s.status, s.epoch), (Status::Ok, 5));
+            s
+        };
+        // A node that ran on alone to epoch 7 holds writes the cluster
+        // never saw: refused (it keeps them), and nobody takes it in.
+        let mut s = resumed(7002);
+        let fx = s.apply(&join(3, 7002, &at(7, &[7002])));
+        assert_eq!(fx, vec![Effect::JoinRefused(SdRes::INVALID_EPOCH)]);
+        let mut member = resumed(7000);
+        member.apply(&join(3, 7002, &at(7, &[7002])));
+        assert!(!member.is_member(&node(7002).nid));
+        assert_eq!(member.epoch, 5);
+        // So is one whose epoch 5 had other members than ours.
+        let fx = member.apply(&join(4, 7003, &at(5, &[7000, 7003])));
+        assert!(fx.is_empty() && !member.is_member(&node(7003).nid));
+        // A node that stopped at an older epoch joins as ever.
+        member.apply(&join(5, 7004, &at(3, &[7000, 7001, 7004])));
+        assert!(member.is_member(&node(7004).nid));
+        assert_eq!(member.epoch, 6);
     }
 
     #[test]
