@@ -230,6 +230,18 @@ impl Store {
         res
     }
 
+    /// A missing file reads as "no such object" unless the object
+    /// directory itself is gone: that is a dead disk (or one unmounted or
+    /// wiped under us), an I/O error, never an answer about one object.
+    fn judged<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(StoreError::NoObj) if !self.obj_dir.is_dir() => Err(StoreError::Io(
+                std::io::Error::other(format!("{} is gone", self.obj_dir.display())),
+            )),
+            r => r,
+        }
+    }
+
     fn reclaim_dir(&self) -> PathBuf {
         self.base.join("reclaim")
     }
@@ -309,42 +321,49 @@ impl ObjectStore for Store {
     }
 
     fn size(&self, k: &ObjKey) -> Result<u64> {
-        Ok(fs::metadata(self.path(k))?.len())
+        self.judged(
+            fs::metadata(self.path(k))
+                .map(|m| m.len())
+                .map_err(Into::into),
+        )
     }
 
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
-        read_at(&self.path(k), offset, len)
+        self.judged(read_at(&self.path(k), offset, len))
     }
 
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
-        Ok(fs::read(self.path(k))?)
+        self.judged(fs::read(self.path(k)).map_err(Into::into))
     }
 
     fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
-        let f = OpenOptions::new().write(true).open(self.path(k))?;
-        f.write_all_at(data, offset)?;
-        self.sync_file(&f)
+        self.judged((|| {
+            let f = OpenOptions::new().write(true).open(self.path(k))?;
+            f.write_all_at(data, offset)?;
+            self.sync_file(&f)
+        })())
     }
 
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         let size = size.max(offset + data.len() as u64);
         let sparse = is_vdi_obj(k.oid) || is_ledger_obj(k.oid) || data.len() as u64 >= size;
-        self.atomic_write(&self.path(k), Some(size), sparse, offset, data)
+        self.judged(self.atomic_write(&self.path(k), Some(size), sparse, offset, data))
     }
 
     fn remove(&self, k: &ObjKey) -> Result<()> {
-        fs::remove_file(self.path(k))?;
-        Ok(())
+        self.judged(fs::remove_file(self.path(k)).map_err(Into::into))
     }
 
     fn list(&self) -> Result<Vec<ObjKey>> {
-        let mut v = Vec::new();
-        for e in fs::read_dir(&self.obj_dir)? {
-            if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
-                v.push(k);
+        self.judged((|| {
+            let mut v = Vec::new();
+            for e in fs::read_dir(&self.obj_dir)? {
+                if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
+                    v.push(k);
+                }
             }
-        }
-        Ok(v)
+            Ok(v)
+        })())
     }
 
     fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
@@ -361,12 +380,11 @@ impl ObjectStore for Store {
     }
 
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
-        fs::rename(self.path(k), self.stale_path(k, epoch))?;
-        Ok(())
+        self.judged(fs::rename(self.path(k), self.stale_path(k, epoch)).map_err(Into::into))
     }
 
     fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        read_at(&self.stale_path(k, epoch), offset, len)
+        self.judged(read_at(&self.stale_path(k, epoch), offset, len))
     }
 
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
@@ -642,6 +660,29 @@ mod tests {
         let data = s.read_all(&k).unwrap();
         assert!(data.iter().all(|&b| b == data[0]) && data.len() == 4096);
         assert!(s.read_epoch(1).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_vanished_object_directory_is_an_io_error() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x007c_2b25_0000_0001);
+        s.create_and_write(&k, 8, 0, b"x").unwrap();
+        assert_eq!(s.read(&k, 0, 1).unwrap(), b"x");
+        assert!(matches!(
+            s.read(&ObjKey::replica(5), 0, 1),
+            Err(StoreError::NoObj)
+        ));
+        fs::remove_dir_all(s.obj_dir()).unwrap();
+        for r in [
+            s.read(&k, 0, 1).map(|_| ()),
+            s.write(&k, 0, b"y"),
+            s.create_and_write(&k, 8, 0, b"y"),
+            s.remove(&k),
+            s.list().map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(StoreError::Io(_))), "{r:?}");
+        }
     }
 
     #[test]

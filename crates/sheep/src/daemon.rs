@@ -40,8 +40,12 @@ pub struct Sheep {
     /// Objects no reference holds any more, removed by the reclaim worker
     /// (each also recorded in the store, so a crash forgets none).
     pub reclaim: mpsc::UnboundedSender<u64>,
-    /// Peers whose VDI tables the VDI-sync worker merges into ours.
-    pub vdi_sync: mpsc::UnboundedSender<SdNode>,
+    /// Peers whose VDI tables the VDI-sync worker merges into ours
+    /// (through [`Sheep::sync_vdis_with`]).
+    vdi_sync: mpsc::UnboundedSender<SdNode>,
+    /// How many of those merges are still to do: a lookup that finds
+    /// nothing meanwhile waits for them before answering NO_VDI.
+    vdi_syncs_pending: watch::Sender<usize>,
     /// Owns the background workers and the critical tasks.
     pub workers: Arc<Supervisor>,
     /// One codec per erasure-code policy byte, made on first use.
@@ -201,9 +205,50 @@ impl Sheep {
         Ok(())
     }
 
+    /// Has the VDI-sync worker merge `node`'s VDI table into ours.
+    pub fn sync_vdis_with(&self, node: SdNode) {
+        self.vdi_syncs_pending.send_modify(|n| *n += 1);
+        let _ = self.vdi_sync.send(node);
+    }
+
+    /// Waits (at most 10 s) until every VDI-table merge asked for so far
+    /// is done; false if none was pending.
+    pub async fn wait_vdis_synced(&self) -> bool {
+        if *self.vdi_syncs_pending.borrow() == 0 {
+            return false;
+        }
+        let mut rx = self.vdi_syncs_pending.subscribe();
+        let synced = rx.wait_for(|&n| n == 0);
+        let _ = crate::clock::timeout(&*self.clock, Duration::from_secs(10), synced).await;
+        true
+    }
+
     /// Schedules a clean exit (after the current response is sent).
     pub fn request_exit(&self, code: i32) {
         self.exit.send_replace(Some(code));
+    }
+
+    /// Judges a store error: an I/O error means this node's disk failed
+    /// (EIO, or its object directory gone). Like the original's node with
+    /// no disk left, it then leaves the cluster, so every gateway retries
+    /// against a placement without it and the others recover what it
+    /// held. True if so: the request is answered NETWORK_ERROR (its
+    /// sender retries) rather than EIO.
+    pub fn disk_failed(&self, e: &sd_store::StoreError) -> bool {
+        if !matches!(e, sd_store::StoreError::Io(_)) {
+            return false;
+        }
+        let first = self.exit.send_if_modified(|c| {
+            let first = c.is_none();
+            if first {
+                *c = Some(EXIT_DISK_FAILED);
+            }
+            first
+        });
+        if first {
+            tracing::error!("the disk failed ({e}): leaving the cluster; its objects are recovered on the other nodes");
+        }
+        true
     }
 
     fn persisted_config(&self, config: &SheepdogConfig) -> SheepdogConfig {
@@ -335,7 +380,7 @@ impl Sheep {
                 }
             }
             Effect::PeerJoined(node) => {
-                let _ = self.vdi_sync.send(node);
+                self.sync_vdis_with(node);
             }
         }
         Ok(())
@@ -397,7 +442,7 @@ impl Sheep {
             // Placement needs every VDI's redundancy: learn the VDIs
             // whose inodes only others hold.
             for n in self.view().nodes.iter().filter(|n| n.nid != self.this.nid) {
-                let _ = self.vdi_sync.send(*n);
+                self.sync_vdis_with(*n);
             }
         }
         self.execute(rest).await;
@@ -513,13 +558,20 @@ impl Worker for VdiSyncWorker {
         let Some(node) = self.queue.pop_front() else {
             return WorkerState::Idle;
         };
+        let done = |s: &Sheep| {
+            s.vdi_syncs_pending
+                .send_modify(|n| *n = n.saturating_sub(1))
+        };
         if crate::vdi::sync_vdis_from(&self.sheep, &node).await {
             self.done += 1;
+            done(&self.sheep);
             return WorkerState::Busy;
         }
         self.errors += 1;
         if self.sheep.view().nodes.iter().any(|n| n.nid == node.nid) {
             self.queue.push_back(node);
+        } else {
+            done(&self.sheep);
         }
         WorkerState::Throttled(Duration::from_millis(500))
     }
@@ -572,6 +624,7 @@ impl Sheep {
             ledger_lock: tokio::sync::Mutex::new(()),
             reclaim: reclaim_tx,
             vdi_sync: vdi_sync_tx,
+            vdi_syncs_pending: watch::Sender::new(0),
             workers: Arc::default(),
             codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
             stats: Default::default(),
@@ -581,6 +634,9 @@ impl Sheep {
         (sheep, reclaim_rx, vdi_sync_rx)
     }
 }
+
+/// Exit status of a node that left because its disk failed.
+pub const EXIT_DISK_FAILED: i32 = 1;
 
 /// Exit status asking `main` to restart this daemon in place (same pid,
 /// same options) so it rejoins as a new incarnation.

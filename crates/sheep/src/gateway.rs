@@ -55,6 +55,9 @@ async fn coherence(sheep: &Arc<Sheep>, vid: u32, validate: bool) {
 /// participant has changed the index since this node's client last
 /// reloaded it, every request but that reload answers INODE_INVALIDATED.
 pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
+    if out_of_bounds(sheep, &req).await {
+        return reply(&req, SdRes::INVALID_PARMS);
+    }
     let o = req.obj();
     let vid = oid_to_vid(o.oid);
     let refresh = req.opcode == op::READ_OBJ
@@ -109,6 +112,25 @@ pub async fn handle(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         }
     }
     io(sheep, req, payload).await
+}
+
+/// Whether a read or write reaches past the end of its object: refused
+/// before anything is read, sent or allocated.
+async fn out_of_bounds(sheep: &Sheep, req: &SdReq) -> bool {
+    if req.opcode == op::REMOVE_OBJ {
+        return false;
+    }
+    let o = req.obj();
+    let end = o.offset as u64 + req.data_length as u64;
+    if end <= sheep.object_size(o.oid) {
+        return false;
+    }
+    if is_data_obj(o.oid) && !sheep.knows_vdi(oid_to_vid(o.oid)) {
+        // Its size comes from its VDI, which may be a moment old.
+        sheep.catch_up().await;
+        return end > sheep.object_size(o.oid);
+    }
+    true
 }
 
 /// Placement, fan-out and retry of one object request.
@@ -552,6 +574,32 @@ mod tests {
             assert_eq!(held(&h, i), Some(bytes(5)));
         }
         assert_eq!(h.clock.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn io_past_the_end_of_an_object_is_refused_and_reaches_no_peer() {
+        let h = Harness::new(3, 3, true).await;
+        let size = h.sheep.object_size(OID) as u32;
+        for (opcode, offset, len) in [
+            (op::WRITE_OBJ, 512 << 20, 4),
+            (op::CREATE_AND_WRITE_OBJ, size - 2, 4),
+            (op::READ_OBJ, size, 1),
+        ] {
+            let mut req = internal(opcode, OID, offset, len, 0);
+            req.data_length = len as u32;
+            let payload = if opcode == op::READ_OBJ {
+                vec![]
+            } else {
+                vec![7; len]
+            };
+            let r = handle(&h.sheep, req, payload).await;
+            assert_eq!(r.0.result, SdRes::INVALID_PARMS, "opcode {opcode:#x}");
+        }
+        assert!((1..=3).all(|i| h.peer(i).calls().is_empty()));
+        // The last bytes of the object are fine.
+        create(&h.sheep, OID, size - 4, vec![1, 2, 3, 4], 0)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -264,6 +264,9 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             if !matches!(e, sd_store::StoreError::NoObj) {
                 tracing::error!("peer op {:#x} on {:016x}: {e}", req.opcode, o.oid);
             }
+            if sheep.disk_failed(&e) {
+                return reply(&req, SdRes::NETWORK_ERROR);
+            }
             reply(&req, e.res())
         }
         Err(_) => reply(&req, SdRes::EIO),
@@ -348,6 +351,7 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
             reply(req, SdRes::SUCCESS)
         }
         Ok(Ok(false)) => reply(req, SdRes::SUCCESS),
+        Ok(Err(e)) if sheep.disk_failed(&e) => reply(req, SdRes::NETWORK_ERROR),
         Ok(Err(e)) => reply(req, e.res()),
         Err(_) => reply(req, SdRes::EIO),
     }
@@ -432,16 +436,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_disk_error_is_reported_not_hidden() {
+    async fn a_disk_error_takes_the_node_out_and_its_sender_retries() {
         let h = holder().await;
         let e = h.sheep.epoch();
         h.store.fail_next(1);
-        let r = handle(&h.sheep, peer_req(op::READ_PEER, e, 4), vec![]).await;
-        assert_eq!(r.0.result, SdRes::EIO);
-        h.store.fail_next(1);
         let r = handle(&h.sheep, peer_req(op::WRITE_PEER, e, 4), b"new!".to_vec()).await;
-        assert_eq!(r.0.result, SdRes::EIO);
-        let r = handle(&h.sheep, peer_req(op::READ_PEER, e, 4), vec![]).await;
-        assert_eq!((r.0.result, r.1), (SdRes::SUCCESS, b"old!".to_vec()));
+        // Not EIO: the sender retries against a placement without us.
+        assert_eq!(r.0.result, SdRes::NETWORK_ERROR);
+        assert_eq!(
+            *h.sheep.exit.borrow(),
+            Some(crate::daemon::EXIT_DISK_FAILED)
+        );
+        assert_eq!(held(&h), b"old!");
     }
 }

@@ -409,9 +409,14 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
                 s.store.create_and_write(&key, data.len() as u64, 0, &data)
             })
             .await;
-            if !matches!(r, Ok(Ok(()))) {
-                tracing::error!("failed to store recovered object {oid:016x}");
-                return false;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("failed to store recovered object {oid:016x}: {e}");
+                    sheep.disk_failed(&e);
+                    return false;
+                }
+                Err(_) => return false,
             }
         }
     }

@@ -97,9 +97,15 @@ async fn lookup(
 /// Looks up the VDI a GET_VDI_INFO / LOCK_VDI / DEL_VDI request names.
 async fn lookup_request(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> Result<Lookup, SdRes> {
     let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
-    lookup(sheep, name, tag, req.vdi().snapid)
-        .await
-        .map_err(|e| e.0)
+    let snapid = req.vdi().snapid;
+    match lookup(sheep, name, tag, snapid).await {
+        // A node that joined a moment ago may not know every VDI yet:
+        // "no such VDI" only once it has heard from every member.
+        Err((SdRes::NO_VDI, _)) if sheep.wait_vdis_synced().await => {
+            lookup(sheep, name, tag, snapid).await.map_err(|e| e.0)
+        }
+        r => r.map_err(|e| e.0),
+    }
 }
 
 /// Splits a name (256 B) or name+tag (512 B) payload.
