@@ -8,6 +8,7 @@
 //! `nosync`. All calls are blocking; the daemon runs them on its blocking
 //! pool.
 
+pub mod faults;
 #[cfg(any(test, feature = "mem"))]
 pub mod mem;
 
@@ -107,6 +108,8 @@ pub struct Store {
     /// Numbers temporaries, so concurrent replacements of one file (a
     /// recovery and a create, two fetches of one epoch) never share one.
     tmp_seq: std::sync::atomic::AtomicU64,
+    /// Failures injected on purpose (`SHEEP_INJECT`, see [`faults`]).
+    faults: faults::Faults,
 }
 
 /// Renames into one directory become durable with one `fsync` of the
@@ -145,6 +148,8 @@ impl Store {
             nosync,
             dir_sync: DirSync::default(),
             tmp_seq: Default::default(),
+            faults: faults::Faults::from_env()
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
         })
     }
 
@@ -161,6 +166,7 @@ impl Store {
 
     fn sync_file(&self, f: &File) -> Result<()> {
         if !self.nosync {
+            self.faults.check(faults::Op::Fsync)?;
             f.sync_data()?;
         }
         Ok(())
@@ -169,6 +175,7 @@ impl Store {
         if self.nosync {
             return Ok(());
         }
+        self.faults.check(faults::Op::Fsync)?;
         if d != self.obj_dir {
             File::open(d)?.sync_all()?;
             return Ok(());
@@ -219,6 +226,7 @@ impl Store {
                     }
                 }
             }
+            self.faults.check(faults::Op::Write)?;
             f.write_all_at(data, offset)?;
             self.sync_file(&f)?;
             fs::rename(&tmp, path)?;
@@ -329,16 +337,19 @@ impl ObjectStore for Store {
     }
 
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.faults.check(faults::Op::Read)?;
         self.judged(read_at(&self.path(k), offset, len))
     }
 
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
+        self.faults.check(faults::Op::Read)?;
         self.judged(fs::read(self.path(k)).map_err(Into::into))
     }
 
     fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
         self.judged((|| {
             let f = OpenOptions::new().write(true).open(self.path(k))?;
+            self.faults.check(faults::Op::Write)?;
             f.write_all_at(data, offset)?;
             self.sync_file(&f)
         })())
@@ -384,6 +395,7 @@ impl ObjectStore for Store {
     }
 
     fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.faults.check(faults::Op::Read)?;
         self.judged(read_at(&self.stale_path(k, epoch), offset, len))
     }
 

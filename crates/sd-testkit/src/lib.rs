@@ -50,6 +50,8 @@ pub struct Node {
     pub gateway: bool,
     /// Port of this node's NBD server, if it serves NBD.
     pub nbd_port: Option<u16>,
+    /// Extra environment of its sheep (e.g. `SHEEP_INJECT`).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -188,6 +190,7 @@ impl Cluster {
             dir,
             gateway,
             nbd_port: None,
+            env: Vec::new(),
             child: None,
         });
         let i = self.nodes.len() - 1;
@@ -206,6 +209,7 @@ impl Cluster {
         if n.gateway {
             cmd.arg("-g");
         }
+        cmd.envs(n.env.iter().map(|(k, v)| (k, v)));
         if let Some(p) = n.nbd_port {
             cmd.args(["--nbd", &format!("127.0.0.1:{p}")]);
         }

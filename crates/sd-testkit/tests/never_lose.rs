@@ -113,6 +113,7 @@ fn node(c: &Cluster, port: u16, zone: u32) -> Node {
         dir: c.root().join(port.to_string()),
         gateway: false,
         nbd_port: None,
+        env: Vec::new(),
         child: None,
     }
 }

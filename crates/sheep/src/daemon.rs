@@ -266,6 +266,9 @@ impl Sheep {
         for f in fx {
             if let Err(e) = self.execute_one(f).await {
                 tracing::error!("failed to apply cluster event: {e:#}");
+                if let Some(e) = e.downcast_ref::<sd_store::StoreError>() {
+                    self.disk_failed(e);
+                }
             }
         }
     }
