@@ -29,6 +29,9 @@ pub enum StoreError {
     NoSpace,
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+    /// A metadata file that cannot be trusted (named in the message).
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl From<std::io::Error> for StoreError {
@@ -50,7 +53,7 @@ impl StoreError {
         match self {
             StoreError::NoObj => SdRes::NO_OBJ,
             StoreError::NoSpace => SdRes::NO_SPACE,
-            StoreError::Io(_) => SdRes::EIO,
+            StoreError::Io(_) | StoreError::Corrupt(_) => SdRes::EIO,
         }
     }
 }
@@ -492,15 +495,20 @@ impl ObjectStore for Store {
     }
 
     fn read_config(&self) -> Result<Option<SheepdogConfig>> {
-        match fs::read(self.base.join("config")) {
-            Ok(b) => Ok(SheepdogConfig::decode(&b)),
+        let path = self.base.join("config");
+        match fs::read(&path) {
+            Ok(b) => decode_config(&b).map(Some).map_err(|why| {
+                StoreError::Corrupt(format!("config file {}: {why}", path.display()))
+            }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
     fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
-        self.atomic_write(&self.base.join("config"), None, true, 0, &c.encode())
+        let mut b = c.encode().to_vec();
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+        self.atomic_write(&self.base.join("config"), None, true, 0, &b)
     }
 
     fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
@@ -518,15 +526,21 @@ impl ObjectStore for Store {
     }
 
     fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
-        match fs::read(self.epoch_dir.join(format!("{epoch:08}"))) {
-            Ok(b) if b.len() >= 8 => {
+        let path = self.epoch_dir.join(format!("{epoch:08}"));
+        match fs::read(&path) {
+            // Whole node records, then the time.
+            Ok(b) if b.len() >= 8 && (b.len() - 8) % SD_NODE_SIZE == 0 => {
                 let (n, t) = b.split_at(b.len() - 8);
                 Ok(Some((
                     decode_nodes(n),
                     u64::from_le_bytes(t.try_into().unwrap()),
                 )))
             }
-            Ok(_) => Ok(None),
+            Ok(b) => Err(StoreError::Corrupt(format!(
+                "epoch file {}: truncated or corrupt ({} bytes)",
+                path.display(),
+                b.len()
+            ))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -570,6 +584,29 @@ impl ObjectStore for Store {
             })
             .unwrap_or(0)
     }
+}
+
+/// The config file: the original's 40 bytes, then (as this store writes
+/// it) their CRC32C; the original reads the first 40 and ignores the rest,
+/// and a 40-byte file written by the original is accepted as it is. Any
+/// other length, a wrong checksum or another format version is refused.
+fn decode_config(b: &[u8]) -> std::result::Result<SheepdogConfig, String> {
+    let (cfg, sum) = b.split_at(b.len().min(CONFIG_SIZE));
+    match sum.len() {
+        _ if cfg.len() < CONFIG_SIZE => return Err(format!("truncated ({} bytes)", b.len())),
+        0 => {}
+        4 if crc32c::crc32c(cfg).to_le_bytes() == sum => {}
+        4 => return Err("checksum mismatch".into()),
+        n => return Err(format!("corrupt ({} bytes)", CONFIG_SIZE + n)),
+    }
+    let c = SheepdogConfig::decode(cfg).expect("40 bytes");
+    if c.version != SD_FORMAT_VERSION {
+        return Err(format!(
+            "format version {:#06x}, this sheep knows {SD_FORMAT_VERSION:#06x}",
+            c.version
+        ));
+    }
+    Ok(c)
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -695,6 +732,47 @@ mod tests {
         ] {
             assert!(matches!(r, Err(StoreError::Io(_))), "{r:?}");
         }
+    }
+
+    #[test]
+    fn metadata_files_that_cannot_be_trusted_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let cfg = SheepdogConfig {
+            ctime: 77,
+            copies: 3,
+            version: SD_FORMAT_VERSION,
+            ..Default::default()
+        };
+        s.write_config(&cfg).unwrap();
+        assert_eq!(s.read_config().unwrap(), Some(cfg.clone()));
+        let path = d.path().join("config");
+        let good = fs::read(&path).unwrap();
+        assert_eq!(good.len(), CONFIG_SIZE + 4);
+        // The original's 40 bytes alone are accepted.
+        fs::write(&path, &good[..CONFIG_SIZE]).unwrap();
+        assert_eq!(s.read_config().unwrap(), Some(cfg.clone()));
+        let refused = |bytes: &[u8], why: &str| {
+            fs::write(&path, bytes).unwrap();
+            match s.read_config() {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains(why), "{m}"),
+                r => panic!("{r:?}"),
+            }
+        };
+        refused(&good[..20], "truncated (20 bytes)");
+        refused(&[], "truncated (0 bytes)");
+        let mut flipped = good.clone();
+        flipped[3] ^= 1;
+        refused(&flipped, "checksum mismatch");
+        let old = SheepdogConfig { version: 5, ..cfg };
+        refused(&old.encode(), "format version 0x0005");
+        let node = SdNode::default();
+        s.write_epoch(2, &[node], 9).unwrap();
+        assert_eq!(s.read_epoch(2).unwrap(), Some((vec![node], 9)));
+        let ep = d.path().join("epoch").join("00000002");
+        let b = fs::read(&ep).unwrap();
+        fs::write(&ep, &b[..50]).unwrap();
+        assert!(matches!(s.read_epoch(2), Err(StoreError::Corrupt(m)) if m.contains("00000002")));
     }
 
     #[test]
