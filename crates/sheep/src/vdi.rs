@@ -5,7 +5,6 @@
 use crate::daemon::Sheep;
 use crate::gateway;
 use crate::state::{Status, VdiTable};
-use sd_client::{Connection, Endpoint};
 use sd_proto::le::cstr;
 use sd_proto::*;
 use sd_store::ObjectStore;
@@ -679,46 +678,48 @@ pub fn scan_local_inodes(store: &dyn ObjectStore, t: &mut VdiTable) {
     }
 }
 
-async fn fetch(conn: &mut Connection, opcode: u8, start: usize) -> Option<Vec<u8>> {
-    let mut len = start;
-    loop {
-        let mut r = SdReq::new(opcode);
-        r.data_length = len as u32;
-        let (rsp, data) = conn.exec(&r, &[]).await.ok()?;
-        match rsp.result {
-            SdRes::SUCCESS => return Some(data),
-            SdRes::BUFFER_SMALL if len < SD_MAX_DATA_LENGTH as usize / 2 => len *= 2,
-            _ => return None,
-        }
-    }
-}
-
 /// How long a query to a peer (its VDI table, an epoch) may take: an
 /// unreachable or partitioned peer must not stall the caller.
 const PEER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `node`, bounded by [`PEER_QUERY_TIMEOUT`].
-async fn connect_peer(node: &SdNode) -> Option<Connection> {
-    let ep = Endpoint::Tcp(node.nid.socket_addr());
-    tokio::time::timeout(PEER_QUERY_TIMEOUT, Connection::connect(&ep))
+/// Asks `node` (through the peer transport) for the payload of `req`,
+/// growing the buffer on BUFFER_SMALL; None if it does not answer in
+/// [`PEER_QUERY_TIMEOUT`] or answers an error.
+async fn query(sheep: &Sheep, node: &SdNode, mut req: SdReq) -> Option<Vec<u8>> {
+    let asked = async {
+        loop {
+            let (rsp, data) = sheep.send_peer(node.nid.socket_addr(), &req, &[]).await;
+            match rsp.result {
+                SdRes::SUCCESS => return Some(data),
+                SdRes::BUFFER_SMALL if req.data_length < SD_MAX_DATA_LENGTH / 2 => {
+                    req.data_length *= 2
+                }
+                _ => return None,
+            }
+        }
+    };
+    crate::clock::timeout(&*sheep.clock, PEER_QUERY_TIMEOUT, asked)
         .await
-        .ok()?
-        .ok()
+        .flatten()
+}
+
+fn table_req(opcode: u8, len: usize) -> SdReq {
+    let mut r = SdReq::new(opcode);
+    r.data_length = len as u32;
+    r
 }
 
 /// Merges another node's VDI table into ours (after a join, both ways).
 pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
-    let fetched = tokio::time::timeout(PEER_QUERY_TIMEOUT, async {
-        let mut conn = connect_peer(node).await?;
-        let states = fetch(&mut conn, op::GET_VDI_COPIES, 1 << 20)
-            .await
-            .unwrap_or_default();
-        let inuse = fetch(&mut conn, op::READ_VDIS, SD_VDI_BITMAP_SIZE).await;
-        let deleted = fetch(&mut conn, op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE).await;
-        Some((states, inuse, deleted))
-    })
+    let states = query(sheep, node, table_req(op::GET_VDI_COPIES, 1 << 20)).await;
+    let inuse = query(sheep, node, table_req(op::READ_VDIS, SD_VDI_BITMAP_SIZE)).await;
+    let deleted = query(
+        sheep,
+        node,
+        table_req(op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE),
+    )
     .await;
-    let Ok(Some((states, Some(inuse), deleted))) = fetched else {
+    let Some(inuse) = inuse else {
         tracing::warn!(
             "could not fetch the VDI table of {}",
             node.nid.socket_addr()
@@ -726,6 +727,7 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
         return false;
     };
     let states = states
+        .unwrap_or_default()
         .chunks_exact(VDI_STATE_SIZE)
         .filter_map(VdiState::decode)
         .collect();
@@ -741,26 +743,19 @@ pub async fn epoch_nodes(sheep: &Arc<Sheep>, epoch: u32) -> Option<(Vec<SdNode>,
     }
     let view = sheep.view();
     for n in view.nodes.iter().filter(|n| n.nid != sheep.this.nid) {
-        let Some(mut c) = connect_peer(n).await else {
-            continue;
-        };
-        let mut r = SdReq::new(op::GET_EPOCH);
-        r.data_length = (SD_MAX_NODES * SD_NODE_SIZE + 8) as u32;
+        let mut r = table_req(op::GET_EPOCH, SD_MAX_NODES * SD_NODE_SIZE + 8);
         r.set_obj(ObjArgs {
             tgt_epoch: epoch,
             ..Default::default()
         });
-        if let Ok(Ok((rsp, data))) = tokio::time::timeout(PEER_QUERY_TIMEOUT, c.exec(&r, &[])).await
-        {
-            if rsp.result == SdRes::SUCCESS && data.len() >= 8 {
+        match query(sheep, n, r).await {
+            Some(data) if data.len() >= 8 => {
                 let (nb, t) = data.split_at(data.len() - 8);
-                let _ = sheep.store.write_epoch(
-                    epoch,
-                    &decode_nodes(nb),
-                    u64::from_le_bytes(t.try_into().unwrap()),
-                );
-                return Some((decode_nodes(nb), u64::from_le_bytes(t.try_into().unwrap())));
+                let time = u64::from_le_bytes(t.try_into().unwrap());
+                let _ = sheep.store.write_epoch(epoch, &decode_nodes(nb), time);
+                return Some((decode_nodes(nb), time));
             }
+            _ => continue,
         }
     }
     None
