@@ -13,6 +13,8 @@
 
 pub mod event;
 pub mod local;
+#[cfg(feature = "memory")]
+pub mod memory;
 pub mod zookeeper;
 
 pub use event::*;
@@ -68,6 +70,9 @@ pub(crate) fn now_secs() -> u64 {
 pub enum Driver {
     Local(Arc<LocalDriver>),
     Zookeeper(Arc<ZkDriver>),
+    /// Members in one process (simulation only).
+    #[cfg(feature = "memory")]
+    Memory(Arc<memory::MemoryDriver>),
 }
 
 /// Holds the cluster-wide exclusive section ([`Driver::block`]) until
@@ -75,6 +80,8 @@ pub enum Driver {
 pub enum BlockGuard {
     Local(local::BlockGuard),
     Zookeeper(zookeeper::ZkBlockGuard),
+    #[cfg(feature = "memory")]
+    Memory(memory::MemoryBlockGuard),
 }
 
 impl Driver {
@@ -99,6 +106,8 @@ impl Driver {
         match self {
             Driver::Local(_) => "local",
             Driver::Zookeeper(_) => "zookeeper",
+            #[cfg(feature = "memory")]
+            Driver::Memory(_) => "memory",
         }
     }
 
@@ -110,6 +119,8 @@ impl Driver {
         match self {
             Driver::Local(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             Driver::Zookeeper(d) => d.local_addr(),
+            #[cfg(feature = "memory")]
+            Driver::Memory(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         }
     }
 
@@ -130,6 +141,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.join(node, opaque).await,
             Driver::Zookeeper(d) => d.join(node, opaque).await,
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.join(node, opaque).await,
         }
     }
 
@@ -138,6 +151,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.notify(msg).await,
             Driver::Zookeeper(d) => d.notify(msg).await,
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.notify(msg).await,
         }
     }
 
@@ -146,6 +161,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.update_node(node).await,
             Driver::Zookeeper(d) => d.update_node(node).await,
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.update_node(node).await,
         }
     }
 
@@ -155,6 +172,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.block().await.map(BlockGuard::Local),
             Driver::Zookeeper(d) => d.block().await.map(BlockGuard::Zookeeper),
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.block().await.map(BlockGuard::Memory),
         }
     }
 
@@ -164,6 +183,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.stream_end().await,
             Driver::Zookeeper(d) => d.stream_end().await,
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.stream_end().await,
         }
     }
 
@@ -172,6 +193,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.leave().await,
             Driver::Zookeeper(d) => d.leave().await,
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.leave().await,
         }
     }
 
@@ -181,6 +204,8 @@ impl Driver {
         match self {
             Driver::Local(_) => watch::channel(true).1,
             Driver::Zookeeper(d) => d.contact(),
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.contact(),
         }
     }
 
@@ -189,6 +214,8 @@ impl Driver {
         match self {
             Driver::Local(d) => d.incarnation(),
             Driver::Zookeeper(d) => d.incarnation(),
+            #[cfg(feature = "memory")]
+            Driver::Memory(d) => d.incarnation(),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! held), then open the store, listen and join the cluster.
 
 mod clock;
+#[cfg(test)]
+mod cluster_sim;
 mod core;
 mod daemon;
 mod ec;

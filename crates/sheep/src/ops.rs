@@ -47,7 +47,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let mut r = reply(&req, SdRes::SUCCESS);
             if !sheep.opts.gateway {
                 let s = sheep.clone();
-                let used = tokio::task::spawn_blocking(move || s.store.used_bytes())
+                let used = sheep.on_store(move || s.store.used_bytes())
                     .await
                     .unwrap_or(0);
                 let size = sheep.this.space;
@@ -158,7 +158,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let mut b = vec![0u8; MD_INFO_SIZE];
             if !sheep.opts.gateway {
                 let s = sheep.clone();
-                let used = tokio::task::spawn_blocking(move || s.store.used_bytes())
+                let used = sheep.on_store(move || s.store.used_bytes())
                     .await
                     .unwrap_or(0);
                 let size = sheep.this.space;
@@ -189,7 +189,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                 return reply(&req, SdRes::NEW_NODE_VER);
             }
             let s = sheep.clone();
-            let oids = tokio::task::spawn_blocking(move || -> Vec<u64> {
+            let oids = sheep.on_store(move || -> Vec<u64> {
                 let mut v: Vec<u64> = s
                     .store
                     .list()
@@ -219,7 +219,7 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let o = req.obj();
             let k = ObjKey::replica(o.oid);
             let s = sheep.clone();
-            let r = tokio::task::spawn_blocking(move || {
+            let r = sheep.on_store(move || {
                 s.store
                     .sha1(&k, None)
                     .or_else(|_| s.store.sha1(&k, Some(o.tgt_epoch)))
@@ -261,7 +261,7 @@ async fn repair_replica(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         return reply(req, rsp.result);
     }
     let s = sheep.clone();
-    match tokio::task::spawn_blocking(move || {
+    match sheep.on_store(move || {
         s.store.create_and_write(&key, data.len() as u64, 0, &data)
     })
     .await

@@ -220,7 +220,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return reply(&req, SdRes::OLD_NODE_VER);
     }
     let s = sheep.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sd_store::StoreError> {
+    let res = sheep.on_store(move || -> Result<Vec<u8>, sd_store::StoreError> {
         let _held = object;
         let st = &*s.store;
         match req.opcode {
@@ -293,7 +293,7 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     let data_oid = ledger_oid_to_data_oid(r.oid);
     let _serial = sheep.ledger_lock.lock().await;
     let s = sheep.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<bool, sd_store::StoreError> {
+    let res = sheep.on_store(move || -> Result<bool, sd_store::StoreError> {
         let st = &s.store;
         let full = SD_DATA_OBJ_SIZE as usize;
         let head = LEDGER_HEAD.max((r.generation as usize + 2) * 4).min(full);

@@ -404,7 +404,7 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
             // The guard lives as long as the store, even if this task is
             // aborted (a peer request whose sender went away).
             let s = sheep.clone();
-            let r = tokio::task::spawn_blocking(move || {
+            let r = sheep.on_store(move || {
                 let _shared = shared;
                 s.store.create_and_write(&key, data.len() as u64, 0, &data)
             })
@@ -845,7 +845,7 @@ pub async fn mark(
             return Ok(false);
         }
         let s = sheep.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        sheep.on_store(move || -> anyhow::Result<()> {
             for k in s.store.list()? {
                 if !keeps(&s, &ring, &k) {
                     s.store.move_to_stale(&k, e - 1)?;
