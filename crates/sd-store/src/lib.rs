@@ -320,6 +320,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn fs_space(&self) -> Result<(u64, u64)>;
     /// Bytes used by working objects.
     fn used_bytes(&self) -> u64;
+    /// Whether calls return at memory speed, so callers may make them on
+    /// their own thread instead of a blocking pool.
+    fn runs_inline(&self) -> bool {
+        false
+    }
 }
 
 impl ObjectStore for Store {

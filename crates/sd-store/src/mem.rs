@@ -200,6 +200,9 @@ impl ObjectStore for MemStore {
         let c = self.contents.lock().unwrap();
         c.working.values().map(|d| d.len() as u64).sum()
     }
+    fn runs_inline(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -16,12 +16,14 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
 }
 
-/// The real clock (tokio's timers).
+/// The real clock (tokio's timers; a simulation pauses them, and time
+/// then passes only when every task waits).
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Tokio's clock: the system's, unless a test runtime paused it.
     fn now(&self) -> Instant {
-        Instant::now()
+        tokio::time::Instant::now().into_std()
     }
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(d))

@@ -95,6 +95,7 @@ impl Sheep {
         let mut view = self.core.subscribe();
         let newer = view.wait_for(|v| (v.epoch.wrapping_sub(req.epoch) as i32) > 0);
         tokio::select! {
+            biased;
             r = self.peers.exec(addr, req, payload) => r,
             _ = newer => crate::server::reply(req, SdRes::NETWORK_ERROR),
         }
@@ -221,6 +222,19 @@ impl Sheep {
         let synced = rx.wait_for(|&n| n == 0);
         let _ = crate::clock::timeout(&*self.clock, Duration::from_secs(10), synced).await;
         true
+    }
+
+    /// Runs a (blocking) store call: on the blocking pool, or at once for
+    /// a store that runs inline (in memory, so that a simulation on one
+    /// thread stays deterministic).
+    pub async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        if self.store.runs_inline() {
+            return Ok(f());
+        }
+        tokio::task::spawn_blocking(f).await
     }
 
     /// Schedules a clean exit (after the current response is sent).
@@ -638,6 +652,56 @@ impl Sheep {
     }
 }
 
+impl Sheep {
+    /// A node as its store left it (its last epoch, the inodes it holds),
+    /// with its background workers started; also what it tells the
+    /// cluster when it joins. `parts.state` is replaced by the one the
+    /// store gives.
+    pub fn boot(
+        mut parts: Parts,
+        config: SheepdogConfig,
+    ) -> anyhow::Result<(Arc<Sheep>, JoinInfo)> {
+        let store = &parts.store;
+        let my_epoch = store.latest_epoch()?;
+        let epoch_nodes = match my_epoch {
+            0 => vec![],
+            e => store.read_epoch(e)?.map(|e| e.0).unwrap_or_default(),
+        };
+        parts.state = ClusterState::new(parts.this.nid, config.clone());
+        crate::vdi::scan_local_inodes(&**store, &mut parts.state.vdis);
+        let (sheep, reclaim_rx, vdi_sync_rx) = Sheep::new(parts);
+        let workers = &sheep.workers;
+        workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));
+        workers.spawn(ReclaimWorker::new(sheep.clone(), reclaim_rx)?);
+        workers.spawn(VdiSyncWorker {
+            sheep: sheep.clone(),
+            requests: vdi_sync_rx,
+            queue: Default::default(),
+            done: 0,
+            errors: 0,
+        });
+        let join = JoinInfo {
+            config: SheepdogConfig {
+                shutdown: false,
+                ..config
+            },
+            epoch: my_epoch,
+            epoch_nodes,
+        };
+        Ok((sheep, join))
+    }
+
+    /// Follows the driver's stream once joined: the event loop and the
+    /// watch on the driver's contact, both supervised.
+    pub fn follow(self: &Arc<Self>, rx: mpsc::UnboundedReceiver<Delivered>) {
+        self.core.set_incarnation(self.driver.incarnation());
+        self.workers
+            .task("the driver contact watch", self.clone().follow_contact());
+        self.workers
+            .task("the event loop", self.clone().event_loop(rx));
+    }
+}
+
 /// Exit status of a node that left because its disk failed.
 pub const EXIT_DISK_FAILED: i32 = 1;
 
@@ -691,33 +755,19 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         zone: o.zone.unwrap_or_else(|| nid.default_zone()),
         space: if o.gateway { 0 } else { config.space },
     };
-    let my_epoch = store.latest_epoch()?;
-    let epoch_nodes = if my_epoch > 0 {
-        store.read_epoch(my_epoch)?.map(|e| e.0).unwrap_or_default()
-    } else {
-        vec![]
-    };
-    let mut state = ClusterState::new(nid, config.clone());
-    crate::vdi::scan_local_inodes(&store, &mut state.vdis);
-    let (sheep, reclaim_rx, vdi_sync_rx) = Sheep::new(Parts {
-        opts: o.clone(),
-        this,
-        store: Arc::new(store),
-        driver: driver.clone(),
-        state,
-        peers: Arc::new(crate::peer::PeerPool::default()),
-        clock: Arc::new(crate::clock::SystemClock),
-    });
+    let (sheep, join) = Sheep::boot(
+        Parts {
+            opts: o.clone(),
+            this,
+            store: Arc::new(store),
+            driver: driver.clone(),
+            state: ClusterState::new(nid, config.clone()),
+            peers: Arc::new(crate::peer::PeerPool::default()),
+            clock: Arc::new(crate::clock::SystemClock),
+        },
+        config,
+    )?;
     let workers = sheep.workers.clone();
-    workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));
-    workers.spawn(ReclaimWorker::new(sheep.clone(), reclaim_rx)?);
-    workers.spawn(VdiSyncWorker {
-        sheep: sheep.clone(),
-        requests: vdi_sync_rx,
-        queue: Default::default(),
-        done: 0,
-        errors: 0,
-    });
 
     // A fresh start binds its ports first (a port in use is an error at
     // once); a rejoining one binds only once it is back in the cluster, so
@@ -726,14 +776,6 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     let early = match rejoining {
         false => Some(crate::server::listen(&sheep, &dir).await?),
         true => None,
-    };
-    let join = JoinInfo {
-        config: SheepdogConfig {
-            shutdown: false,
-            ..config
-        },
-        epoch: my_epoch,
-        epoch_nodes,
     };
     let mut backoff = Duration::from_millis(500);
     let rx = loop {
@@ -751,10 +793,8 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         Some(l) => l,
         None => crate::server::listen(&sheep, &dir).await?,
     };
-    sheep.core.set_incarnation(driver.incarnation());
     ready(0);
-    workers.task("the driver contact watch", sheep.clone().follow_contact());
-    workers.task("the event loop", sheep.clone().event_loop(rx));
+    sheep.follow(rx);
     for l in listeners {
         tokio::spawn(l);
     }

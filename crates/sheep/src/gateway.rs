@@ -242,12 +242,13 @@ async fn fan_out(sheep: &Arc<Sheep>, targets: &[SdNode], req: SdReq, payload: &[
 }
 
 /// Reads from this node if it is a target, else from the others starting
-/// at a random one; the first success wins.
+/// at one chosen by the object (so reads of different objects spread over
+/// the replicas, and a simulation replays); the first success wins.
 async fn read_any(sheep: &Arc<Sheep>, targets: &[SdNode], req: SdReq) -> Reply {
     let start = targets
         .iter()
         .position(|n| n.nid == sheep.this.nid)
-        .unwrap_or_else(|| rand::random::<usize>() % targets.len());
+        .unwrap_or_else(|| (sd_hash_oid(req.obj().oid) % targets.len() as u64) as usize);
     let mut last = reply(&req, SdRes::NO_OBJ);
     for k in 0..targets.len() {
         let n = &targets[(start + k) % targets.len()];
