@@ -47,7 +47,8 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let mut r = reply(&req, SdRes::SUCCESS);
             if !sheep.opts.gateway {
                 let s = sheep.clone();
-                let used = sheep.on_store(move || s.store.used_bytes())
+                let used = sheep
+                    .on_store(move || s.store.used_bytes())
                     .await
                     .unwrap_or(0);
                 let size = sheep.this.space;
@@ -158,7 +159,8 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let mut b = vec![0u8; MD_INFO_SIZE];
             if !sheep.opts.gateway {
                 let s = sheep.clone();
-                let used = sheep.on_store(move || s.store.used_bytes())
+                let used = sheep
+                    .on_store(move || s.store.used_bytes())
                     .await
                     .unwrap_or(0);
                 let size = sheep.this.space;
@@ -189,27 +191,28 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                 return reply(&req, SdRes::NEW_NODE_VER);
             }
             let s = sheep.clone();
-            let oids = sheep.on_store(move || -> Vec<u64> {
-                let mut v: Vec<u64> = s
-                    .store
-                    .list()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|k| k.oid)
-                    .collect();
-                v.extend(
-                    s.store
-                        .list_stale()
+            let oids = sheep
+                .on_store(move || -> Vec<u64> {
+                    let mut v: Vec<u64> = s
+                        .store
+                        .list()
                         .unwrap_or_default()
                         .iter()
-                        .map(|(k, _)| k.oid),
-                );
-                v.sort_unstable();
-                v.dedup();
-                v
-            })
-            .await
-            .unwrap_or_default();
+                        .map(|k| k.oid)
+                        .collect();
+                    v.extend(
+                        s.store
+                            .list_stale()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|(k, _)| k.oid),
+                    );
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                })
+                .await
+                .unwrap_or_default();
             if (req.data_length as usize) < oids.len() * 8 {
                 return reply(&req, SdRes::BUFFER_SMALL);
             }
@@ -219,12 +222,13 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             let o = req.obj();
             let k = ObjKey::replica(o.oid);
             let s = sheep.clone();
-            let r = sheep.on_store(move || {
-                s.store
-                    .sha1(&k, None)
-                    .or_else(|_| s.store.sha1(&k, Some(o.tgt_epoch)))
-            })
-            .await;
+            let r = sheep
+                .on_store(move || {
+                    s.store
+                        .sha1(&k, None)
+                        .or_else(|_| s.store.sha1(&k, Some(o.tgt_epoch)))
+                })
+                .await;
             match r {
                 Ok(Ok(d)) => {
                     let mut r = reply(&req, SdRes::SUCCESS);
@@ -261,10 +265,9 @@ async fn repair_replica(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
         return reply(req, rsp.result);
     }
     let s = sheep.clone();
-    match sheep.on_store(move || {
-        s.store.create_and_write(&key, data.len() as u64, 0, &data)
-    })
-    .await
+    match sheep
+        .on_store(move || s.store.create_and_write(&key, data.len() as u64, 0, &data))
+        .await
     {
         Ok(Ok(())) => reply(req, SdRes::SUCCESS),
         Ok(Err(e)) => reply(req, e.res()),

@@ -220,38 +220,41 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return reply(&req, SdRes::OLD_NODE_VER);
     }
     let s = sheep.clone();
-    let res = sheep.on_store(move || -> Result<Vec<u8>, sd_store::StoreError> {
-        let _held = object;
-        let st = &*s.store;
-        match req.opcode {
-            op::READ_PEER if recovery_read => {
-                use crate::recovery::{recovery_source, Source};
-                match recovery_source(st, &key, req.flags, o.tgt_epoch) {
-                    Some(Source::Working) => {
-                        let sz = st.size(&key)?;
-                        st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+    let res = sheep
+        .on_store(move || -> Result<Vec<u8>, sd_store::StoreError> {
+            let _held = object;
+            let st = &*s.store;
+            match req.opcode {
+                op::READ_PEER if recovery_read => {
+                    use crate::recovery::{recovery_source, Source};
+                    match recovery_source(st, &key, req.flags, o.tgt_epoch) {
+                        Some(Source::Working) => {
+                            let sz = st.size(&key)?;
+                            st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+                        }
+                        Some(Source::Stale(ep)) => {
+                            st.read_stale(&key, ep, 0, req.data_length as usize)
+                        }
+                        None => Err(sd_store::StoreError::NoObj),
                     }
-                    Some(Source::Stale(ep)) => st.read_stale(&key, ep, 0, req.data_length as usize),
-                    None => Err(sd_store::StoreError::NoObj),
                 }
+                op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
+                op::WRITE_PEER => st
+                    .write(&key, o.offset as u64, &payload)
+                    .map(|_| Vec::new()),
+                op::CREATE_AND_WRITE_PEER => st
+                    .create_and_write(
+                        &key,
+                        s.file_size(&key, o.copy_policy),
+                        o.offset as u64,
+                        &payload,
+                    )
+                    .map(|_| Vec::new()),
+                op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
+                _ => unreachable!(),
             }
-            op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
-            op::WRITE_PEER => st
-                .write(&key, o.offset as u64, &payload)
-                .map(|_| Vec::new()),
-            op::CREATE_AND_WRITE_PEER => st
-                .create_and_write(
-                    &key,
-                    s.file_size(&key, o.copy_policy),
-                    o.offset as u64,
-                    &payload,
-                )
-                .map(|_| Vec::new()),
-            op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
-            _ => unreachable!(),
-        }
-    })
-    .await;
+        })
+        .await;
     match res {
         Ok(Ok(data)) if recovery_read => {
             let mut r = reply_data(&req, data);
@@ -293,54 +296,55 @@ async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     let data_oid = ledger_oid_to_data_oid(r.oid);
     let _serial = sheep.ledger_lock.lock().await;
     let s = sheep.clone();
-    let res = sheep.on_store(move || -> Result<bool, sd_store::StoreError> {
-        let st = &s.store;
-        let full = SD_DATA_OBJ_SIZE as usize;
-        let head = LEDGER_HEAD.max((r.generation as usize + 2) * 4).min(full);
-        let existed = st.exists(&key);
-        // Ledger files hold only their used prefix; a missing ledger is
-        // the initial state: one root reference.
-        let mut l = if existed {
-            st.read_all(&key)?
-        } else {
-            1u32.to_le_bytes().to_vec()
-        };
-        if l.len() > full {
-            l.truncate(full);
-        }
-        if l.len() < head {
-            l.resize(head, 0);
-        }
-        let g = r.generation as usize * 4;
-        if g + 8 > l.len() {
-            return Err(sd_store::StoreError::Io(std::io::Error::other(
-                "generation out of range",
-            )));
-        }
-        let dec = u32::from_le_bytes(l[g..g + 4].try_into().unwrap()).wrapping_sub(1);
-        l[g..g + 4].copy_from_slice(&dec.to_le_bytes());
-        let inc = u32::from_le_bytes(l[g + 4..g + 8].try_into().unwrap()).wrapping_add(r.count);
-        l[g + 4..g + 8].copy_from_slice(&inc.to_le_bytes());
-        let all_zero = l.iter().all(|&b| b == 0);
-        if all_zero {
-            if first {
-                // Recorded before the ledger goes: a crash in between
-                // must not leak the object.
-                st.reclaim_add(data_oid)?;
+    let res = sheep
+        .on_store(move || -> Result<bool, sd_store::StoreError> {
+            let st = &s.store;
+            let full = SD_DATA_OBJ_SIZE as usize;
+            let head = LEDGER_HEAD.max((r.generation as usize + 2) * 4).min(full);
+            let existed = st.exists(&key);
+            // Ledger files hold only their used prefix; a missing ledger is
+            // the initial state: one root reference.
+            let mut l = if existed {
+                st.read_all(&key)?
+            } else {
+                1u32.to_le_bytes().to_vec()
+            };
+            if l.len() > full {
+                l.truncate(full);
             }
-            if existed {
-                st.remove(&key)?;
+            if l.len() < head {
+                l.resize(head, 0);
             }
-        } else {
-            let used = l.len() - l.iter().rev().take_while(|&&b| b == 0).count();
-            let used = (used.div_ceil(8) * 8).min(l.len());
-            // Replaced whole (atomically), so a counter that dropped to
-            // zero past the new end does not survive in the old file.
-            st.create_and_write(&key, used as u64, 0, &l[..used])?;
-        }
-        Ok(all_zero)
-    })
-    .await;
+            let g = r.generation as usize * 4;
+            if g + 8 > l.len() {
+                return Err(sd_store::StoreError::Io(std::io::Error::other(
+                    "generation out of range",
+                )));
+            }
+            let dec = u32::from_le_bytes(l[g..g + 4].try_into().unwrap()).wrapping_sub(1);
+            l[g..g + 4].copy_from_slice(&dec.to_le_bytes());
+            let inc = u32::from_le_bytes(l[g + 4..g + 8].try_into().unwrap()).wrapping_add(r.count);
+            l[g + 4..g + 8].copy_from_slice(&inc.to_le_bytes());
+            let all_zero = l.iter().all(|&b| b == 0);
+            if all_zero {
+                if first {
+                    // Recorded before the ledger goes: a crash in between
+                    // must not leak the object.
+                    st.reclaim_add(data_oid)?;
+                }
+                if existed {
+                    st.remove(&key)?;
+                }
+            } else {
+                let used = l.len() - l.iter().rev().take_while(|&&b| b == 0).count();
+                let used = (used.div_ceil(8) * 8).min(l.len());
+                // Replaced whole (atomically), so a counter that dropped to
+                // zero past the new end does not survive in the old file.
+                st.create_and_write(&key, used as u64, 0, &l[..used])?;
+            }
+            Ok(all_zero)
+        })
+        .await;
     match res {
         Ok(Ok(true)) => {
             if first {

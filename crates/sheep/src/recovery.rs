@@ -404,11 +404,12 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
             // The guard lives as long as the store, even if this task is
             // aborted (a peer request whose sender went away).
             let s = sheep.clone();
-            let r = sheep.on_store(move || {
-                let _shared = shared;
-                s.store.create_and_write(&key, data.len() as u64, 0, &data)
-            })
-            .await;
+            let r = sheep
+                .on_store(move || {
+                    let _shared = shared;
+                    s.store.create_and_write(&key, data.len() as u64, 0, &data)
+                })
+                .await;
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -845,15 +846,16 @@ pub async fn mark(
             return Ok(false);
         }
         let s = sheep.clone();
-        sheep.on_store(move || -> anyhow::Result<()> {
-            for k in s.store.list()? {
-                if !keeps(&s, &ring, &k) {
-                    s.store.move_to_stale(&k, e - 1)?;
+        sheep
+            .on_store(move || -> anyhow::Result<()> {
+                for k in s.store.list()? {
+                    if !keeps(&s, &ring, &k) {
+                        s.store.move_to_stale(&k, e - 1)?;
+                    }
                 }
-            }
-            Ok(())
-        })
-        .await??;
+                Ok(())
+            })
+            .await??;
         let mut i = sheep.recovery.inner.lock().unwrap();
         if i.generation == generation {
             i.marked_epoch = i.marked_epoch.max(e);
