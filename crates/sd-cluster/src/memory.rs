@@ -66,12 +66,7 @@ impl MemoryBus {
 
     /// The driver noticed the death of `nid`'s `incarnation`: its LEAVE.
     pub fn notice_death(&self, nid: NodeId, incarnation: u64) {
-        let counted = self
-            .bus
-            .lock()
-            .unwrap()
-            .alive
-            .contains(&(nid, incarnation));
+        let counted = self.bus.lock().unwrap().alive.contains(&(nid, incarnation));
         if counted {
             self.append(Event::Leave { nid, incarnation });
         }
