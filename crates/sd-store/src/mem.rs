@@ -23,6 +23,10 @@ struct Contents {
     failing: u32,
 }
 
+/// One object's bytes as a store holds them: the working copy, and the
+/// stale copies by the epoch they were retired with.
+pub type Copies = (Option<Vec<u8>>, Vec<(u32, Vec<u8>)>);
+
 /// See the module documentation.
 #[derive(Default)]
 pub struct MemStore {
@@ -37,6 +41,18 @@ impl MemStore {
     /// Makes the next `n` operations that touch objects fail with EIO.
     pub fn fail_next(&self, n: u32) {
         self.contents.lock().unwrap().failing = n;
+    }
+
+    /// The working copy of `k` and its stale copies by epoch, as they are
+    /// (for a test's trace; no injected failure applies).
+    pub fn peek(&self, k: &ObjKey) -> Copies {
+        let c = self.contents.lock().unwrap();
+        let stale = c
+            .stale
+            .range((*k, 0)..=(*k, u32::MAX))
+            .map(|((_, e), d)| (*e, d.clone()))
+            .collect();
+        (c.working.get(k).cloned(), stale)
     }
 
     /// Runs `f` on the contents unless an injected failure is due.

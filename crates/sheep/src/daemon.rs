@@ -262,6 +262,10 @@ impl Sheep {
         if first {
             tracing::error!("the disk failed ({e}): leaving the cluster; its objects are recovered on the other nodes");
         }
+        // Nothing this node holds is served from now on: a failed store
+        // may have missed a change (a copy it could not retire must not
+        // pass for current until the node is gone).
+        self.core.set_suspended(true);
         true
     }
 
