@@ -193,10 +193,7 @@ impl Cluster {
         let store: Arc<dyn ObjectStore> = self.stores[i].clone();
         let config = store.read_config().unwrap().unwrap_or_default();
         let driver = Driver::Memory(Arc::new(MemoryDriver::new(self.bus.clone())));
-        let opts = match crate::opts::parse(&["/nonexistent".to_string()]) {
-            Ok(crate::opts::Parsed::Run(o)) => *o,
-            _ => unreachable!(),
-        };
+        let opts = crate::testing::opts("/nonexistent");
         let this = self.nodes[i];
         let (sheep, join) = Sheep::boot(
             Parts {

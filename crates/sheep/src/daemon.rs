@@ -264,7 +264,10 @@ impl Sheep {
         }
         // Nothing this node holds is served from now on: a failed store
         // may have missed a change (a copy it could not retire must not
-        // pass for current until the node is gone).
+        // pass for current until the node is gone). Marked as leaving, so
+        // a driver that regains contact does not resume it.
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.core.set_suspended(true);
         true
     }

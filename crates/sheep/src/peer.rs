@@ -451,6 +451,10 @@ mod tests {
             *h.sheep.exit.borrow(),
             Some(crate::daemon::EXIT_DISK_FAILED)
         );
+        // It serves nothing more, even a read it could still do.
+        assert!(h.sheep.view().status.refusal().is_some());
+        let r = handle(&h.sheep, peer_req(op::READ_PEER, e, 4), vec![]).await;
+        assert_ne!(r.0.result, SdRes::SUCCESS);
         assert_eq!(held(&h), b"old!");
     }
 }

@@ -162,6 +162,14 @@ impl PeerTransport for FakePeers {
     }
 }
 
+/// The daemon's options for a node whose directory is `dir` (defaults).
+pub fn opts(dir: &str) -> crate::opts::Opts {
+    match crate::opts::parse(&[dir.to_string()]) {
+        Ok(crate::opts::Parsed::Run(o)) => *o,
+        _ => unreachable!("a directory alone is a valid command line"),
+    }
+}
+
 /// Node `i` of a test cluster: loopback port 7000 + i, zone i.
 pub fn node(i: u16) -> SdNode {
     SdNode {
@@ -219,10 +227,7 @@ impl Harness {
     /// gateway that stores nothing if `gateway`) and `fakes` fake ones.
     pub async fn new(fakes: u16, copies: u8, gateway: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let mut opts = match crate::opts::parse(&[dir.path().display().to_string()]) {
-            Ok(crate::opts::Parsed::Run(o)) => *o,
-            _ => unreachable!(),
-        };
+        let mut opts = opts(&dir.path().display().to_string());
         opts.gateway = gateway;
         let mut this = node(0);
         if gateway {
