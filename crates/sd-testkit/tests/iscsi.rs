@@ -98,7 +98,8 @@ impl Tgtd {
     fn start(dir: &Path) -> Tgtd {
         for attempt in 0..5 {
             let control = loop {
-                let p = 10000 + rand::random::<u16>() % 50000;
+                // tgtd takes control ports up to 32767 only.
+                let p = 10000 + rand::random::<u16>() % 22768;
                 let s = Self::socket(p);
                 if !s.exists() && !s.with_extension(format!("{p}.lock")).exists() {
                     break p;
