@@ -8,9 +8,11 @@
 //! `nosync`. All calls are blocking; the daemon runs them on its blocking
 //! pool.
 
+pub mod csum;
 pub mod faults;
 #[cfg(any(test, feature = "mem"))]
 pub mod mem;
+mod ranges;
 
 use sd_proto::*;
 use sha1::{Digest, Sha1};
@@ -32,6 +34,10 @@ pub enum StoreError {
     /// A metadata file that cannot be trusted (named in the message).
     #[error("{0}")]
     Corrupt(String),
+    /// Bytes on disk that their checksums do not vouch for: never served.
+    /// The disk itself may be fine; the copy is repaired from another.
+    #[error("checksum mismatch in {file} (blocks {blocks:?})")]
+    Checksum { file: PathBuf, blocks: Vec<usize> },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -53,7 +59,7 @@ impl StoreError {
         match self {
             StoreError::NoObj => SdRes::NO_OBJ,
             StoreError::NoSpace => SdRes::NO_SPACE,
-            StoreError::Io(_) | StoreError::Corrupt(_) => SdRes::EIO,
+            StoreError::Io(_) | StoreError::Corrupt(_) | StoreError::Checksum { .. } => SdRes::EIO,
         }
     }
 }
@@ -99,6 +105,17 @@ impl ObjKey {
     }
 }
 
+/// What [`ObjectStore::verify`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every block matches its checksum.
+    Good,
+    /// The object had no checksums; they were computed from it now.
+    Computed,
+    /// These blocks do not match their checksums.
+    Bad(Vec<usize>),
+}
+
 /// One node's store.
 pub struct Store {
     base: PathBuf,
@@ -113,6 +130,9 @@ pub struct Store {
     tmp_seq: std::sync::atomic::AtomicU64,
     /// Failures injected on purpose (`SHEEP_INJECT`, see [`faults`]).
     faults: faults::Faults,
+    /// Writes to the same blocks of one object, one at a time (see
+    /// [`ranges`]).
+    ranges: ranges::RangeLocks,
 }
 
 /// Renames into one directory become durable with one `fsync` of the
@@ -153,6 +173,7 @@ impl Store {
             tmp_seq: Default::default(),
             faults: faults::Faults::from_env()
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
+            ranges: Default::default(),
         })
     }
 
@@ -195,7 +216,22 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
+    /// A temporary name beside `path`, unique among concurrent writers.
+    fn tmp_path(&self, path: &Path) -> PathBuf {
+        let n = self
+            .tmp_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{n}.tmp"));
+        path.with_file_name(name)
+    }
+
+    /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync
+    /// dir. With `sums`, the file's checksums are replaced with it: the old
+    /// sidecar goes first and the new one follows the data, so a crash
+    /// leaves the old or the new file with its own checksums or none
+    /// (read unverified until the scrub computes them), never a file with
+    /// another's checksums.
     fn atomic_write(
         &self,
         path: &Path,
@@ -203,13 +239,10 @@ impl Store {
         sparse: bool,
         offset: u64,
         data: &[u8],
+        sums: Option<&csum::Sidecar>,
     ) -> Result<()> {
-        let n = self
-            .tmp_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{n}.tmp"));
-        let tmp = path.with_file_name(name);
+        let tmp = self.tmp_path(path);
+        let sum_tmp = sums.map(|_| self.tmp_path(&csum::sidecar_path(path)));
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -232,13 +265,151 @@ impl Store {
             self.faults.check(faults::Op::Write)?;
             f.write_all_at(data, offset)?;
             self.sync_file(&f)?;
-            fs::rename(&tmp, path)?;
+            if let (Some(sc), Some(sum_tmp)) = (sums, &sum_tmp) {
+                let g = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o640)
+                    .open(sum_tmp)?;
+                g.write_all_at(&sc.encode(), 0)?;
+                self.sync_file(&g)?;
+                remove_if_present(&csum::sidecar_path(path))?;
+                fs::rename(&tmp, path)?;
+                fs::rename(sum_tmp, csum::sidecar_path(path))?;
+            } else {
+                fs::rename(&tmp, path)?;
+            }
             self.sync_dir(path.parent().unwrap())
         })();
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
+            if let Some(t) = &sum_tmp {
+                let _ = fs::remove_file(t);
+            }
         }
         res
+    }
+
+    /// The checksums of the file at `path` whose size is `size`: None if
+    /// it has none (written by the original, or before checksums).
+    fn sums(&self, path: &Path, size: u64) -> Result<Option<csum::Sidecar>> {
+        let scp = csum::sidecar_path(path);
+        let b = match fs::read(&scp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match csum::Sidecar::decode(&b) {
+            Ok(sc) if sc.size == size => Ok(Some(sc)),
+            // Unusable checksums vouch for nothing: every block is suspect.
+            _ => Err(StoreError::Checksum {
+                file: scp,
+                blocks: (0..csum::blocks(size)).collect(),
+            }),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of the file at `path` (zeros past its
+    /// end), verified against its checksums. A block that does not verify
+    /// is read again a few times first: a write to it may be under way
+    /// (its data is written after its checksum and its checksum settled
+    /// after its data, so a reader can briefly see them apart).
+    fn read_verified(&self, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut bad = Vec::new();
+        for attempt in 0..4 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(attempt));
+            }
+            let f = File::open(path)?;
+            let size = f.metadata()?.len();
+            let end = (offset + len as u64).min(size);
+            if offset >= end {
+                return Ok(vec![0u8; len]);
+            }
+            let first = (offset / csum::BLOCK) as usize;
+            let from = first as u64 * csum::BLOCK;
+            let to = (end.div_ceil(csum::BLOCK) * csum::BLOCK).min(size);
+            let mut buf = read_file_at(&f, from, (to - from) as usize)?;
+            match self.sums(path, size)? {
+                Some(sc) => bad = sc.bad_blocks(first, &buf),
+                None => bad.clear(),
+            }
+            if bad.is_empty() {
+                if from == offset && to == end && len == buf.len() {
+                    return Ok(buf);
+                }
+                let mut out = vec![0u8; len];
+                out[..(end - offset) as usize]
+                    .copy_from_slice(&buf[(offset - from) as usize..(end - from) as usize]);
+                buf.clear();
+                return Ok(out);
+            }
+        }
+        Err(StoreError::Checksum {
+            file: path.to_path_buf(),
+            blocks: bad,
+        })
+    }
+
+    /// Writes into the existing file at `path`, keeping its checksums true
+    /// (see [`csum`] for the order that makes this crash-safe).
+    fn write_verified(&self, k: &ObjKey, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset + data.len() as u64;
+        let first = (offset / csum::BLOCK) as usize;
+        let last = end.div_ceil(csum::BLOCK) as usize;
+        let _blocks = self.ranges.lock(k, first, last.max(first + 1));
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        let size = f.metadata()?.len();
+        let scp = csum::sidecar_path(path);
+        let sums = if end <= size {
+            self.sums(path, size)?
+        } else {
+            // A write that grows the file leaves it without checksums until
+            // the scrub computes new ones.
+            remove_if_present(&scp)?;
+            None
+        };
+        let Some(sc) = sums else {
+            self.faults.check(faults::Op::Write)?;
+            f.write_all_at(data, offset)?;
+            return self.sync_file(&f);
+        };
+        let mut new = Vec::with_capacity(last - first);
+        for b in first..last {
+            let (s, e) = csum::block_range(b, size);
+            let sum = if offset <= s && e <= end {
+                crc32c::crc32c(&data[(s - offset) as usize..(e - offset) as usize])
+            } else {
+                // Part of the block is kept: it must be good before new
+                // checksums vouch for it.
+                let mut block = read_file_at(&f, s, (e - s) as usize)?;
+                if !sc.bad_blocks(b, &block).is_empty() {
+                    return Err(StoreError::Checksum {
+                        file: path.to_path_buf(),
+                        blocks: vec![b],
+                    });
+                }
+                let (from, to) = (offset.max(s), end.min(e));
+                block[(from - s) as usize..(to - s) as usize]
+                    .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+                crc32c::crc32c(&block)
+            };
+            new.push(csum::Entry {
+                cur: sum,
+                prev: sc.entries[b].cur,
+            });
+        }
+        let g = OpenOptions::new().write(true).open(&scp)?;
+        csum::write_entries(&g, first, &new)?;
+        self.sync_file(&g)?;
+        self.faults.check(faults::Op::Write)?;
+        f.write_all_at(data, offset)?;
+        self.sync_file(&f)?;
+        // The old bytes no longer verify (a disk that drops this write is
+        // caught); no sync needed: until this lands, both verify.
+        let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
+        csum::write_entries(&g, first, &settled)?;
+        Ok(())
     }
 
     /// A missing file reads as "no such object" unless the object
@@ -284,6 +455,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// `data` at `offset`, atomically and durably.
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()>;
     fn remove(&self, k: &ObjKey) -> Result<()>;
+    /// Checks every block of the working copy against its checksums
+    /// (computing them if it has none yet).
+    fn verify(&self, k: &ObjKey) -> Result<Verdict>;
     /// Every object in the working directory.
     fn list(&self) -> Result<Vec<ObjKey>>;
     /// Every stale copy as (key, epoch).
@@ -346,31 +520,69 @@ impl ObjectStore for Store {
 
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.faults.check(faults::Op::Read)?;
-        self.judged(read_at(&self.path(k), offset, len))
+        self.judged(self.read_verified(&self.path(k), offset, len))
     }
 
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
         self.faults.check(faults::Op::Read)?;
-        self.judged(fs::read(self.path(k)).map_err(Into::into))
+        let path = self.path(k);
+        self.judged((|| {
+            let size = fs::metadata(&path)?.len();
+            self.read_verified(&path, 0, size as usize)
+        })())
     }
 
     fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
-        self.judged((|| {
-            let f = OpenOptions::new().write(true).open(self.path(k))?;
-            self.faults.check(faults::Op::Write)?;
-            f.write_all_at(data, offset)?;
-            self.sync_file(&f)
-        })())
+        self.judged(self.write_verified(k, &self.path(k), offset, data))
     }
 
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         let size = size.max(offset + data.len() as u64);
         let sparse = is_vdi_obj(k.oid) || is_ledger_obj(k.oid) || data.len() as u64 >= size;
-        self.judged(self.atomic_write(&self.path(k), Some(size), sparse, offset, data))
+        let sums = csum::Sidecar::of_sparse(size, offset, data);
+        let _all = self.ranges.lock_all(k);
+        self.judged(self.atomic_write(&self.path(k), Some(size), sparse, offset, data, Some(&sums)))
     }
 
     fn remove(&self, k: &ObjKey) -> Result<()> {
-        self.judged(fs::remove_file(self.path(k)).map_err(Into::into))
+        let _all = self.ranges.lock_all(k);
+        let path = self.path(k);
+        self.judged(fs::remove_file(&path).map_err(Into::into))?;
+        remove_if_present(&csum::sidecar_path(&path))
+    }
+
+    fn verify(&self, k: &ObjKey) -> Result<Verdict> {
+        let path = self.path(k);
+        let size = self.judged(fs::metadata(&path).map_err(Into::into))?.len();
+        match self.read_verified(&path, 0, size as usize) {
+            Err(StoreError::Checksum { blocks, .. }) => return Ok(Verdict::Bad(blocks)),
+            r => {
+                r?;
+            }
+        }
+        if csum::sidecar_path(&path).exists() {
+            return Ok(Verdict::Good);
+        }
+        // No checksums yet (an object the original wrote): computed once,
+        // with every write to the object held off meanwhile.
+        let _all = self.ranges.lock_all(k);
+        let data = read_file_at(&File::open(&path)?, 0, size as usize)?;
+        let tmp = self.tmp_path(&csum::sidecar_path(&path));
+        let res = (|| {
+            let g = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(&tmp)?;
+            g.write_all_at(&csum::Sidecar::of(&data).encode(), 0)?;
+            self.sync_file(&g)?;
+            fs::rename(&tmp, csum::sidecar_path(&path))?;
+            Ok(Verdict::Computed)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
     }
 
     fn list(&self) -> Result<Vec<ObjKey>> {
@@ -399,12 +611,18 @@ impl ObjectStore for Store {
     }
 
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
-        self.judged(fs::rename(self.path(k), self.stale_path(k, epoch)).map_err(Into::into))
+        let _all = self.ranges.lock_all(k);
+        let (from, to) = (self.path(k), self.stale_path(k, epoch));
+        self.judged(fs::rename(&from, &to).map_err(Into::into))?;
+        match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.faults.check(faults::Op::Read)?;
-        self.judged(read_at(&self.stale_path(k, epoch), offset, len))
+        self.judged(self.read_verified(&self.stale_path(k, epoch), offset, len))
     }
 
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
@@ -457,8 +675,9 @@ impl ObjectStore for Store {
     fn purge_stale(&self) -> Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(&self.stale_dir)? {
-            fs::remove_file(e?.path())?;
-            n += 1;
+            let e = e?;
+            fs::remove_file(e.path())?;
+            n += usize::from(!csum::is_sidecar(&e.file_name().to_string_lossy()));
         }
         Ok(n)
     }
@@ -513,7 +732,7 @@ impl ObjectStore for Store {
     fn write_config(&self, c: &SheepdogConfig) -> Result<()> {
         let mut b = c.encode().to_vec();
         b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-        self.atomic_write(&self.base.join("config"), None, true, 0, &b)
+        self.atomic_write(&self.base.join("config"), None, true, 0, &b, None)
     }
 
     fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<()> {
@@ -527,6 +746,7 @@ impl ObjectStore for Store {
             true,
             0,
             &b,
+            None,
         )
     }
 
@@ -582,7 +802,9 @@ impl ObjectStore for Store {
         use std::os::unix::fs::MetadataExt;
         fs::read_dir(&self.obj_dir)
             .map(|rd| {
-                rd.filter_map(|e| e.ok()?.metadata().ok())
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| ObjKey::parse(&e.file_name().to_string_lossy()).is_some())
+                    .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.blocks() * 512)
                     .sum()
@@ -614,8 +836,15 @@ fn decode_config(b: &[u8]) -> std::result::Result<SheepdogConfig, String> {
     Ok(c)
 }
 
-fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let f = File::open(path)?;
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `len` bytes at `offset` of `f`; past its end, zeros.
+fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut done = 0;
     while done < len {
@@ -778,6 +1007,171 @@ mod tests {
         let b = fs::read(&ep).unwrap();
         fs::write(&ep, &b[..50]).unwrap();
         assert!(matches!(s.read_epoch(2), Err(StoreError::Corrupt(m)) if m.contains("00000002")));
+    }
+
+    /// Flips one byte of the file at `path`, as a disk's bit rot does.
+    fn flip(path: &Path, at: u64) {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    #[test]
+    fn rotten_bytes_are_never_read_and_the_block_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0002);
+        s.create_and_write(&k, 4 << 20, 8192, &[9u8; 10000])
+            .unwrap();
+        // The object file is the original's: no header, no trailer.
+        assert_eq!(fs::metadata(s.path(&k)).unwrap().len(), 4 << 20);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
+        flip(&s.path(&k), 3 * 4096 + 7);
+        let bad = |r: Result<Vec<u8>>| match r {
+            Err(StoreError::Checksum { blocks, .. }) => blocks,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(bad(s.read(&k, 3 * 4096, 1)), vec![3]);
+        assert_eq!(bad(s.read(&k, 0, 4 << 20)), vec![3]);
+        assert_eq!(bad(s.read_all(&k)), vec![3]);
+        // Other blocks still read.
+        assert_eq!(s.read(&k, 8192, 4096).unwrap(), vec![9u8; 4096]);
+        assert_eq!(s.read(&k, 4 * 4096, 10).unwrap(), vec![9u8; 10]);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Bad(vec![3]));
+        // A write that keeps part of the rotten block is refused; one that
+        // rewrites it whole repairs it.
+        assert!(matches!(
+            s.write(&k, 3 * 4096 + 100, b"x"),
+            Err(StoreError::Checksum { .. })
+        ));
+        s.write(&k, 3 * 4096, &[9u8; 4096]).unwrap();
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
+        // Stale copies keep their checksums.
+        flip(&s.path(&k), 5);
+        s.move_to_stale(&k, 4).unwrap();
+        assert!(matches!(
+            s.read_stale(&k, 4, 0, 4096),
+            Err(StoreError::Checksum { .. })
+        ));
+        assert_eq!(s.read_stale(&k, 4, 8192, 3).unwrap(), vec![9u8; 3]);
+        assert_eq!(s.list_stale().unwrap(), vec![(k, 4)]);
+        assert_eq!(s.purge_stale().unwrap(), 1);
+    }
+
+    #[test]
+    fn partial_writes_keep_checksums_true() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0003);
+        s.create_and_write(&k, 3 * 4096 + 100, 0, b"").unwrap();
+        for (off, len) in [
+            (10, 3),
+            (4000, 200),
+            (4096, 8192),
+            (3 * 4096 + 50, 50),
+            (0, 12388),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| ((i + off) % 251) as u8).collect();
+            s.write(&k, off, &data).unwrap();
+            assert_eq!(s.read(&k, off, len as usize).unwrap(), data);
+            assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
+        }
+        // Ledger-sized files (not a multiple of the block) too.
+        let l = ObjKey::replica(0x0001_0000_0000_0004);
+        s.create_and_write(&l, 12, 0, b"abcdefghijkl").unwrap();
+        assert_eq!(s.read_all(&l).unwrap(), b"abcdefghijkl");
+        s.write(&l, 4, b"XY").unwrap();
+        assert_eq!(s.read_all(&l).unwrap(), b"abcdXYghijkl");
+        assert_eq!(s.verify(&l).unwrap(), Verdict::Good);
+    }
+
+    #[test]
+    fn what_a_crash_in_a_write_leaves_verifies_as_old_or_new() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0005);
+        s.create_and_write(&k, 8192, 0, &[1u8; 8192]).unwrap();
+        let sc = csum::sidecar_path(&s.path(&k));
+        let settled = fs::read(&sc).unwrap();
+        // The crash came after the new checksums were durable and before
+        // the data was: the old bytes still read.
+        s.write(&k, 0, &[2u8; 4096]).unwrap();
+        let after = fs::read(&sc).unwrap();
+        let f = OpenOptions::new().write(true).open(s.path(&k)).unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        let g = OpenOptions::new().write(true).open(&sc).unwrap();
+        csum::write_entries(
+            &g,
+            0,
+            &[csum::Entry {
+                cur: crc32c::crc32c(&[2u8; 4096]),
+                prev: crc32c::crc32c(&[1u8; 4096]),
+            }],
+        )
+        .unwrap();
+        assert_eq!(s.read(&k, 0, 4096).unwrap(), vec![1u8; 4096]);
+        // ... or after the data too: the new bytes read.
+        f.write_all_at(&[2u8; 4096], 0).unwrap();
+        assert_eq!(s.read(&k, 0, 4096).unwrap(), vec![2u8; 4096]);
+        // Once settled, the old bytes are a lost write, not accepted.
+        fs::write(&sc, &after).unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        assert!(s.read(&k, 0, 4096).is_err());
+        assert_ne!(settled, after);
+    }
+
+    #[test]
+    fn objects_without_checksums_read_and_get_them_from_the_scrub() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0006);
+        // As the original writes it: the object file alone.
+        fs::write(s.path(&k), vec![5u8; 10_000]).unwrap();
+        assert_eq!(s.read(&k, 0, 3).unwrap(), vec![5u8; 3]);
+        s.write(&k, 0, b"ab").unwrap();
+        assert_eq!(s.list().unwrap(), vec![k]);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Computed);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
+        flip(&s.path(&k), 9000);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Bad(vec![2]));
+        // A sidecar that is itself damaged vouches for nothing.
+        fs::write(csum::sidecar_path(&s.path(&k)), b"junk").unwrap();
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Bad(vec![0, 1, 2]));
+        s.remove(&k).unwrap();
+        assert!(!csum::sidecar_path(&s.path(&k)).exists());
+    }
+
+    #[test]
+    fn concurrent_writes_and_reads_of_one_block_never_see_a_mismatch() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(d.path(), true).unwrap());
+        let k = ObjKey::replica(0x0001_0000_0000_0007);
+        s.create_and_write(&k, 16384, 0, b"").unwrap();
+        let threads: Vec<_> = (0..6u8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        if t % 2 == 0 {
+                            // 512-byte writes sharing 4 KiB blocks.
+                            let off = ((i * 7 + t as u32) % 32) as u64 * 512;
+                            s.write(&k, off, &[t + i as u8; 512]).unwrap();
+                        } else {
+                            s.read(&k, 0, 16384).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! It keeps exactly what the file store keeps (working and stale copies,
 //! pending reclaims, config, epochs) with the same semantics, and can be
 //! told to fail: [`MemStore::fail_next`] makes the next operations return
-//! EIO, as a dying disk does.
+//! EIO, as a dying disk does, and [`MemStore::rot`] corrupts a block of a
+//! working copy, which then reads as a checksum mismatch (as the file
+//! store's checksums report it) until it is rewritten whole.
 
-use crate::{ObjKey, ObjectStore, Result, StoreError};
+use crate::csum::BLOCK;
+use crate::{ObjKey, ObjectStore, Result, StoreError, Verdict};
 use sd_proto::{SdNode, SheepdogConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,6 +24,34 @@ struct Contents {
     epochs: BTreeMap<u32, (Vec<SdNode>, u64)>,
     /// Operations still to fail with EIO.
     failing: u32,
+    /// Blocks of working copies whose bytes rotted.
+    rotten: BTreeSet<(ObjKey, usize)>,
+}
+
+impl Contents {
+    /// The rotten blocks of `k` in the byte range `offset..offset + len`.
+    fn rotten_in(&self, k: &ObjKey, offset: u64, len: usize) -> Vec<usize> {
+        let first = (offset / BLOCK) as usize;
+        let end = (offset + len as u64).div_ceil(BLOCK) as usize;
+        self.rotten
+            .range((*k, first)..(*k, end.max(first)))
+            .map(|(_, b)| *b)
+            .collect()
+    }
+
+    fn check(&self, k: &ObjKey, offset: u64, len: usize) -> Result<()> {
+        match self.rotten_in(k, offset, len) {
+            b if b.is_empty() => Ok(()),
+            blocks => Err(StoreError::Checksum {
+                file: format!("(memory)/{}", k.file_name()).into(),
+                blocks,
+            }),
+        }
+    }
+
+    fn forget_rot(&mut self, k: &ObjKey) {
+        self.rotten.retain(|(r, _)| r != k);
+    }
 }
 
 /// One object's bytes as a store holds them: the working copy, and the
@@ -53,6 +84,15 @@ impl MemStore {
             .map(|((_, e), d)| (*e, d.clone()))
             .collect();
         (c.working.get(k).cloned(), stale)
+    }
+
+    /// Flips the byte at `offset` of the working copy of `k`: its block
+    /// reads as a checksum mismatch until rewritten whole.
+    pub fn rot(&self, k: &ObjKey, offset: u64) {
+        let mut c = self.contents.lock().unwrap();
+        let d = c.working.get_mut(k).expect("rot of a missing object");
+        d[offset as usize] ^= 0x55;
+        c.rotten.insert((*k, (offset / BLOCK) as usize));
     }
 
     /// Runs `f` on the contents unless an injected failure is due.
@@ -101,16 +141,42 @@ impl ObjectStore for MemStore {
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.with(|c| {
             let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            c.check(k, offset, len)?;
             Ok(slice(d, offset, len))
         })
     }
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
-        self.with(|c| c.working.get(k).cloned().ok_or(StoreError::NoObj))
+        self.with(|c| {
+            let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            c.check(k, 0, d.len())?;
+            Ok(d.clone())
+        })
     }
     fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
         self.with(|c| {
-            put(c.working.get_mut(k).ok_or(StoreError::NoObj)?, offset, data);
+            let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            let size = d.len() as u64;
+            let end = offset + data.len() as u64;
+            for b in c.rotten_in(k, offset, data.len()) {
+                let (s, e) = crate::csum::block_range(b, size);
+                if s < offset || e > end {
+                    // A partial write keeps rotten bytes: refused, as the
+                    // file store refuses it.
+                    c.check(k, s, (e - s) as usize)?;
+                }
+                c.rotten.remove(&(*k, b));
+            }
+            put(c.working.get_mut(k).unwrap(), offset, data);
             Ok(())
+        })
+    }
+    fn verify(&self, k: &ObjKey) -> Result<Verdict> {
+        self.with(|c| {
+            let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            Ok(match c.rotten_in(k, 0, d.len()) {
+                b if b.is_empty() => Verdict::Good,
+                b => Verdict::Bad(b),
+            })
         })
     }
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
@@ -118,11 +184,15 @@ impl ObjectStore for MemStore {
             let mut d = vec![0u8; size as usize];
             put(&mut d, offset, data);
             c.working.insert(*k, d);
+            c.forget_rot(k);
             Ok(())
         })
     }
     fn remove(&self, k: &ObjKey) -> Result<()> {
-        self.with(|c| c.working.remove(k).map(|_| ()).ok_or(StoreError::NoObj))
+        self.with(|c| {
+            c.forget_rot(k);
+            c.working.remove(k).map(|_| ()).ok_or(StoreError::NoObj)
+        })
     }
     fn list(&self) -> Result<Vec<ObjKey>> {
         self.with(|c| Ok(c.working.keys().copied().collect()))
@@ -133,6 +203,7 @@ impl ObjectStore for MemStore {
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
         self.with(|c| {
             let d = c.working.remove(k).ok_or(StoreError::NoObj)?;
+            c.forget_rot(k);
             c.stale.insert((*k, epoch), d);
             Ok(())
         })

@@ -51,6 +51,8 @@ pub struct Sheep {
     /// One codec per erasure-code policy byte, made on first use.
     codecs: Box<[OnceLock<Option<Arc<sd_ec::Codec>>>]>,
     pub stats: crate::server::Stats,
+    /// Corruption found and repaired (see [`crate::repair`]).
+    pub integrity: crate::repair::Integrity,
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
     pub obj_locks: crate::peer::ObjLocks,
@@ -652,6 +654,7 @@ impl Sheep {
             workers: Arc::default(),
             codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
             stats: Default::default(),
+            integrity: Default::default(),
             leaving: Default::default(),
             obj_locks: Default::default(),
         });

@@ -16,6 +16,7 @@ mod ops;
 mod opts;
 mod peer;
 mod recovery;
+mod repair;
 mod server;
 #[cfg(test)]
 mod sim;

@@ -157,15 +157,10 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     );
     // Epoch rule (§1.7): newer requests wait for this node to catch up,
     // older ones are refused (here, and again under the object's lock).
-    let stale = |sheep: &Sheep| {
-        o.oid != 0
-            && (req.epoch.wrapping_sub(sheep.epoch()) as i32) < 0
-            && req.flags & flag::CMD_RECOVERY == 0
-    };
     if o.oid != 0 && !sheep.reach_epoch(req.epoch).await {
         return reply(&req, SdRes::NEW_NODE_VER);
     }
-    if stale(sheep) {
+    if stale(sheep, &req) {
         return reply(&req, SdRes::OLD_NODE_VER);
     }
 
@@ -204,6 +199,65 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         _ if !recovery_read => sheep.recovery.ensure(sheep, o.oid).await,
         _ => {}
     }
+    let payload = Arc::new(payload);
+    let mut res = store_op(sheep, &req, key, &payload, mutating, recovery_read).await;
+    if let Some(Ok(Err(e @ sd_store::StoreError::Checksum { .. }))) = &res {
+        crate::repair::found(sheep, &key, e);
+        if mutating {
+            // A write that keeps part of a rotten block: the block is
+            // repaired first, so the client's write never fails for it.
+            crate::repair::repair(sheep, key).await;
+            res = store_op(sheep, &req, key, &payload, mutating, recovery_read).await;
+        } else {
+            // The reader is answered at once (its gateway reads another
+            // copy); the copy is repaired meanwhile.
+            crate::repair::spawn(sheep, key);
+        }
+    }
+    match res {
+        None => reply(&req, SdRes::OLD_NODE_VER),
+        Some(Ok(Ok(data))) if recovery_read => {
+            let mut r = reply_data(&req, data);
+            r.0.data_length = r.1.len() as u32;
+            r
+        }
+        Some(Ok(Ok(data))) if req.opcode == op::READ_PEER => reply_data(&req, data),
+        Some(Ok(Ok(_))) => reply(&req, SdRes::SUCCESS),
+        Some(Ok(Err(e))) => {
+            if !matches!(
+                e,
+                sd_store::StoreError::NoObj | sd_store::StoreError::Checksum { .. }
+            ) {
+                tracing::error!("peer op {:#x} on {:016x}: {e}", req.opcode, o.oid);
+            }
+            if sheep.disk_failed(&e) {
+                return reply(&req, SdRes::NETWORK_ERROR);
+            }
+            reply(&req, e.res())
+        }
+        Some(Err(_)) => reply(&req, SdRes::EIO),
+    }
+}
+
+/// Whether an object request is of an epoch older than this node's (and
+/// not a recovery read, which names its epoch on purpose).
+fn stale(sheep: &Sheep, req: &SdReq) -> bool {
+    req.obj().oid != 0
+        && (req.epoch.wrapping_sub(sheep.epoch()) as i32) < 0
+        && req.flags & flag::CMD_RECOVERY == 0
+}
+
+/// Runs the store half of a peer request under its object's stripe; None
+/// if the request turned out to be of an older epoch once it held it.
+async fn store_op(
+    sheep: &Arc<Sheep>,
+    req: &SdReq,
+    key: ObjKey,
+    payload: &Arc<Vec<u8>>,
+    mutating: bool,
+    recovery_read: bool,
+) -> Option<Result<Result<Vec<u8>, sd_store::StoreError>, tokio::task::JoinError>> {
+    let o = req.obj();
     // Taken after any recovery of this object (which may wait on other
     // nodes), so no lock is held across the network. The guards move into
     // the store operation: a request whose task is aborted (its sender
@@ -216,64 +270,48 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     } else {
         None
     };
-    if stale(sheep) {
-        return reply(&req, SdRes::OLD_NODE_VER);
+    if stale(sheep, req) {
+        return None;
     }
     let s = sheep.clone();
-    let res = sheep
-        .on_store(move || -> Result<Vec<u8>, sd_store::StoreError> {
-            let _held = object;
-            let st = &*s.store;
-            match req.opcode {
-                op::READ_PEER if recovery_read => {
-                    use crate::recovery::{recovery_source, Source};
-                    match recovery_source(st, &key, req.flags, o.tgt_epoch) {
-                        Some(Source::Working) => {
-                            let sz = st.size(&key)?;
-                            st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+    let (req, payload) = (*req, payload.clone());
+    Some(
+        sheep
+            .on_store(move || -> Result<Vec<u8>, sd_store::StoreError> {
+                let _held = object;
+                let st = &*s.store;
+                match req.opcode {
+                    op::READ_PEER if recovery_read => {
+                        use crate::recovery::{recovery_source, Source};
+                        match recovery_source(st, &key, req.flags, o.tgt_epoch) {
+                            Some(Source::Working) => {
+                                let sz = st.size(&key)?;
+                                st.read(&key, 0, sz.min(req.data_length as u64) as usize)
+                            }
+                            Some(Source::Stale(ep)) => {
+                                st.read_stale(&key, ep, 0, req.data_length as usize)
+                            }
+                            None => Err(sd_store::StoreError::NoObj),
                         }
-                        Some(Source::Stale(ep)) => {
-                            st.read_stale(&key, ep, 0, req.data_length as usize)
-                        }
-                        None => Err(sd_store::StoreError::NoObj),
                     }
+                    op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
+                    op::WRITE_PEER => st
+                        .write(&key, o.offset as u64, &payload)
+                        .map(|_| Vec::new()),
+                    op::CREATE_AND_WRITE_PEER => st
+                        .create_and_write(
+                            &key,
+                            s.file_size(&key, o.copy_policy),
+                            o.offset as u64,
+                            &payload,
+                        )
+                        .map(|_| Vec::new()),
+                    op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
+                    _ => unreachable!(),
                 }
-                op::READ_PEER => st.read(&key, o.offset as u64, req.data_length as usize),
-                op::WRITE_PEER => st
-                    .write(&key, o.offset as u64, &payload)
-                    .map(|_| Vec::new()),
-                op::CREATE_AND_WRITE_PEER => st
-                    .create_and_write(
-                        &key,
-                        s.file_size(&key, o.copy_policy),
-                        o.offset as u64,
-                        &payload,
-                    )
-                    .map(|_| Vec::new()),
-                op::REMOVE_PEER => st.remove(&key).map(|_| Vec::new()),
-                _ => unreachable!(),
-            }
-        })
-        .await;
-    match res {
-        Ok(Ok(data)) if recovery_read => {
-            let mut r = reply_data(&req, data);
-            r.0.data_length = r.1.len() as u32;
-            r
-        }
-        Ok(Ok(data)) if req.opcode == op::READ_PEER => reply_data(&req, data),
-        Ok(Ok(_)) => reply(&req, SdRes::SUCCESS),
-        Ok(Err(e)) => {
-            if !matches!(e, sd_store::StoreError::NoObj) {
-                tracing::error!("peer op {:#x} on {:016x}: {e}", req.opcode, o.oid);
-            }
-            if sheep.disk_failed(&e) {
-                return reply(&req, SdRes::NETWORK_ERROR);
-            }
-            reply(&req, e.res())
-        }
-        Err(_) => reply(&req, SdRes::EIO),
-    }
+            })
+            .await,
+    )
 }
 
 /// Ledger generations read per update; deeper clone chains read the rest.
