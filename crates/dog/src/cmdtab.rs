@@ -193,6 +193,9 @@ pub enum Action {
     NodeInfo,
     NodeRecoveryInfo,
     NodeWorker,
+    NodeScrubStatus,
+    NodeScrubStart,
+    NodeScrubStop,
     VdiCreate,
     VdiDelete,
     VdiList,
@@ -501,6 +504,27 @@ const NODE_RECOVERY: &[Sub] = &[
     nested("get-throttle", "get current throttling", NL, None),
 ];
 
+const NODE_SCRUB: &[Sub] = &[
+    nested(
+        "status",
+        "show the scrub of every node (default)",
+        NL,
+        Some(NodeScrubStatus),
+    ),
+    nested(
+        "start",
+        "check every object of every node against its checksums",
+        NL,
+        Some(NodeScrubStart),
+    ),
+    nested(
+        "stop",
+        "stop the scrub on every node",
+        NL,
+        Some(NodeScrubStop),
+    ),
+];
+
 const NODE_MD: &[Sub] = &[
     nested("info", "show multi-disk information", NL, None),
     nested("plug", "plug more disk(s) into node", ARG, None),
@@ -594,6 +618,16 @@ const NODE: &[Sub] = &[
         EXT,
         Some(NodeWorker),
     ),
+    Sub {
+        name: "scrub",
+        arg: None,
+        opts: "aprhT",
+        desc: "verify the objects of every node against their checksums",
+        flags: EXT,
+        subs: NODE_SCRUB,
+        default_first: true,
+        action: None,
+    },
     leaf(
         "format",
         Some("<directory of sheep> <a name of store format>"),

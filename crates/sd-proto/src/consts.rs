@@ -103,6 +103,9 @@ pub mod op {
     /// This project's extension (not in the original): the node's
     /// background workers, an array of `WorkerRecord` (`dog node worker`).
     pub const WORKER_STATUS: u8 = 0xE0;
+    /// This project's extension: start, stop or report the node's scrub
+    /// (`args[0]`: `scrub_cmd`); replies a `ScrubStatus`.
+    pub const SCRUB: u8 = 0xE1;
 
     /// Maps a gateway object opcode to the peer opcode it is forwarded as.
     pub fn gateway_to_peer(opcode: u8) -> Option<u8> {

@@ -12,6 +12,8 @@ pub const RECOVERY_STATE_SIZE: usize = 24;
 /// One record of WORKER_STATUS.
 pub const WORKER_RECORD_SIZE: usize = 64;
 pub const RECOVERY_THROTTLING_SIZE: usize = 24;
+/// The reply of SCRUB.
+pub const SCRUB_STATUS_SIZE: usize = 64;
 pub const VDI_ATTR_SIZE: usize = 66_320;
 pub const VDI_ATTR_VALUE_OFFSET: usize = 784;
 
@@ -340,6 +342,67 @@ impl WorkerRecord {
     }
 }
 
+/// SCRUB's command, in `args[0]` of the request.
+pub mod scrub_cmd {
+    pub const STATUS: u8 = 0;
+    pub const START: u8 = 1;
+    pub const STOP: u8 = 2;
+}
+
+/// A node's scrub, as SCRUB reports it (this project's extension):
+/// whether a pass runs, the objects of the current (or last) pass checked
+/// and to check, finished passes, objects that got their first checksums,
+/// and the node's corruption counters since it started (blocks found bad,
+/// repaired from another copy, not repairable yet).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ScrubStatus {
+    pub running: bool,
+    pub done: u64,
+    pub total: u64,
+    pub passes: u64,
+    pub computed: u64,
+    pub bad_blocks: u64,
+    pub repaired: u64,
+    pub unrepaired: u64,
+}
+
+impl ScrubStatus {
+    pub fn encode(&self) -> [u8; SCRUB_STATUS_SIZE] {
+        let mut b = [0u8; SCRUB_STATUS_SIZE];
+        put_u32(&mut b, 0, self.running as u32);
+        for (i, v) in [
+            self.done,
+            self.total,
+            self.passes,
+            self.computed,
+            self.bad_blocks,
+            self.repaired,
+            self.unrepaired,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            put_u64(&mut b, 8 + 8 * i, v);
+        }
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < SCRUB_STATUS_SIZE {
+            return None;
+        }
+        Some(ScrubStatus {
+            running: u32_at(b, 0) != 0,
+            done: u64_at(b, 8),
+            total: u64_at(b, 16),
+            passes: u64_at(b, 24),
+            computed: u64_at(b, 32),
+            bad_blocks: u64_at(b, 40),
+            repaired: u64_at(b, 48),
+            unrepaired: u64_at(b, 56),
+        })
+    }
+}
+
 /// `struct recovery_throttling` (GET/SET_RECOVERY).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct RecoveryThrottling {
@@ -427,6 +490,9 @@ mod tests {
                 if w.name.len() < 32 && !w.name.contains('\0') && w.name.is_ascii() {
                     prop_assert_eq!(WorkerRecord::decode(&w.encode()).unwrap(), w);
                 }
+            }
+            if let Some(s) = ScrubStatus::decode(&v) {
+                prop_assert_eq!(ScrubStatus::decode(&s.encode()).unwrap(), s);
             }
             if let Some(e) = EpochLog::decode(&v, 3) {
                 prop_assert!(e.nodes.len() <= 3);

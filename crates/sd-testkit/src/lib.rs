@@ -72,11 +72,13 @@ impl Node {
         v.sort();
         v
     }
+    /// Stale copy names (`<object>.<epoch>`) in this node's store.
     pub fn stale_objects(&self) -> Vec<String> {
         std::fs::read_dir(self.obj_dir().join(".stale"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default()

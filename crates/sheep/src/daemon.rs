@@ -53,6 +53,8 @@ pub struct Sheep {
     pub stats: crate::server::Stats,
     /// Corruption found and repaired (see [`crate::repair`]).
     pub integrity: crate::repair::Integrity,
+    /// The operator's control of the scrub (see [`crate::scrub`]).
+    pub scrub: crate::scrub::ScrubControl,
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
     pub obj_locks: crate::peer::ObjLocks,
@@ -655,6 +657,7 @@ impl Sheep {
             codecs: (0..=u8::MAX).map(|_| OnceLock::new()).collect(),
             stats: Default::default(),
             integrity: Default::default(),
+            scrub: Default::default(),
             leaving: Default::default(),
             obj_locks: Default::default(),
         });
@@ -683,6 +686,7 @@ impl Sheep {
         let workers = &sheep.workers;
         workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));
         workers.spawn(ReclaimWorker::new(sheep.clone(), reclaim_rx)?);
+        workers.spawn(crate::scrub::ScrubWorker::new(sheep.clone()));
         workers.spawn(VdiSyncWorker {
             sheep: sheep.clone(),
             requests: vdi_sync_rx,

@@ -17,6 +17,7 @@ mod opts;
 mod peer;
 mod recovery;
 mod repair;
+mod scrub;
 mod server;
 #[cfg(test)]
 mod sim;

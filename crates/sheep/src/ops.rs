@@ -150,6 +150,20 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             }
             reply_data(&req, records)
         }
+        op::SCRUB => {
+            match req.args[0] {
+                scrub_cmd::STATUS => {}
+                scrub_cmd::START if !sheep.opts.gateway => sheep.scrub.start(),
+                scrub_cmd::STOP => sheep.scrub.stop(),
+                scrub_cmd::START => {}
+                _ => return reply(&req, SdRes::INVALID_PARMS),
+            }
+            let st = sheep.scrub.status(sheep).encode().to_vec();
+            if (req.data_length as usize) < st.len() {
+                return reply(&req, SdRes::BUFFER_SMALL);
+            }
+            reply_data(&req, st)
+        }
         op::GET_LOGLEVEL => reply_data(&req, 6i32.to_le_bytes().to_vec()),
         op::STAT => reply_data(&req, sheep.stats.encode()),
         op::MD_INFO => {

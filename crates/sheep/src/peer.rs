@@ -201,8 +201,8 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     }
     let payload = Arc::new(payload);
     let mut res = store_op(sheep, &req, key, &payload, mutating, recovery_read).await;
-    if let Some(Ok(Err(e @ sd_store::StoreError::Checksum { .. }))) = &res {
-        crate::repair::found(sheep, &key, e);
+    if let Some(Ok(Err(sd_store::StoreError::Checksum { blocks, .. }))) = &res {
+        crate::repair::found(sheep, &key, blocks);
         if mutating {
             // A write that keeps part of a rotten block: the block is
             // repaired first, so the client's write never fails for it.

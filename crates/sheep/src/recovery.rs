@@ -154,7 +154,7 @@ impl Recovery {
     }
 
     /// Whether clients did I/O here within [`CLIENT_ACTIVE`].
-    fn clients_active(&self, now: Instant) -> bool {
+    pub fn clients_active(&self, now: Instant) -> bool {
         let seen = self.client_seen_ms.load(Ordering::Relaxed);
         let now = now.saturating_duration_since(self.born).as_millis() as u64;
         seen != 0 && now.saturating_sub(seen) < CLIENT_ACTIVE.as_millis() as u64

@@ -40,15 +40,17 @@ pub struct Integrity {
     repairing: Mutex<HashSet<ObjKey>>,
 }
 
-/// Records corruption a read or write ran into, and logs it.
-pub fn found(sheep: &Sheep, key: &ObjKey, e: &StoreError) {
-    if let StoreError::Checksum { blocks, .. } = e {
-        sheep
-            .integrity
-            .bad_blocks
-            .fetch_add(blocks.len() as u64, Relaxed);
-        tracing::error!("{e}: object {} not served; repairing", key.file_name());
-    }
+/// Records blocks of `key` found failing their checksums, and logs it.
+pub fn found(sheep: &Sheep, key: &ObjKey, blocks: &[usize]) {
+    sheep
+        .integrity
+        .bad_blocks
+        .fetch_add(blocks.len() as u64, Relaxed);
+    tracing::error!(
+        "object {}: blocks {blocks:?} (of {} bytes) fail their checksums; not served, repairing",
+        key.file_name(),
+        csum::BLOCK
+    );
 }
 
 /// Repairs `key` in the background (once, however often it is asked).

@@ -241,7 +241,8 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::EXIST
         | op::OIDS_EXIST
         | op::GET_LOGLEVEL
-        | op::WORKER_STATUS => Local { force: true },
+        | op::WORKER_STATUS
+        | op::SCRUB => Local { force: true },
         op::STAT_SHEEP
         | op::STAT_RECOVERY
         | op::GET_OBJ_LIST

@@ -235,6 +235,62 @@ pub async fn worker(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
+/// `node scrub [status|start|stop]`: the scrub of every node. `start` and
+/// `stop` ask every node and print nothing; `status` prints one line per
+/// node (raw: `id host:port state done total passes bad repaired
+/// unrepaired`).
+pub async fn scrub(ctx: &mut Ctx, cmd: u8) -> Res<()> {
+    let raw = ctx.opts.raw;
+    if cmd == scrub_cmd::STATUS && !raw {
+        out!("  Id   Host:Port         State       Checked      Total  Passes  Bad blocks  Repaired  Unrepaired\n");
+    }
+    for (i, n) in ctx.nodes.clone().iter().enumerate() {
+        let mut req = SdReq::new(op::SCRUB);
+        req.args[0] = cmd;
+        req.data_length = SCRUB_STATUS_SIZE as u32;
+        let host = n.nid.to_addr_string();
+        let st = match ctx.net.exec(n.nid.socket_addr(), &req, &[]).await {
+            Ok((rsp, data)) if rsp.result.is_success() => ScrubStatus::decode(&data),
+            Ok((rsp, _)) => {
+                err!("Failed to reach the scrub of {host}: {}", rsp.result);
+                return Err(End::Exit(1));
+            }
+            Err(_) => return Err(End::Ret(2)),
+        };
+        let Some(st) = st else {
+            err!("Failed to reach the scrub of {host}: short reply");
+            return Err(End::Exit(1));
+        };
+        if cmd != scrub_cmd::STATUS {
+            continue;
+        }
+        let state = if st.running { "running" } else { "idle" };
+        let n = [
+            st.done,
+            st.total,
+            st.passes,
+            st.bad_blocks,
+            st.repaired,
+            st.unrepaired,
+        ];
+        if raw {
+            let n: Vec<String> = n.iter().map(u64::to_string).collect();
+            out!("{i} {host} {state} {}\n", n.join(" "));
+        } else {
+            out!(
+                "{i:4}   {host:<18}{state:<8}{:>10}{:>11}{:>8}{:>12}{:>10}{:>12}\n",
+                n[0],
+                n[1],
+                n[2],
+                n[3],
+                n[4],
+                n[5]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The target's recovery state for `-P`: any failure ends with 2.
 async fn progress_state(ctx: &mut Ctx, to: std::net::SocketAddr) -> Res<RecoveryState> {
     recovery_state(ctx, to).await.map_err(|e| {

@@ -1,0 +1,166 @@
+//! The scrub: a worker that reads every object this node holds and checks
+//! it against its checksums, so rot is found and repaired while other
+//! copies are still good, not when a VM finally reads the block.
+//!
+//! A pass is started by the operator (`dog node scrub start`) and can be
+//! stopped. Objects that have no checksums yet (written by the original,
+//! or before checksums) get them from this first full read. Bad blocks
+//! are repaired from another copy (see [`crate::repair`]). While clients
+//! do I/O here, the scrub pauses nine times as long as each object took,
+//! so it takes at most a tenth of the disk from them.
+
+use crate::daemon::Sheep;
+use crate::worker::{Progress, Worker, WorkerState};
+use sd_proto::ScrubStatus;
+use sd_store::{ObjKey, Verdict};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// The operator's control of the scrub and its counters (shared between
+/// the request handler and the worker).
+#[derive(Default)]
+pub struct ScrubControl {
+    start: Notify,
+    stop: AtomicBool,
+    status: Mutex<ScrubStatus>,
+}
+
+impl ScrubControl {
+    /// Starts a pass (a running pass goes on).
+    pub fn start(&self) {
+        self.stop.store(false, SeqCst);
+        if !self.status.lock().unwrap().running {
+            self.start.notify_one();
+        }
+    }
+
+    /// Ends the running pass after the object being checked.
+    pub fn stop(&self) {
+        if self.status.lock().unwrap().running {
+            self.stop.store(true, SeqCst);
+        }
+    }
+
+    /// The scrub's state, with the node's corruption counters.
+    pub fn status(&self, sheep: &Sheep) -> ScrubStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = &sheep.integrity;
+        ScrubStatus {
+            bad_blocks: i.bad_blocks.load(Relaxed),
+            repaired: i.repaired.load(Relaxed),
+            unrepaired: i.unrepaired.load(Relaxed),
+            ..*self.status.lock().unwrap()
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct ScrubWorker {
+    sheep: Arc<Sheep>,
+    queue: Vec<ObjKey>,
+}
+
+impl ScrubWorker {
+    pub fn new(sheep: Arc<Sheep>) -> Self {
+        ScrubWorker {
+            sheep,
+            queue: Vec::new(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ScrubStatus)) {
+        f(&mut self.sheep.scrub.status.lock().unwrap());
+    }
+}
+
+impl Worker for ScrubWorker {
+    fn name(&self) -> &'static str {
+        "scrub"
+    }
+
+    fn progress(&self) -> Progress {
+        let s = self.sheep.scrub.status(&self.sheep);
+        Progress {
+            done: s.done,
+            total: s.total,
+            errors: s.bad_blocks,
+        }
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.sheep.scrub.start.notified().await;
+        let s = self.sheep.clone();
+        let mut keys = match self.sheep.on_store(move || s.store.list()).await {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                self.sheep.disk_failed(&e);
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        // Checked in name order, popped from the end.
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        let total = keys.len() as u64;
+        self.queue = keys;
+        self.update(|s| {
+            s.running = true;
+            s.done = 0;
+            s.total = total;
+        });
+        tracing::info!("scrub started: {total} objects to check");
+    }
+
+    async fn step(&mut self) -> WorkerState {
+        let stopped = self.sheep.scrub.stop.swap(false, SeqCst);
+        if stopped {
+            self.queue.clear();
+        }
+        let Some(key) = self.queue.pop() else {
+            let mut finished = false;
+            self.update(|s| {
+                finished = s.running;
+                if s.running && !stopped {
+                    s.passes += 1;
+                }
+                s.running = false;
+            });
+            if finished {
+                let st = self.sheep.scrub.status(&self.sheep);
+                tracing::info!(
+                    "scrub {}: {} of {} objects checked; {} bad blocks found, {} repaired, {} not repairable so far",
+                    if stopped { "stopped" } else { "finished" },
+                    st.done,
+                    st.total,
+                    st.bad_blocks,
+                    st.repaired,
+                    st.unrepaired
+                );
+            }
+            return WorkerState::Idle;
+        };
+        let started = self.sheep.clock.now();
+        let s = self.sheep.clone();
+        match self.sheep.on_store(move || s.store.verify(&key)).await {
+            Ok(Ok(Verdict::Good)) => {}
+            Ok(Ok(Verdict::Computed)) => self.update(|s| s.computed += 1),
+            Ok(Ok(Verdict::Bad(blocks))) => {
+                crate::repair::found(&self.sheep, &key, &blocks);
+                crate::repair::repair(&self.sheep, key).await;
+            }
+            // Removed or retired meanwhile.
+            Ok(Err(sd_store::StoreError::NoObj)) => {}
+            Ok(Err(e)) => {
+                self.sheep.disk_failed(&e);
+            }
+            Err(_) => {}
+        }
+        self.update(|s| s.done += 1);
+        let now = self.sheep.clock.now();
+        if self.sheep.recovery.clients_active(now) || self.sheep.recovery.busy() {
+            WorkerState::Throttled(now.saturating_duration_since(started) * 9)
+        } else {
+            WorkerState::Busy
+        }
+    }
+}
