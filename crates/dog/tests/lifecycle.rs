@@ -532,10 +532,23 @@ fn erasure_coded_check_rebuilds_a_lost_strip() {
     );
     assert_eq!(std::fs::read(&strip).unwrap(), saved);
     assert!(read(&c, "ec", &[], 0, 8 * MIB) == data);
-    // A strip changed behind the cluster's back breaks the parity.
+    // A strip that rotted fails its checksums: it is rebuilt.
     let mut bad = saved.clone();
     bad[100] ^= 0xff;
     std::fs::write(&strip, &bad).unwrap();
+    assert_eq!(
+        c.dog_ok(&["vdi", "check", "ec"]),
+        format!(
+            "fixed unreadable {:016x}, copy index 1\nfinish check&repair ec\n",
+            vid_to_data_oid(vid, 0)
+        )
+    );
+    assert_eq!(std::fs::read(&strip).unwrap(), saved);
+    // A strip changed behind the cluster's back without checksums (as a
+    // store the original wrote) breaks the parity.
+    std::fs::write(&strip, &bad).unwrap();
+    let name = strip.file_name().unwrap().to_str().unwrap();
+    std::fs::remove_file(strip.with_file_name(format!(".{name}.csum"))).unwrap();
     let out = c.dog(&["vdi", "check", "ec"]);
     assert!(out.status.success());
     assert_eq!(

@@ -317,11 +317,16 @@ impl Cluster {
                 self.nodes[i].child = None;
                 return st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not exit",
-                self.nodes[i].port
-            );
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.nodes[i].dir.join("sheep.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "node {} did not exit; the end of its log:\n{}",
+                    self.nodes[i].port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

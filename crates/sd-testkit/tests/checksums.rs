@@ -160,18 +160,25 @@ fn a_flipped_byte_in_an_erasure_coded_strip_is_not_served() {
     c.dog_ok(&["vdi", "create", "e", "4M"]);
     let data = pattern(9, 4 * MIB);
     c.vdi_write(0, "e", 0, &data);
-    // Flip a byte in every strip file of node 0 (data or parity).
-    let strips: Vec<String> = c.nodes[0]
-        .objects()
-        .into_iter()
-        .filter(|n| n.starts_with("00") && n.contains('_'))
-        .collect();
-    assert!(!strips.is_empty());
-    for s in &strips {
-        flip(&c.nodes[0].obj_dir().join(s), 777);
+    // Flip a byte in every strip file (data or parity) of a node that
+    // holds some.
+    let strips = |i: usize| -> Vec<String> {
+        c.nodes[i]
+            .objects()
+            .into_iter()
+            .filter(|n| n.starts_with("00") && n.contains('_'))
+            .collect()
+    };
+    let holder = (0..4).find(|&i| !strips(i).is_empty()).unwrap();
+    for s in strips(holder) {
+        flip(&c.nodes[holder].obj_dir().join(s), 777);
     }
     for i in 0..4 {
         assert_eq!(c.vdi_read(i, "e", 0, 4 * MIB), data, "through node {i}");
     }
-    assert!(log(&c, 0).contains("fail their checksums"));
+    assert!(log(&c, holder).contains("fail their checksums"));
+    // `vdi check` rebuilds the bad strips from the others.
+    let out = c.dog_ok(&["vdi", "check", "e"]);
+    assert!(out.contains("fixed unreadable"), "{out}");
+    assert_eq!(c.dog_ok(&["vdi", "check", "e"]), "finish check&repair e\n");
 }

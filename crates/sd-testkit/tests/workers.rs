@@ -22,7 +22,7 @@ fn node_worker_lists_the_workers_and_reclaim_survives_a_restart() {
 
     let raw = c.dog_ok(&["node", "worker", "-r"]);
     let names: Vec<&str> = raw.lines().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(names, ["recovery", "reclaim", "vdi_sync"], "{raw}");
+    assert_eq!(names, ["recovery", "reclaim", "scrub", "vdi_sync"], "{raw}");
     let human = c.dog_ok(&["node", "worker"]);
     assert!(human.starts_with("  Name              State"), "{human}");
 

@@ -28,6 +28,9 @@ struct Copy {
     hash: [u8; 20],
     /// The strip (erasure-coded objects).
     strip: Vec<u8>,
+    /// The node has the strip but cannot read it whole (an I/O error: its
+    /// checksums found it corrupt); rebuilt like a missing one.
+    unreadable: bool,
 }
 
 /// The original's `is_erasure_oid`: data objects of an EC VDI.
@@ -65,6 +68,15 @@ async fn query(
     let found = match rsp.result {
         SdRes::SUCCESS => true,
         SdRes::NO_OBJ => false,
+        SdRes::EIO if strip_len.is_some() => {
+            return Ok(Copy {
+                node,
+                found: false,
+                hash: [0; 20],
+                strip: Vec::new(),
+                unreadable: true,
+            })
+        }
         r => {
             err!(
                 "failed to read {oid:016x} from {}, {r}",
@@ -78,6 +90,7 @@ async fn query(
         found,
         hash: rsp.hash_digest(),
         strip,
+        unreadable: false,
     })
 }
 
@@ -209,7 +222,12 @@ async fn check_erasure(ctx: &mut Ctx, oid: u64, policy: EcPolicy, copies: &[Copy
             err!("FATAL: failed to write {oid:016x}, {}", rsp.result);
             return Err(End::Exit(1));
         }
-        out!("fixed missing {oid:016x}, copy index {m}\n");
+        let what = if copies[m].unreadable {
+            "unreadable"
+        } else {
+            "missing"
+        };
+        out!("fixed {what} {oid:016x}, copy index {m}\n");
     }
     Ok(())
 }
@@ -379,6 +397,7 @@ mod tests {
             found,
             hash: [h; 20],
             strip: Vec::new(),
+            unreadable: false,
         }
     }
 
