@@ -40,8 +40,6 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1])))' "$1" 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_tcp() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 # tgt keeps four digits of the sheep port: stay at or below 9999.
 while :; do SHEEP=$((7100 + RANDOM % 2900)); port_free $SHEEP && break; done

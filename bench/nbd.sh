@@ -26,33 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_tcp() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-# cluster NAME NODES COPIES: starts sheep (node 0 serves NBD), formats,
-# creates VDI "bench"; sets NBD_<NAME> to its URI.
-cluster() {
-    local name=$1 n=$2 copies=$3 port nbd i
-    port=$(free_port); nbd=$(free_port)
-    local ports=()
-    for ((i = 0; i < n; i++)); do
-        local p=$port; [ $i -gt 0 ] && p=$(free_port)
-        ports+=("$p")
-        local extra=(); [ $i = 0 ] && extra=(--nbd "127.0.0.1:$nbd")
-        "$BIN/sheep" "$ROOT/$name$i" -f -c "local:$ROOT/shm.$name" -z $i -p "$p" "${extra[@]}" \
-            2>>"$ROOT/$name.log" >/dev/null &
-        PIDS+=($!)
-    done
-    for p in "${ports[@]}"; do wait_tcp "$p"; done
-    for _ in $(seq 400); do
-        [ "$("$BIN/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = "$n" ] && break; sleep 0.05
-    done
-    "$BIN/dog" cluster format -c "$copies" -p "$port" >/dev/null
-    "$BIN/dog" vdi create bench "${SIZE_MIB}M" -p "$port"
-    wait_tcp "$nbd"
-    printf -v "NBD_$name" '%s' "nbd://127.0.0.1:$nbd/bench"
-}
-
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$ROOT/data"
 cp "$ROOT/data" "$ROOT/wt.raw"
 qemu_nbd() { # NAME CACHE AIO
@@ -64,8 +37,8 @@ qemu_nbd() { # NAME CACHE AIO
     printf -v "NBD_$1" '%s' "nbd://127.0.0.1:$p/x"
 }
 qemu_nbd wt writethrough threads
-cluster one 1 1
-cluster three 3 3
+nbd_cluster one 1 1 $SIZE_MIB
+nbd_cluster three 3 3 $SIZE_MIB
 # Fill both VDIs completely so no point measures holes or allocation.
 nbdcopy "$ROOT/data" "$NBD_one"
 nbdcopy "$ROOT/data" "$NBD_three"

@@ -196,6 +196,34 @@ fn encode_entry(e: &Entry) -> [u8; ENTRY] {
     b
 }
 
+/// Reads a sidecar's header and the entries of its blocks before `end`
+/// (fewer if the object has fewer), without reading the rest.
+pub fn read_sidecar(f: &File, end: usize) -> std::io::Result<Result<Sidecar, Bad>> {
+    let mut b = vec![0u8; HEADER + end * ENTRY];
+    let mut got = 0;
+    while got < b.len() {
+        let n = f.read_at(&mut b[got..], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    b.truncate(got);
+    if b.len() < HEADER {
+        return Ok(Err(Bad::Format("truncated checksum file".into())));
+    }
+    let size = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    let n = end.min(blocks(size));
+    if b.len() < HEADER + n * ENTRY {
+        return Ok(Err(Bad::Format("truncated checksum file".into())));
+    }
+    b.truncate(HEADER + n * ENTRY);
+    // Decoded as a sidecar of an object of just these blocks.
+    let whole = (n as u64 * BLOCK).min(size);
+    b[8..16].copy_from_slice(&whole.to_le_bytes());
+    Ok(Sidecar::decode(&b).map(|sc| Sidecar { size, ..sc }))
+}
+
 /// Writes the entries of blocks `first..` in place (whole entries only).
 pub fn write_entries(f: &File, first: usize, entries: &[Entry]) -> std::io::Result<()> {
     let b: Vec<u8> = entries.iter().flat_map(encode_entry).collect();

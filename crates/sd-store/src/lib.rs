@@ -133,7 +133,14 @@ pub struct Store {
     /// Writes to the same blocks of one object, one at a time (see
     /// [`ranges`]).
     ranges: ranges::RangeLocks,
+    /// Whether object checksums are kept and checked (see [`csum`]); off
+    /// only to measure what they cost (`SHEEP_CHECKSUMS=off`).
+    checksums: bool,
 }
+
+/// The environment variable that turns object checksums off (`off`) for a
+/// benchmark's baseline; `on` is the default.
+pub const CHECKSUMS_ENV: &str = "SHEEP_CHECKSUMS";
 
 /// Renames into one directory become durable with one `fsync` of the
 /// directory; concurrent creates share it. A caller takes a ticket after
@@ -174,6 +181,15 @@ impl Store {
             faults: faults::Faults::from_env()
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
             ranges: Default::default(),
+            checksums: match std::env::var(CHECKSUMS_ENV).as_deref() {
+                Err(_) | Ok("on") => true,
+                Ok("off") => false,
+                Ok(v) => {
+                    return Err(StoreError::Io(std::io::Error::other(format!(
+                        "bad {CHECKSUMS_ENV}={v} (expected on or off)"
+                    ))))
+                }
+            },
         })
     }
 
@@ -290,22 +306,21 @@ impl Store {
         res
     }
 
-    /// The checksums of the file at `path` whose size is `size`: None if
-    /// it has none (written by the original, or before checksums).
-    fn sums(&self, path: &Path, size: u64) -> Result<Option<csum::Sidecar>> {
-        let scp = csum::sidecar_path(path);
-        let b = match fs::read(&scp) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match csum::Sidecar::decode(&b) {
-            Ok(sc) if sc.size == size => Ok(Some(sc)),
-            // Unusable checksums vouch for nothing: every block is suspect.
-            _ => Err(StoreError::Checksum {
-                file: scp,
-                blocks: (0..csum::blocks(size)).collect(),
-            }),
+    /// The sidecar of the object file at `path`, opened (for writing too if
+    /// `write`): None if the file has none (written by the original, or
+    /// before checksums) or checksums are off.
+    fn open_sums(&self, path: &Path, write: bool) -> Result<Option<File>> {
+        if !self.checksums {
+            return Ok(None);
+        }
+        match OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(csum::sidecar_path(path))
+        {
+            Ok(g) => Ok(Some(g)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -313,36 +328,40 @@ impl Store {
     /// end), verified against its checksums. A block that does not verify
     /// is read again a few times first: a write to it may be under way
     /// (its data is written after its checksum and its checksum settled
-    /// after its data, so a reader can briefly see them apart).
+    /// after its data, so a reader can briefly see them apart; reading the
+    /// data before the checksums keeps that window one-sided).
     fn read_verified(&self, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let first = (offset / csum::BLOCK) as usize;
+        let from = first as u64 * csum::BLOCK;
+        let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
         let mut bad = Vec::new();
         for attempt in 0..4 {
             if attempt > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(attempt));
             }
             let f = File::open(path)?;
-            let size = f.metadata()?.len();
-            let end = (offset + len as u64).min(size);
-            if offset >= end {
-                return Ok(vec![0u8; len]);
-            }
-            let first = (offset / csum::BLOCK) as usize;
-            let from = first as u64 * csum::BLOCK;
-            let to = (end.div_ceil(csum::BLOCK) * csum::BLOCK).min(size);
-            let mut buf = read_file_at(&f, from, (to - from) as usize)?;
-            match self.sums(path, size)? {
-                Some(sc) => bad = sc.bad_blocks(first, &buf),
-                None => bad.clear(),
+            let mut buf = vec![0u8; (to - from) as usize];
+            let got = pread_upto(&f, &mut buf, from)?;
+            bad.clear();
+            if let Some(g) = self.open_sums(path, false)? {
+                let blocks = got.div_ceil(csum::BLOCK as usize);
+                let read_to = from + got as u64;
+                // The file must end where its checksums say it does.
+                let ends_right = |size: u64| match got == buf.len() {
+                    true => size >= read_to,
+                    false => size == read_to || (got == 0 && size <= from),
+                };
+                match csum::read_sidecar(&g, first + blocks)? {
+                    Ok(sc) if ends_right(sc.size) => bad = sc.bad_blocks(first, &buf[..got]),
+                    _ => bad.extend(first..first + blocks.max(1)),
+                }
             }
             if bad.is_empty() {
-                if from == offset && to == end && len == buf.len() {
+                if from == offset && buf.len() == len {
                     return Ok(buf);
                 }
-                let mut out = vec![0u8; len];
-                out[..(end - offset) as usize]
-                    .copy_from_slice(&buf[(offset - from) as usize..(end - from) as usize]);
-                buf.clear();
-                return Ok(out);
+                let at = (offset - from) as usize;
+                return Ok(buf[at..at + len].to_vec());
             }
         }
         Err(StoreError::Checksum {
@@ -359,21 +378,28 @@ impl Store {
         let last = end.div_ceil(csum::BLOCK) as usize;
         let _blocks = self.ranges.lock(k, first, last.max(first + 1));
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        let size = f.metadata()?.len();
-        let scp = csum::sidecar_path(path);
-        let sums = if end <= size {
-            self.sums(path, size)?
-        } else {
-            // A write that grows the file leaves it without checksums until
-            // the scrub computes new ones.
-            remove_if_present(&scp)?;
-            None
+        let sums = match self.open_sums(path, true)? {
+            Some(g) => match csum::read_sidecar(&g, last)? {
+                Ok(sc) if end <= sc.size => Some((g, sc)),
+                Ok(_) => None,
+                Err(_) => {
+                    return Err(StoreError::Checksum {
+                        file: csum::sidecar_path(path),
+                        blocks: (first..last).collect(),
+                    })
+                }
+            },
+            None => None,
         };
-        let Some(sc) = sums else {
+        let Some((g, sc)) = sums else {
+            // Without checksums (or for a write that grows the file, which
+            // drops them until the scrub computes new ones).
+            remove_if_present(&csum::sidecar_path(path))?;
             self.faults.check(faults::Op::Write)?;
             f.write_all_at(data, offset)?;
             return self.sync_file(&f);
         };
+        let size = sc.size;
         let mut new = Vec::with_capacity(last - first);
         for b in first..last {
             let (s, e) = csum::block_range(b, size);
@@ -399,7 +425,6 @@ impl Store {
                 prev: sc.entries[b].cur,
             });
         }
-        let g = OpenOptions::new().write(true).open(&scp)?;
         csum::write_entries(&g, first, &new)?;
         self.sync_file(&g)?;
         self.faults.check(faults::Op::Write)?;
@@ -539,9 +564,15 @@ impl ObjectStore for Store {
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         let size = size.max(offset + data.len() as u64);
         let sparse = is_vdi_obj(k.oid) || is_ledger_obj(k.oid) || data.len() as u64 >= size;
-        let sums = csum::Sidecar::of_sparse(size, offset, data);
+        let sums = self
+            .checksums
+            .then(|| csum::Sidecar::of_sparse(size, offset, data));
         let _all = self.ranges.lock_all(k);
-        self.judged(self.atomic_write(&self.path(k), Some(size), sparse, offset, data, Some(&sums)))
+        let path = self.path(k);
+        if sums.is_none() {
+            self.judged(remove_if_present(&csum::sidecar_path(&path)))?;
+        }
+        self.judged(self.atomic_write(&path, Some(size), sparse, offset, data, sums.as_ref()))
     }
 
     fn remove(&self, k: &ObjKey) -> Result<()> {
@@ -560,7 +591,7 @@ impl ObjectStore for Store {
                 r?;
             }
         }
-        if csum::sidecar_path(&path).exists() {
+        if !self.checksums || csum::sidecar_path(&path).exists() {
             return Ok(Verdict::Good);
         }
         // No checksums yet (an object the original wrote): computed once,
@@ -843,6 +874,20 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Reads into `buf` from `offset` of `f` until `buf` is full or the file
+/// ends; how many bytes were read (the rest of `buf` is left as it is).
+fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 /// Reads `len` bytes at `offset` of `f`; past its end, zeros.
 fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
@@ -1085,9 +1130,28 @@ mod tests {
         let l = ObjKey::replica(0x0001_0000_0000_0004);
         s.create_and_write(&l, 12, 0, b"abcdefghijkl").unwrap();
         assert_eq!(s.read_all(&l).unwrap(), b"abcdefghijkl");
+        assert_eq!(s.read(&l, 10, 4).unwrap(), b"kl\0\0");
+        assert_eq!(s.read(&l, 9000, 4).unwrap(), vec![0u8; 4]);
         s.write(&l, 4, b"XY").unwrap();
         assert_eq!(s.read_all(&l).unwrap(), b"abcdXYghijkl");
         assert_eq!(s.verify(&l).unwrap(), Verdict::Good);
+    }
+
+    #[test]
+    fn a_truncated_object_file_does_not_read_as_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0008);
+        s.create_and_write(&k, 4 << 20, 0, &[3u8; 4 << 20]).unwrap();
+        let f = OpenOptions::new().write(true).open(s.path(&k)).unwrap();
+        f.set_len(10_000).unwrap();
+        assert_eq!(s.read(&k, 0, 8192).unwrap(), vec![3u8; 8192]);
+        for (off, len) in [(9000, 10), (20_000, 4096), (0, 4 << 20)] {
+            assert!(
+                matches!(s.read(&k, off, len), Err(StoreError::Checksum { .. })),
+                "{off}+{len}"
+            );
+        }
     }
 
     #[test]
