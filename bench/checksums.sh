@@ -16,16 +16,7 @@ SIZE_MIB=512
 for t in fio nbdcopy python3; do
     command -v $t >/dev/null || { echo "$t is missing (apt-get install fio libnbd-bin)" >&2; exit 1; }
 done
-cargo build --release --bins >/dev/null
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
-ROOT=$(mktemp -d /var/tmp/sdcsum.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$ROOT"
-}
-trap cleanup EXIT
+bench_setup sdcsum
 
 nbd_cluster on 1 1 $SIZE_MIB SHEEP_CHECKSUMS=on
 nbd_cluster off 1 1 $SIZE_MIB SHEEP_CHECKSUMS=off

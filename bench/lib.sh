@@ -48,3 +48,19 @@ nbd_cluster() {
     printf -v "NBD_$name" '%s' "nbd://127.0.0.1:$nbd/bench"
     printf -v "PORT_$name" '%s' "$port"
 }
+
+# bench_setup NAME: builds the release binaries, sets BIN and ROOT (a fresh
+# directory under /var/tmp) and PIDS, and at exit kills every pid in PIDS
+# and removes ROOT.
+bench_setup() {
+    cargo build --release --bins >/dev/null
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+    ROOT=$(mktemp -d "/var/tmp/$1.XXXXXX")
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$ROOT"
+}

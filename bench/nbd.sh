@@ -15,16 +15,7 @@ SIZE_MIB=512
 for t in fio qemu-nbd nbdcopy python3; do
     command -v $t >/dev/null || { echo "$t is missing (apt-get install fio qemu-utils libnbd-bin)" >&2; exit 1; }
 done
-cargo build --release --bins >/dev/null
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
-ROOT=$(mktemp -d /var/tmp/sdnbd.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$ROOT"
-}
-trap cleanup EXIT
+bench_setup sdnbd
 
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$ROOT/data"
 cp "$ROOT/data" "$ROOT/wt.raw"
