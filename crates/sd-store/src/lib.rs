@@ -771,6 +771,7 @@ impl ObjectStore for Store {
         sorted.sort_by_key(|n| n.nid);
         let mut b = encode_nodes(&sorted);
         b.extend_from_slice(&time.to_le_bytes());
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
         self.atomic_write(
             &self.epoch_dir.join(format!("{epoch:08}")),
             None,
@@ -784,19 +785,9 @@ impl ObjectStore for Store {
     fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>> {
         let path = self.epoch_dir.join(format!("{epoch:08}"));
         match fs::read(&path) {
-            // Whole node records, then the time.
-            Ok(b) if b.len() >= 8 && (b.len() - 8) % SD_NODE_SIZE == 0 => {
-                let (n, t) = b.split_at(b.len() - 8);
-                Ok(Some((
-                    decode_nodes(n),
-                    u64::from_le_bytes(t.try_into().unwrap()),
-                )))
-            }
-            Ok(b) => Err(StoreError::Corrupt(format!(
-                "epoch file {}: truncated or corrupt ({} bytes)",
-                path.display(),
-                b.len()
-            ))),
+            Ok(b) => decode_epoch(&b).map(Some).map_err(|why| {
+                StoreError::Corrupt(format!("epoch file {}: {why}", path.display()))
+            }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -865,6 +856,28 @@ fn decode_config(b: &[u8]) -> std::result::Result<SheepdogConfig, String> {
         ));
     }
     Ok(c)
+}
+
+/// An epoch file: whole node records, the epoch's time, then (as this
+/// store writes it) the CRC32C of both. A file the original wrote (no
+/// checksum) is accepted as it is; anything else is refused.
+fn decode_epoch(b: &[u8]) -> std::result::Result<(Vec<SdNode>, u64), String> {
+    let body = match b.len() {
+        n if n >= 12 && (n - 12) % SD_NODE_SIZE == 0 => {
+            let (body, sum) = b.split_at(n - 4);
+            if crc32c::crc32c(body).to_le_bytes() != sum {
+                return Err("checksum mismatch".into());
+            }
+            body
+        }
+        n if n >= 8 && (n - 8) % SD_NODE_SIZE == 0 => b,
+        n => return Err(format!("truncated or corrupt ({n} bytes)")),
+    };
+    let (nodes, time) = body.split_at(body.len() - 8);
+    Ok((
+        decode_nodes(nodes),
+        u64::from_le_bytes(time.try_into().unwrap()),
+    ))
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -958,7 +971,7 @@ mod tests {
         assert_eq!(s.read_epoch(1).unwrap().unwrap(), (vec![n], 99));
         assert_eq!(
             fs::metadata(d.path().join("epoch/00000012")).unwrap().len(),
-            168
+            172
         );
         s.wipe().unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 0);
@@ -1052,6 +1065,13 @@ mod tests {
         let b = fs::read(&ep).unwrap();
         fs::write(&ep, &b[..50]).unwrap();
         assert!(matches!(s.read_epoch(2), Err(StoreError::Corrupt(m)) if m.contains("00000002")));
+        // A flipped bit is caught; the original's file (no checksum) reads.
+        let mut flipped = b.clone();
+        flipped[20] ^= 4;
+        fs::write(&ep, &flipped).unwrap();
+        assert!(matches!(s.read_epoch(2), Err(StoreError::Corrupt(m)) if m.contains("checksum")));
+        fs::write(&ep, &b[..b.len() - 4]).unwrap();
+        assert_eq!(s.read_epoch(2).unwrap(), Some((vec![node], 9)));
     }
 
     /// Flips one byte of the file at `path`, as a disk's bit rot does.
@@ -1255,6 +1275,16 @@ mod tests {
         fn parse_any_name(s in ".{0,40}") {
             if let Some(k) = ObjKey::parse(&s) {
                 prop_assert_eq!(ObjKey::parse(&k.file_name()), Some(k));
+            }
+        }
+
+        #[test]
+        fn metadata_decoders_take_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok((nodes, _)) = decode_epoch(&b) {
+                prop_assert!(nodes.len() * SD_NODE_SIZE <= b.len());
+            }
+            if let Ok(c) = decode_config(&b) {
+                prop_assert_eq!(c.version, SD_FORMAT_VERSION);
             }
         }
     }

@@ -52,6 +52,9 @@ fn untrustworthy_metadata_stops_sheep_at_start() {
         &good_epoch[..50],
         "truncated or corrupt (50 bytes)",
     );
+    let mut flipped = good_epoch.clone();
+    flipped[3] ^= 0x01;
+    refuses(&mut c, &epoch, &flipped, "checksum mismatch");
 
     // Whole files again (the config as the original writes it, 40 bytes
     // without a checksum, is accepted): the node comes back with its VDI.
