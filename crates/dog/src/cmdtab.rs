@@ -192,6 +192,9 @@ pub enum Action {
     NodeList,
     NodeInfo,
     NodeRecoveryInfo,
+    NodeMdInfo,
+    NodeMdPlug,
+    NodeMdUnplug,
     NodeWorker,
     NodeScrubStatus,
     NodeScrubStart,
@@ -526,9 +529,14 @@ const NODE_SCRUB: &[Sub] = &[
 ];
 
 const NODE_MD: &[Sub] = &[
-    nested("info", "show multi-disk information", NL, None),
-    nested("plug", "plug more disk(s) into node", ARG, None),
-    nested("unplug", "unplug disk(s) from node", ARG, None),
+    nested("info", "show multi-disk information", NL, Some(NodeMdInfo)),
+    nested("plug", "plug more disk(s) into node", ARG, Some(NodeMdPlug)),
+    nested(
+        "unplug",
+        "unplug disk(s) from node",
+        ARG,
+        Some(NodeMdUnplug),
+    ),
 ];
 
 const NODE_LOG_LEVEL: &[Sub] = &[

@@ -90,6 +90,10 @@ pub struct ClusterOpts {
 pub struct NodeOpts {
     pub progress: bool,
     pub local: bool,
+    /// `-A`: md info of every node.
+    pub all: bool,
+    /// `-f`: md plug/unplug without the prompt.
+    pub force: bool,
 }
 
 impl Default for Opts {
@@ -354,7 +358,9 @@ pub fn node_option(o: &mut NodeOpts, ch: u8) {
     match ch {
         b'P' => o.progress = true,
         b'l' => o.local = true,
-        // A (md info), w (stat), f (md plug): not implemented yet.
+        b'A' => o.all = true,
+        b'f' => o.force = true,
+        // w (stat): not implemented yet.
         _ => {}
     }
 }

@@ -6,7 +6,9 @@
 //! `always`, `after=N` (the first N such operations succeed, every later
 //! one fails: a disk that dies) or `p=F` (each fails with probability F,
 //! from a fixed seed). A failing operation returns EIO, as a real disk
-//! does. Example: `SHEEP_INJECT=fsync:after=100,read:p=0.01`.
+//! does. An item `disk=DIR` limits the plan to the files under DIR (one
+//! disk of a multi-disk node). Example:
+//! `SHEEP_INJECT=fsync:after=100,read:p=0.01,disk=/srv/d2`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,15 +42,25 @@ struct Rule {
 pub struct Faults {
     rules: Vec<Rule>,
     rng: AtomicU64,
+    /// Only files under this directory fail, if set.
+    disk: Option<std::path::PathBuf>,
 }
 
 impl Faults {
     /// Parses a plan (see the module documentation).
     pub fn parse(plan: &str) -> Result<Faults, String> {
         let mut rules = Vec::new();
+        let mut disk = None;
         for item in plan.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let bad =
-                || format!("bad fault '{item}' (expected read|write|fsync:always|after=N|p=F)");
+            if let Some(d) = item.strip_prefix("disk=") {
+                disk = Some(d.into());
+                continue;
+            }
+            let bad = || {
+                format!(
+                    "bad fault '{item}' (expected read|write|fsync:always|after=N|p=F or disk=DIR)"
+                )
+            };
             let (op, when) = item.split_once(':').ok_or_else(bad)?;
             let op = match op {
                 "read" => Op::Read,
@@ -74,6 +86,7 @@ impl Faults {
         Ok(Faults {
             rules,
             rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            disk,
         })
     }
 
@@ -85,8 +98,12 @@ impl Faults {
         }
     }
 
-    /// EIO if an operation of kind `op` is to fail now.
-    pub fn check(&self, op: Op) -> std::io::Result<()> {
+    /// EIO if an operation of kind `op` on the file at `path` is to fail
+    /// now.
+    pub fn check(&self, op: Op, path: &std::path::Path) -> std::io::Result<()> {
+        if self.disk.as_ref().is_some_and(|d| !path.starts_with(d)) {
+            return Ok(());
+        }
         for r in self.rules.iter().filter(|r| r.op == op) {
             let n = r.seen.fetch_add(1, Ordering::SeqCst);
             let fail = match r.when {
@@ -118,17 +135,24 @@ mod tests {
 
     #[test]
     fn plans_fail_what_they_say() {
+        let any = std::path::Path::new("/d/x");
         let f = Faults::parse("fsync:after=2, read:always").unwrap();
-        assert!(f.check(Op::Write).is_ok());
-        assert!(f.check(Op::Read).is_err());
-        assert!(f.check(Op::Fsync).is_ok());
-        assert!(f.check(Op::Fsync).is_ok());
-        assert!(f.check(Op::Fsync).is_err());
-        assert!(f.check(Op::Fsync).is_err());
+        assert!(f.check(Op::Write, any).is_ok());
+        assert!(f.check(Op::Read, any).is_err());
+        assert!(f.check(Op::Fsync, any).is_ok());
+        assert!(f.check(Op::Fsync, any).is_ok());
+        assert!(f.check(Op::Fsync, any).is_err());
+        assert!(f.check(Op::Fsync, any).is_err());
         let p = Faults::parse("write:p=0.5").unwrap();
-        let failed = (0..1000).filter(|_| p.check(Op::Write).is_err()).count();
+        let failed = (0..1000)
+            .filter(|_| p.check(Op::Write, any).is_err())
+            .count();
         assert!((400..600).contains(&failed), "{failed}");
-        assert!(Faults::parse("").unwrap().check(Op::Read).is_ok());
+        assert!(Faults::parse("").unwrap().check(Op::Read, any).is_ok());
+        // Limited to one disk.
+        let d = Faults::parse("read:always,disk=/d/2").unwrap();
+        assert!(d.check(Op::Read, std::path::Path::new("/d/1/obj")).is_ok());
+        assert!(d.check(Op::Read, std::path::Path::new("/d/2/obj")).is_err());
         for bad in [
             "fsync",
             "disk:always",

@@ -1,14 +1,16 @@
 //! The local object store of one sheep (PROTOCOL.md §11, plain store).
 //!
-//! Objects are plain files named by their oid under `<base>/obj/`, stale
-//! copies under `<base>/obj/.stale/` with an epoch suffix, the cluster config
-//! and the epoch log beside them. Every change that must survive a crash goes
+//! Objects are plain files named by their oid in the object directory of
+//! their disk (`<base>/obj/` on a node with one directory; see [`disks`]
+//! for multi-disk nodes), stale copies in the disk's `.stale/` with an
+//! epoch suffix, the cluster config and the epoch log under `<base>`. Every change that must survive a crash goes
 //! through write-temp-then-rename (creates, config, epochs) or an in-place
 //! write followed by `fdatasync` (object writes), unless the operator chose
 //! `nosync`. All calls are blocking; the daemon runs them on its blocking
 //! pool.
 
 pub mod csum;
+pub mod disks;
 pub mod faults;
 #[cfg(any(test, feature = "mem"))]
 pub mod mem;
@@ -38,6 +40,15 @@ pub enum StoreError {
     /// The disk itself may be fine; the copy is repaired from another.
     #[error("checksum mismatch in {file} (blocks {blocks:?})")]
     Checksum { file: PathBuf, blocks: Vec<usize> },
+    /// A disk of a multi-disk node failed and was unplugged (`first`: by
+    /// this very operation): what it held is to be recovered onto the
+    /// others; the request may be retried.
+    #[error("disk {} failed and was unplugged: {why}", disk.display())]
+    DiskLost {
+        disk: PathBuf,
+        why: String,
+        first: bool,
+    },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -59,6 +70,9 @@ impl StoreError {
         match self {
             StoreError::NoObj => SdRes::NO_OBJ,
             StoreError::NoSpace => SdRes::NO_SPACE,
+            // As the original: the sender retries (elsewhere, or here once
+            // the object is recovered onto another disk).
+            StoreError::DiskLost { .. } => SdRes::NETWORK_ERROR,
             StoreError::Io(_) | StoreError::Corrupt(_) | StoreError::Checksum { .. } => SdRes::EIO,
         }
     }
@@ -116,15 +130,26 @@ pub enum Verdict {
     Bad(Vec<usize>),
 }
 
+/// One disk's use, as `dog node md info` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub path: PathBuf,
+    pub free: u64,
+    pub used: u64,
+}
+
 /// One node's store.
 pub struct Store {
     base: PathBuf,
-    obj_dir: PathBuf,
-    stale_dir: PathBuf,
     epoch_dir: PathBuf,
+    /// The disks objects live on (one, `<base>/obj`, unless the node was
+    /// given disks); replaced whole when one is plugged, unplugged or fails.
+    disks: arc_swap::ArcSwap<disks::Disks>,
+    /// Whether the node was given disks (so may lose one and go on).
+    multi_disk: bool,
+    /// Serializes changes of the disk set.
+    disk_change: std::sync::Mutex<()>,
     nosync: bool,
-    /// Group commit of directory syncs (see [`Store::sync_dir`]).
-    dir_sync: DirSync,
     /// Numbers temporaries, so concurrent replacements of one file (a
     /// recovery and a create, two fetches of one epoch) never share one.
     tmp_seq: std::sync::atomic::AtomicU64,
@@ -146,37 +171,64 @@ pub const CHECKSUMS_ENV: &str = "SHEEP_CHECKSUMS";
 /// directory; concurrent creates share it. A caller takes a ticket after
 /// its rename; whoever syncs records the last ticket issued before it
 /// started, and every caller whose ticket is covered returns at once.
-#[derive(Default)]
-struct DirSync {
+#[derive(Default, Debug)]
+pub(crate) struct DirSync {
     issued: std::sync::atomic::AtomicU64,
     synced: std::sync::Mutex<u64>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `base` and removes
-    /// temporaries left by a crash.
+    /// Opens (creating if needed) the store under `base`, objects in
+    /// `<base>/obj`, and removes temporaries left by a crash.
     pub fn open(base: &Path, nosync: bool) -> Result<Store> {
-        let obj_dir = base.join("obj");
-        let stale_dir = obj_dir.join(".stale");
+        Store::open_with_disks(base, &[], nosync)
+    }
+
+    /// Opens the store under `base` with its objects on `disks` (as the
+    /// original's `sheep DIR,DISK1,DISK2,...`), or in `<base>/obj` if none.
+    pub fn open_with_disks(base: &Path, disk_dirs: &[PathBuf], nosync: bool) -> Result<Store> {
         let epoch_dir = base.join("epoch");
-        for d in [&obj_dir, &stale_dir, &epoch_dir] {
-            fs::create_dir_all(d)?;
+        fs::create_dir_all(&epoch_dir)?;
+        remove_temporaries(&epoch_dir)?;
+        let mut list = Vec::new();
+        if disk_dirs.is_empty() {
+            let d = base.join("obj");
+            list.push(std::sync::Arc::new(open_disk(&d, None)?));
         }
-        for d in [&obj_dir, &stale_dir, &epoch_dir] {
-            for e in fs::read_dir(d)? {
-                let e = e?;
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
-                    let _ = fs::remove_file(e.path());
-                }
+        for d in disk_dirs {
+            if d.join("config").exists() && d.join("epoch").exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is meta-store, abort",
+                    d.display()
+                )));
             }
+            if list
+                .iter()
+                .any(|x: &std::sync::Arc<disks::Disk>| x.path == *d)
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "duplicate path {}",
+                    d.display()
+                )));
+            }
+            match open_disk(d, Some(false)) {
+                Ok(disk) => list.push(std::sync::Arc::new(disk)),
+                Err(StoreError::Corrupt(why)) => eprintln!("{why}"),
+                Err(e) => return Err(e),
+            }
+        }
+        if list.is_empty() {
+            return Err(StoreError::Corrupt(
+                "There isn't any available disk!".into(),
+            ));
         }
         Ok(Store {
             base: base.to_path_buf(),
-            obj_dir,
-            stale_dir,
             epoch_dir,
+            disks: arc_swap::ArcSwap::from_pointee(disks::Disks::new(list)),
+            multi_disk: !disk_dirs.is_empty(),
+            disk_change: Default::default(),
             nosync,
-            dir_sync: DirSync::default(),
             tmp_seq: Default::default(),
             faults: faults::Faults::from_env()
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
@@ -197,36 +249,81 @@ impl Store {
         &self.base
     }
 
-    fn path(&self, k: &ObjKey) -> PathBuf {
-        self.obj_dir.join(k.file_name())
-    }
-    fn stale_path(&self, k: &ObjKey, epoch: u32) -> PathBuf {
-        self.stale_dir.join(format!("{}.{}", k.file_name(), epoch))
+    /// The disk `k` belongs on, and its working copy's path there.
+    fn placed(&self, k: &ObjKey) -> Result<(std::sync::Arc<disks::Disk>, PathBuf)> {
+        let ds = self.disks.load();
+        let d = ds.place(k.oid).ok_or_else(no_disk)?;
+        Ok((d.clone(), d.path.join(k.file_name())))
     }
 
-    fn sync_file(&self, f: &File) -> Result<()> {
+    /// Where the working copy of `k` is: on the disk it belongs on, or
+    /// (placed there before a disk was plugged or unplugged) on another;
+    /// where it belongs if it is nowhere.
+    fn located(&self, k: &ObjKey) -> Result<(std::sync::Arc<disks::Disk>, PathBuf)> {
+        let (d, p) = self.placed(k)?;
+        if !self.multi_disk || p.exists() {
+            return Ok((d, p));
+        }
+        let ds = self.disks.load();
+        for other in ds.list().iter().filter(|o| o.path != d.path) {
+            let q = other.path.join(k.file_name());
+            if q.exists() {
+                return Ok((other.clone(), q));
+            }
+        }
+        Ok((d, p))
+    }
+
+    /// The stale copy of `k` retired with `epoch`, on whichever disk.
+    fn located_stale(
+        &self,
+        k: &ObjKey,
+        epoch: u32,
+    ) -> Result<(std::sync::Arc<disks::Disk>, PathBuf)> {
+        let name = format!("{}.{}", k.file_name(), epoch);
+        let (d, _) = self.placed(k)?;
+        let p = d.stale.join(&name);
+        if !self.multi_disk || p.exists() {
+            return Ok((d, p));
+        }
+        let ds = self.disks.load();
+        for other in ds.list() {
+            let q = other.stale.join(&name);
+            if q.exists() {
+                return Ok((other.clone(), q));
+            }
+        }
+        Ok((d, p))
+    }
+
+    /// Makes the file at `path`, open as `f`, durable.
+    fn sync_file(&self, f: &File, path: &Path) -> Result<()> {
         if !self.nosync {
-            self.faults.check(faults::Op::Fsync)?;
+            self.faults.check(faults::Op::Fsync, path)?;
             f.sync_data()?;
         }
         Ok(())
     }
+
+    /// Makes the renames into directory `d` durable; the object
+    /// directories of the disks share their syncs (see [`DirSync`]).
     fn sync_dir(&self, d: &Path) -> Result<()> {
         if self.nosync {
             return Ok(());
         }
-        self.faults.check(faults::Op::Fsync)?;
-        if d != self.obj_dir {
+        self.faults.check(faults::Op::Fsync, d)?;
+        let ds = self.disks.load();
+        let Some(disk) = ds.find(d) else {
             File::open(d)?.sync_all()?;
             return Ok(());
-        }
+        };
         use std::sync::atomic::Ordering::SeqCst;
-        let ticket = self.dir_sync.issued.fetch_add(1, SeqCst) + 1;
-        let mut synced = self.dir_sync.synced.lock().unwrap();
+        let ticket = disk.dir_sync.issued.fetch_add(1, SeqCst) + 1;
+        let mut synced = disk.dir_sync.synced.lock().unwrap();
         if *synced >= ticket {
             return Ok(());
         }
-        let covers = self.dir_sync.issued.load(SeqCst);
+        let covers = disk.dir_sync.issued.load(SeqCst);
         File::open(d)?.sync_all()?;
         *synced = covers;
         Ok(())
@@ -278,9 +375,9 @@ impl Store {
                     }
                 }
             }
-            self.faults.check(faults::Op::Write)?;
+            self.faults.check(faults::Op::Write, path)?;
             f.write_all_at(data, offset)?;
-            self.sync_file(&f)?;
+            self.sync_file(&f, path)?;
             if let (Some(sc), Some(sum_tmp)) = (sums, &sum_tmp) {
                 let g = OpenOptions::new()
                     .write(true)
@@ -288,7 +385,7 @@ impl Store {
                     .mode(0o640)
                     .open(sum_tmp)?;
                 g.write_all_at(&sc.encode(), 0)?;
-                self.sync_file(&g)?;
+                self.sync_file(&g, sum_tmp)?;
                 remove_if_present(&csum::sidecar_path(path))?;
                 fs::rename(&tmp, path)?;
                 fs::rename(sum_tmp, csum::sidecar_path(path))?;
@@ -371,12 +468,12 @@ impl Store {
     }
 
     /// Writes into the existing file at `path`, keeping its checksums true
-    /// (see [`csum`] for the order that makes this crash-safe).
-    fn write_verified(&self, k: &ObjKey, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    /// (see [`csum`] for the order that makes this crash-safe). The caller
+    /// holds the written blocks' range lock.
+    fn write_verified(&self, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
         let first = (offset / csum::BLOCK) as usize;
         let last = end.div_ceil(csum::BLOCK) as usize;
-        let _blocks = self.ranges.lock(k, first, last.max(first + 1));
         let f = OpenOptions::new().read(true).write(true).open(path)?;
         let sums = match self.open_sums(path, true)? {
             Some(g) => match csum::read_sidecar(&g, last)? {
@@ -395,9 +492,9 @@ impl Store {
             // Without checksums (or for a write that grows the file, which
             // drops them until the scrub computes new ones).
             remove_if_present(&csum::sidecar_path(path))?;
-            self.faults.check(faults::Op::Write)?;
+            self.faults.check(faults::Op::Write, path)?;
             f.write_all_at(data, offset)?;
-            return self.sync_file(&f);
+            return self.sync_file(&f, path);
         };
         let size = sc.size;
         let mut new = Vec::with_capacity(last - first);
@@ -426,10 +523,10 @@ impl Store {
             });
         }
         csum::write_entries(&g, first, &new)?;
-        self.sync_file(&g)?;
-        self.faults.check(faults::Op::Write)?;
+        self.sync_file(&g, path)?;
+        self.faults.check(faults::Op::Write, path)?;
         f.write_all_at(data, offset)?;
-        self.sync_file(&f)?;
+        self.sync_file(&f, path)?;
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
         let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
@@ -437,16 +534,92 @@ impl Store {
         Ok(())
     }
 
-    /// A missing file reads as "no such object" unless the object
-    /// directory itself is gone: that is a dead disk (or one unmounted or
-    /// wiped under us), an I/O error, never an answer about one object.
-    fn judged<T>(&self, r: Result<T>) -> Result<T> {
-        match r {
-            Err(StoreError::NoObj) if !self.obj_dir.is_dir() => Err(StoreError::Io(
-                std::io::Error::other(format!("{} is gone", self.obj_dir.display())),
-            )),
-            r => r,
+    /// Judges the result of an operation on `disk`. A missing file reads
+    /// as "no such object" unless the disk's directory itself is gone: a
+    /// dead disk (or one unmounted or wiped under us) is an I/O error,
+    /// never an answer about one object. An I/O error takes the disk out
+    /// of a multi-disk node (as the original's md does), which goes on
+    /// with the others; a node's last (or only) disk failing is the
+    /// node's failure.
+    fn judged<T>(&self, disk: &disks::Disk, r: Result<T>) -> Result<T> {
+        let e = match r {
+            Err(StoreError::NoObj) if !disk.path.is_dir() => {
+                std::io::Error::other(format!("{} is gone", disk.path.display()))
+            }
+            Err(StoreError::Io(e)) => e,
+            r => return r,
+        };
+        if !self.multi_disk {
+            return Err(StoreError::Io(e));
         }
+        let _change = self.disk_change.lock().unwrap();
+        let ds = self.disks.load();
+        let first = ds.find(&disk.path).is_some();
+        if first {
+            if ds.list().len() == 1 {
+                return Err(StoreError::Io(e));
+            }
+            self.disks
+                .store(std::sync::Arc::new(ds.without(&disk.path)));
+        }
+        Err(StoreError::DiskLost {
+            disk: disk.path.clone(),
+            why: e.to_string(),
+            first,
+        })
+    }
+
+    /// Removes copies of `k` on disks other than `keep`.
+    fn forget_elsewhere(&self, k: &ObjKey, keep: &disks::Disk) -> Result<()> {
+        if !self.multi_disk {
+            return Ok(());
+        }
+        for d in self
+            .disks
+            .load()
+            .list()
+            .iter()
+            .filter(|d| d.path != keep.path)
+        {
+            let p = d.path.join(k.file_name());
+            remove_if_present(&p)?;
+            remove_if_present(&csum::sidecar_path(&p))?;
+        }
+        Ok(())
+    }
+
+    /// [`ObjectStore::verify`] of the working copy at `path`.
+    fn verify_at(&self, k: &ObjKey, path: &Path) -> Result<Verdict> {
+        let size = fs::metadata(path)?.len();
+        match self.read_verified(path, 0, size as usize) {
+            Err(StoreError::Checksum { blocks, .. }) => return Ok(Verdict::Bad(blocks)),
+            r => {
+                r?;
+            }
+        }
+        if !self.checksums || csum::sidecar_path(path).exists() {
+            return Ok(Verdict::Good);
+        }
+        // No checksums yet (an object the original wrote): computed once,
+        // with every write to the object held off meanwhile.
+        let _all = self.ranges.lock_all(k);
+        let data = read_file_at(&File::open(path)?, 0, size as usize)?;
+        let tmp = self.tmp_path(&csum::sidecar_path(path));
+        let res = (|| {
+            let g = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(&tmp)?;
+            g.write_all_at(&csum::Sidecar::of(&data).encode(), 0)?;
+            self.sync_file(&g, &tmp)?;
+            fs::rename(&tmp, csum::sidecar_path(path))?;
+            Ok(Verdict::Computed)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
     }
 
     fn reclaim_dir(&self) -> PathBuf {
@@ -464,8 +637,8 @@ impl Store {
 /// blocking pool. Object files are named by [`ObjKey`]; a stale copy is
 /// the working copy retired with an epoch (current through that epoch).
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Where objects live, for operators (`dog node md info`).
-    fn obj_dir(&self) -> &Path;
+    /// The disks objects live on, for operators (`dog node md info`).
+    fn disks(&self) -> Vec<DiskUsage>;
     fn exists(&self, k: &ObjKey) -> bool;
     /// Size of the stored file.
     fn size(&self, k: &ObjKey) -> Result<u64>;
@@ -519,6 +692,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn fs_space(&self) -> Result<(u64, u64)>;
     /// Bytes used by working objects.
     fn used_bytes(&self) -> u64;
+    /// Adds disks (their directories purged first); how many were added.
+    fn plug(&self, paths: &[PathBuf]) -> Result<usize>;
+    /// Takes disks out (their objects are then recovered from other
+    /// nodes); how many were removed.
+    fn unplug(&self, paths: &[PathBuf]) -> Result<usize>;
+    /// Moves the working copy of `k` to the disk it belongs on (it was
+    /// placed before a disk was plugged); whether it moved.
+    fn relocate(&self, k: &ObjKey) -> Result<bool>;
     /// Whether calls return at memory speed, so callers may make them on
     /// their own thread instead of a blocking pool.
     fn runs_inline(&self) -> bool {
@@ -527,38 +708,69 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 impl ObjectStore for Store {
-    fn obj_dir(&self) -> &Path {
-        &self.obj_dir
+    fn disks(&self) -> Vec<DiskUsage> {
+        use std::os::unix::fs::MetadataExt;
+        self.disks
+            .load()
+            .list()
+            .iter()
+            .map(|d| DiskUsage {
+                path: d.path.clone(),
+                free: statvfs(&d.path).map(|(_, free)| free).unwrap_or(0),
+                used: fs::read_dir(&d.path)
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .filter(|e| ObjKey::parse(&e.file_name().to_string_lossy()).is_some())
+                            .filter_map(|e| e.metadata().ok())
+                            .filter(|m| m.is_file())
+                            .map(|m| m.blocks() * 512)
+                            .sum()
+                    })
+                    .unwrap_or(0),
+            })
+            .collect()
     }
 
     fn exists(&self, k: &ObjKey) -> bool {
-        self.path(k).exists()
+        self.located(k).is_ok_and(|(_, p)| p.exists())
     }
 
     fn size(&self, k: &ObjKey) -> Result<u64> {
-        self.judged(
-            fs::metadata(self.path(k))
-                .map(|m| m.len())
-                .map_err(Into::into),
-        )
+        let (d, path) = self.located(k)?;
+        self.judged(&d, fs::metadata(path).map(|m| m.len()).map_err(Into::into))
     }
 
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.faults.check(faults::Op::Read)?;
-        self.judged(self.read_verified(&self.path(k), offset, len))
+        let (d, path) = self.located(k)?;
+        self.judged(
+            &d,
+            (|| {
+                self.faults.check(faults::Op::Read, &path)?;
+                self.read_verified(&path, offset, len)
+            })(),
+        )
     }
 
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
-        self.faults.check(faults::Op::Read)?;
-        let path = self.path(k);
-        self.judged((|| {
-            let size = fs::metadata(&path)?.len();
-            self.read_verified(&path, 0, size as usize)
-        })())
+        let (d, path) = self.located(k)?;
+        self.judged(
+            &d,
+            (|| {
+                self.faults.check(faults::Op::Read, &path)?;
+                let size = fs::metadata(&path)?.len();
+                self.read_verified(&path, 0, size as usize)
+            })(),
+        )
     }
 
     fn write(&self, k: &ObjKey, offset: u64, data: &[u8]) -> Result<()> {
-        self.judged(self.write_verified(k, &self.path(k), offset, data))
+        let first = (offset / csum::BLOCK) as usize;
+        let last = (offset + data.len() as u64).div_ceil(csum::BLOCK) as usize;
+        // Located under the lock: a relocation to another disk holds
+        // every block.
+        let _blocks = self.ranges.lock(k, first, last.max(first + 1));
+        let (d, path) = self.located(k)?;
+        self.judged(&d, self.write_verified(&path, offset, data))
     }
 
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
@@ -568,98 +780,110 @@ impl ObjectStore for Store {
             .checksums
             .then(|| csum::Sidecar::of_sparse(size, offset, data));
         let _all = self.ranges.lock_all(k);
-        let path = self.path(k);
-        if sums.is_none() {
-            self.judged(remove_if_present(&csum::sidecar_path(&path)))?;
-        }
-        self.judged(self.atomic_write(&path, Some(size), sparse, offset, data, sums.as_ref()))
+        let (d, path) = self.placed(k)?;
+        self.judged(
+            &d,
+            (|| {
+                if sums.is_none() {
+                    remove_if_present(&csum::sidecar_path(&path))?;
+                }
+                self.atomic_write(&path, Some(size), sparse, offset, data, sums.as_ref())
+            })(),
+        )?;
+        // A copy left on another disk (placed there before a disk change)
+        // is replaced by this one.
+        self.forget_elsewhere(k, &d)
     }
 
     fn remove(&self, k: &ObjKey) -> Result<()> {
         let _all = self.ranges.lock_all(k);
-        let path = self.path(k);
-        self.judged(fs::remove_file(&path).map_err(Into::into))?;
-        remove_if_present(&csum::sidecar_path(&path))
+        let (d, path) = self.located(k)?;
+        self.judged(
+            &d,
+            (|| {
+                fs::remove_file(&path)?;
+                remove_if_present(&csum::sidecar_path(&path))
+            })(),
+        )
     }
 
     fn verify(&self, k: &ObjKey) -> Result<Verdict> {
-        let path = self.path(k);
-        let size = self.judged(fs::metadata(&path).map_err(Into::into))?.len();
-        match self.read_verified(&path, 0, size as usize) {
-            Err(StoreError::Checksum { blocks, .. }) => return Ok(Verdict::Bad(blocks)),
-            r => {
-                r?;
-            }
-        }
-        if !self.checksums || csum::sidecar_path(&path).exists() {
-            return Ok(Verdict::Good);
-        }
-        // No checksums yet (an object the original wrote): computed once,
-        // with every write to the object held off meanwhile.
-        let _all = self.ranges.lock_all(k);
-        let data = read_file_at(&File::open(&path)?, 0, size as usize)?;
-        let tmp = self.tmp_path(&csum::sidecar_path(&path));
-        let res = (|| {
-            let g = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .open(&tmp)?;
-            g.write_all_at(&csum::Sidecar::of(&data).encode(), 0)?;
-            self.sync_file(&g)?;
-            fs::rename(&tmp, csum::sidecar_path(&path))?;
-            Ok(Verdict::Computed)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res
+        let (d, path) = self.located(k)?;
+        self.judged(&d, self.verify_at(k, &path))
     }
 
     fn list(&self) -> Result<Vec<ObjKey>> {
-        self.judged((|| {
-            let mut v = Vec::new();
-            for e in fs::read_dir(&self.obj_dir)? {
-                if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
-                    v.push(k);
-                }
-            }
-            Ok(v)
-        })())
+        let mut v = Vec::new();
+        for d in self.disks.load().list() {
+            self.judged(
+                d,
+                (|| {
+                    for e in fs::read_dir(&d.path)? {
+                        if let Some(k) = ObjKey::parse(&e?.file_name().to_string_lossy()) {
+                            v.push(k);
+                        }
+                    }
+                    Ok(())
+                })(),
+            )?;
+        }
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
     }
 
     fn list_stale(&self) -> Result<Vec<(ObjKey, u32)>> {
         let mut v = Vec::new();
-        for e in fs::read_dir(&self.stale_dir)? {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            if let Some((obj, ep)) = name.rsplit_once('.') {
-                if let (Some(k), Ok(ep)) = (ObjKey::parse(obj), ep.parse::<u32>()) {
-                    v.push((k, ep));
+        for d in self.disks.load().list() {
+            for e in fs::read_dir(&d.stale)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if let Some((obj, ep)) = name.rsplit_once('.') {
+                    if let (Some(k), Ok(ep)) = (ObjKey::parse(obj), ep.parse::<u32>()) {
+                        v.push((k, ep));
+                    }
                 }
             }
         }
+        v.sort_unstable();
+        v.dedup();
         Ok(v)
     }
 
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
         let _all = self.ranges.lock_all(k);
-        let (from, to) = (self.path(k), self.stale_path(k, epoch));
-        self.judged(fs::rename(&from, &to).map_err(Into::into))?;
-        match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        let (d, from) = self.located(k)?;
+        let to = d.stale.join(format!("{}.{}", k.file_name(), epoch));
+        self.judged(
+            &d,
+            (|| {
+                fs::rename(&from, &to)?;
+                match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                }
+            })(),
+        )
     }
 
     fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.faults.check(faults::Op::Read)?;
-        self.judged(self.read_verified(&self.stale_path(k, epoch), offset, len))
+        let (d, path) = self.located_stale(k, epoch)?;
+        self.judged(
+            &d,
+            (|| {
+                self.faults.check(faults::Op::Read, &path)?;
+                self.read_verified(&path, offset, len)
+            })(),
+        )
     }
 
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32> {
         let prefix = format!("{}.", k.file_name());
-        fs::read_dir(&self.stale_dir)
-            .ok()?
+        self.disks
+            .load()
+            .list()
+            .iter()
+            .filter_map(|d| fs::read_dir(&d.stale).ok())
+            .flatten()
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 e.file_name()
@@ -697,44 +921,47 @@ impl ObjectStore for Store {
     }
 
     fn reclaim_done(&self, oid: u64) -> Result<()> {
-        match fs::remove_file(self.reclaim_dir().join(format!("{oid:016x}"))) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.reclaim_dir().join(format!("{oid:016x}")))
     }
 
     fn purge_stale(&self) -> Result<usize> {
         let mut n = 0;
-        for e in fs::read_dir(&self.stale_dir)? {
-            let e = e?;
-            fs::remove_file(e.path())?;
-            n += usize::from(!csum::is_sidecar(&e.file_name().to_string_lossy()));
+        for d in self.disks.load().list() {
+            for e in fs::read_dir(&d.stale)? {
+                let e = e?;
+                fs::remove_file(e.path())?;
+                n += usize::from(!csum::is_sidecar(&e.file_name().to_string_lossy()));
+            }
         }
         Ok(n)
     }
 
     fn wipe(&self) -> Result<()> {
         let _ = fs::create_dir_all(self.reclaim_dir());
-        for d in [
-            &self.obj_dir,
-            &self.stale_dir,
-            &self.epoch_dir,
-            &self.reclaim_dir(),
-        ] {
-            for e in fs::read_dir(d)? {
+        let ds = self.disks.load();
+        let dirs = ds
+            .list()
+            .iter()
+            .flat_map(|d| [d.path.clone(), d.stale.clone()])
+            .chain([self.epoch_dir.clone(), self.reclaim_dir()]);
+        for d in dirs {
+            for e in fs::read_dir(&d)? {
                 let e = e?;
                 if e.file_type()?.is_file() {
                     fs::remove_file(e.path())?;
                 }
             }
         }
-        self.sync_dir(&self.obj_dir)
+        for d in ds.list() {
+            self.sync_dir(&d.path)?;
+        }
+        Ok(())
     }
 
     fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {
-        let p = match stale_epoch {
-            None => self.path(k),
-            Some(e) => self.stale_path(k, e),
+        let (_, p) = match stale_epoch {
+            None => self.located(k)?,
+            Some(e) => self.located_stale(k, e)?,
         };
         let mut f = File::open(p)?;
         let mut h = Sha1::new();
@@ -808,30 +1035,75 @@ impl ObjectStore for Store {
     }
 
     fn fs_space(&self) -> Result<(u64, u64)> {
-        let c = std::ffi::CString::new(self.obj_dir.as_os_str().as_encoded_bytes()).unwrap();
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
+        let mut total = (0, 0);
+        for d in self.disks.load().list() {
+            let (t, f) = statvfs(&d.path)?;
+            total = (total.0 + t, total.1 + f);
         }
-        Ok((
-            s.f_blocks as u64 * s.f_frsize as u64,
-            s.f_bavail as u64 * s.f_frsize as u64,
-        ))
+        Ok(total)
     }
 
     fn used_bytes(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        fs::read_dir(&self.obj_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| ObjKey::parse(&e.file_name().to_string_lossy()).is_some())
-                    .filter_map(|e| e.metadata().ok())
-                    .filter(|m| m.is_file())
-                    .map(|m| m.blocks() * 512)
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.disks().iter().map(|d| d.used).sum()
+    }
+
+    fn plug(&self, paths: &[PathBuf]) -> Result<usize> {
+        let _change = self.disk_change.lock().unwrap();
+        let mut ds = disks::Disks::new(self.disks.load().list().to_vec());
+        let mut added = 0;
+        for p in paths {
+            if ds.find(p).is_some() {
+                continue;
+            }
+            // Plugged directories are purged, as the original does.
+            if p.is_dir() {
+                fs::remove_dir_all(p)?;
+            }
+            match open_disk(p, Some(true)) {
+                Ok(d) => {
+                    ds = ds.with(d);
+                    added += 1;
+                }
+                Err(StoreError::Corrupt(why)) => eprintln!("{why}"),
+                Err(e) => return Err(e),
+            }
+        }
+        self.disks.store(std::sync::Arc::new(ds));
+        Ok(added)
+    }
+
+    fn unplug(&self, paths: &[PathBuf]) -> Result<usize> {
+        let _change = self.disk_change.lock().unwrap();
+        let mut ds = disks::Disks::new(self.disks.load().list().to_vec());
+        let before = ds.list().len();
+        for p in paths {
+            ds = ds.without(p);
+        }
+        let removed = before - ds.list().len();
+        self.disks.store(std::sync::Arc::new(ds));
+        Ok(removed)
+    }
+
+    fn relocate(&self, k: &ObjKey) -> Result<bool> {
+        let _all = self.ranges.lock_all(k);
+        let (placed, to) = self.placed(k)?;
+        let (from_disk, from) = self.located(k)?;
+        if from_disk.path == placed.path {
+            return Ok(false);
+        }
+        // Across filesystems: copied whole (checksums with it), then the
+        // old copy goes.
+        let data = self.judged(&from_disk, fs::read(&from).map_err(Into::into))?;
+        let sums = match fs::read(csum::sidecar_path(&from)) {
+            Ok(b) => csum::Sidecar::decode(&b).ok(),
+            Err(_) => None,
+        };
+        self.judged(
+            &placed,
+            self.atomic_write(&to, None, true, 0, &data, sums.as_ref()),
+        )?;
+        self.forget_elsewhere(k, &placed)?;
+        Ok(true)
     }
 }
 
@@ -880,6 +1152,59 @@ fn decode_epoch(b: &[u8]) -> std::result::Result<(Vec<SdNode>, u64), String> {
     ))
 }
 
+fn no_disk() -> StoreError {
+    StoreError::Io(std::io::Error::other("no disk left"))
+}
+
+/// (total, free) bytes of the filesystem holding `path`.
+fn statvfs(path: &Path) -> Result<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| StoreError::Io(std::io::Error::other("NUL in a path")))?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok((
+        s.f_blocks as u64 * s.f_frsize as u64,
+        s.f_bavail as u64 * s.f_frsize as u64,
+    ))
+}
+
+/// Removes the temporaries a crash left in `dir`.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating) the object directory `path` as a disk. `weighed`:
+/// None for a node's only directory (its space is not recorded), else
+/// a disk of a multi-disk node, whose recorded space is its weight
+/// (recorded now if it has none; `Corrupt` if the directory takes no
+/// attributes, so the disk is skipped).
+fn open_disk(path: &Path, weighed: Option<bool>) -> Result<disks::Disk> {
+    let stale = path.join(".stale");
+    fs::create_dir_all(&stale)?;
+    remove_temporaries(path)?;
+    remove_temporaries(&stale)?;
+    let (_, free) = statvfs(path)?;
+    let space = match weighed {
+        None => free,
+        Some(_) => disks::recorded_space(path, free).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "multi-disk support need xattr feature for path: {}",
+                path.display()
+            ))
+        })?,
+    };
+    Ok(disks::Disk::new(path, space))
+}
+
 fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
@@ -919,6 +1244,13 @@ fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    impl Store {
+        /// Where the working copy of `k` is.
+        fn path(&self, k: &ObjKey) -> PathBuf {
+            self.located(k).unwrap().1
+        }
+    }
 
     #[test]
     fn create_write_read_stale() {
@@ -1014,7 +1346,7 @@ mod tests {
             s.read(&ObjKey::replica(5), 0, 1),
             Err(StoreError::NoObj)
         ));
-        fs::remove_dir_all(s.obj_dir()).unwrap();
+        fs::remove_dir_all(d.path().join("obj")).unwrap();
         for r in [
             s.read(&k, 0, 1).map(|_| ()),
             s.write(&k, 0, b"y"),

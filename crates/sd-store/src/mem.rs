@@ -9,10 +9,10 @@
 //! store's checksums report it) until it is rewritten whole.
 
 use crate::csum::BLOCK;
-use crate::{ObjKey, ObjectStore, Result, StoreError, Verdict};
+use crate::{DiskUsage, ObjKey, ObjectStore, Result, StoreError, Verdict};
 use sd_proto::{SdNode, SheepdogConfig};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -124,8 +124,22 @@ fn put(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {
 }
 
 impl ObjectStore for MemStore {
-    fn obj_dir(&self) -> &Path {
-        Path::new("(memory)")
+    fn disks(&self) -> Vec<DiskUsage> {
+        let used = self.used_bytes();
+        vec![DiskUsage {
+            path: "(memory)".into(),
+            free: u64::MAX / 2 - used,
+            used,
+        }]
+    }
+    fn plug(&self, _: &[PathBuf]) -> Result<usize> {
+        Ok(0)
+    }
+    fn unplug(&self, _: &[PathBuf]) -> Result<usize> {
+        Ok(0)
+    }
+    fn relocate(&self, _: &ObjKey) -> Result<bool> {
+        Ok(false)
     }
     fn exists(&self, k: &ObjKey) -> bool {
         self.contents.lock().unwrap().working.contains_key(k)

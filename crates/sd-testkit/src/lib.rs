@@ -5,6 +5,7 @@
 //! SIGKILL is a real crash) with its own store directory and a per-cluster
 //! local-driver path, on ports picked free at start.
 
+pub mod load;
 pub mod netns;
 pub mod zk;
 use std::net::TcpListener;
@@ -53,6 +54,8 @@ pub struct Node {
     /// Extra environment of its sheep (e.g. `SHEEP_INJECT`).
     pub env: Vec<(String, String)>,
     pub child: Option<Child>,
+    /// Its disks (`sheep DIR,DISK1,...`); none: objects in `DIR/obj`.
+    pub disks: Vec<PathBuf>,
 }
 
 impl Node {
@@ -61,16 +64,7 @@ impl Node {
     }
     /// Object file names in this node's working directory.
     pub fn objects(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.obj_dir())
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.retain(|n| !n.starts_with('.'));
-        v.sort();
-        v
+        object_files(&self.obj_dir())
     }
     /// Stale copy names (`<object>.<epoch>`) in this node's store.
     pub fn stale_objects(&self) -> Vec<String> {
@@ -83,6 +77,21 @@ impl Node {
             })
             .unwrap_or_default()
     }
+}
+
+/// Object file names (no stale copies, checksum or other dot files) in
+/// an object directory, sorted.
+pub fn object_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.retain(|n| !n.starts_with('.'));
+    v.sort();
+    v
 }
 
 /// How a test stops a node.
@@ -102,6 +111,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// The `-c` argument; the cluster's private local driver by default.
     pub driver: String,
+    /// Disks of each node added (see [`Cluster::start_disks`]).
+    pub disks_per_node: usize,
 }
 
 impl Cluster {
@@ -124,6 +135,19 @@ impl Cluster {
         extra: &[&str],
         driver: Option<&str>,
     ) -> Cluster {
+        Self::start_disks(n, 0, min, max, extra, driver)
+    }
+
+    /// Starts `n` storage nodes with `disks` disks each (multi-disk
+    /// stores, `DIR,DIR.d0,DIR.d1,...`; 0: objects in `DIR/obj`).
+    pub fn start_disks(
+        n: usize,
+        disks: usize,
+        min: u16,
+        max: u16,
+        extra: &[&str],
+        driver: Option<&str>,
+    ) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("sdtest")
             .tempdir()
@@ -137,6 +161,7 @@ impl Cluster {
             shm,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             driver,
+            disks_per_node: disks,
         };
         for i in 0..n {
             c.add_node(base + i as u16, i as u32, false);
@@ -186,6 +211,9 @@ impl Cluster {
     /// Adds and starts a node; returns its index.
     pub fn add_node(&mut self, port: u16, zone: u32, gateway: bool) -> usize {
         let dir = self.root.path().join(format!("{port}"));
+        let disks = (0..self.disks_per_node)
+            .map(|d| self.root.path().join(format!("{port}.d{d}")))
+            .collect();
         self.nodes.push(Node {
             port,
             zone,
@@ -194,6 +222,7 @@ impl Cluster {
             nbd_port: None,
             env: Vec::new(),
             child: None,
+            disks,
         });
         let i = self.nodes.len() - 1;
         self.restart(i);
@@ -204,7 +233,12 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         let n = &self.nodes[i];
         let mut cmd = Command::new(sheep_bin());
-        cmd.arg(&n.dir)
+        let mut dirs = n.dir.clone().into_os_string();
+        for d in &n.disks {
+            dirs.push(",");
+            dirs.push(d);
+        }
+        cmd.arg(dirs)
             .args(["-f", "-c", &self.driver])
             .args(["-p", &n.port.to_string(), "-z", &n.zone.to_string()])
             .args(&self.extra_args);

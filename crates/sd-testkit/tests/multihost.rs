@@ -18,10 +18,11 @@
 //! a JVM. A failing test prints the tail of every sheep's log; `SD_KEEP=1`
 //! keeps the stores, logs and sdload journals and prints where.
 
+use sd_testkit::load::{self, field, sdload_bin, Load};
 use sd_testkit::netns::*;
 use sd_testkit::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,17 +30,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sdload_bin() -> PathBuf {
-    bin_dir().join("sdload")
-}
-
-/// An `sdload` command that dies with the test process.
-fn sdload() -> Command {
-    let mut cmd = Command::new(sdload_bin());
-    die_with_parent(&mut cmd);
-    cmd
 }
 
 fn vid_of(name: &str) -> u32 {
@@ -52,153 +42,23 @@ fn format_and_create(c: &NetCluster, name: &str, size: &str) {
     c.dog_ok(0, &["vdi", "create", name, size]);
 }
 
-/// A background `sdload write`.
-struct Load {
-    child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
+/// A background load on `vdi` through the hosts `at`.
+fn start_load(c: &NetCluster, at: &[usize], vdi: &str, journal: &Path, tag: &str) -> Load {
+    let addrs: Vec<_> = at.iter().map(|&i| c.addr(i)).collect();
+    Load::start(c.root.path(), &addrs, vdi, journal, tag)
 }
 
-/// 256 blocks, one every 256 KiB: 16 objects of a 64 MiB VDI.
-const LOAD_SHAPE: &[&str] = &["--blocks", "256", "--stride", "262144"];
-
-impl Load {
-    /// Starts writing to `vdi` through `addrs` until stopped.
-    fn start(c: &NetCluster, addrs: &[usize], vdi: &str, journal: &Path, tag: &str) -> Load {
-        let out = c.root.path().join(format!("sdload.{tag}.out"));
-        let err = c.root.path().join(format!("sdload.{tag}.err"));
-        let list: Vec<String> = addrs.iter().map(|&i| c.addr(i).to_string()).collect();
-        let child = sdload()
-            .args([
-                "write",
-                "--addr",
-                &list.join(","),
-                "--vdi",
-                vdi,
-                "--journal",
-            ])
-            .arg(journal)
-            .args(LOAD_SHAPE)
-            .args([
-                "--duration",
-                "100000",
-                "--workers",
-                "4",
-                "--op-timeout",
-                "10",
-                "--give-up",
-                "60",
-            ])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn sdload");
-        Load {
-            child: Some(child),
-            out,
-            err,
-        }
-    }
-
-    /// Stops the load (SIGTERM: current writes finish) and returns its
-    /// summary line; panics if it failed.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("sdload did not stop within 90 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let err = std::fs::read_to_string(&self.err).unwrap_or_default();
-        assert!(st.success(), "sdload write failed ({st}): {out}\n{err}");
-        out.lines().last().unwrap_or_default().to_string()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `key=<number>` from an sdload summary line.
-fn field(summary: &str, key: &str) -> u64 {
-    summary
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix(&format!("{key}=")))
-        .and_then(|v| {
-            v.trim_end_matches("MiB/s")
-                .trim_end_matches('s')
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {key}= in '{summary}'")) as u64
-}
-
-/// `sdload verify` through host `at`: every acknowledged write reads back.
+/// `sdload verify` through host `at`.
 fn try_verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> Result<String, String> {
-    let out = sdload()
-        .args([
-            "verify",
-            "--addr",
-            &c.addr(at).to_string(),
-            "--vdi",
-            vdi,
-            "--journal",
-        ])
-        .arg(journal)
-        .args(["--retry-for", "20"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(text.lines().last().unwrap_or_default().to_string())
-    } else {
-        Err(format!(
-            "verification through host {at} failed:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    load::try_verify(c.addr(at), vdi, journal).map_err(|e| format!("host {at}: {e}"))
 }
 
 fn verify(c: &NetCluster, at: usize, vdi: &str, journal: &Path) -> String {
     try_verify(c, at, vdi, journal).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `sdload check` of every store: every replica of every object holds
-/// each acknowledged block, and every object has `copies` copies.
 fn try_check_files(c: &NetCluster, journal: &Path, copies: usize) -> Result<(), String> {
-    let mut cmd = sdload();
-    cmd.args(["check", "--journal"]).arg(journal);
-    for d in c.store_dirs() {
-        cmd.arg("--store").arg(d);
-    }
-    let out = cmd
-        .args(["--copies", &copies.to_string()])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "replica check failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    load::try_check_files(&c.store_dirs(), journal, copies)
 }
 
 fn check_files(c: &NetCluster, journal: &Path, copies: usize) {
@@ -274,7 +134,7 @@ fn kill_rounds_lose_no_acknowledged_write() {
     for round in 0..20 {
         let victim = rng.below(5);
         let gw = (victim + 1 + rng.below(4)) % 5;
-        let load = Load::start(&c, &[gw], "v", &journal, &format!("r{round}"));
+        let load = start_load(&c, &[gw], "v", &journal, &format!("r{round}"));
         std::thread::sleep(Duration::from_millis(300 + rng.below(500) as u64));
         let t = Instant::now();
         c.kill(victim);
@@ -332,7 +192,7 @@ fn partitioned_host_expires_never_serves_stale_and_rejoins() {
     });
     format_and_create(&c, "v", "64M");
     let journal = c.root.path().join("part.journal");
-    let load = Load::start(&c, &[0], "v", &journal, "part");
+    let load = start_load(&c, &[0], "v", &journal, "part");
     std::thread::sleep(Duration::from_secs(1));
     let p = 4;
     // A reader inside the partitioned host, through its own sheep, for
@@ -534,7 +394,7 @@ fn zookeeper_restart_within_and_beyond_the_session_timeout() {
     format_and_create(&c, "v", "64M");
     let journal = c.root.path().join("zk.journal");
     let epoch = c.epoch_at(0);
-    let load = Load::start(&c, &[0, 1], "v", &journal, "zk1");
+    let load = start_load(&c, &[0, 1], "v", &journal, "zk1");
     std::thread::sleep(Duration::from_secs(1));
 
     // Within the timeout: nobody notices beyond a delay.
@@ -558,7 +418,7 @@ fn zookeeper_restart_within_and_beyond_the_session_timeout() {
 
     // Beyond it: every sheep stops serving (and exits, or waits), then
     // the cluster comes back once ZooKeeper does.
-    let load = Load::start(&c, &[0, 1], "v", &journal, "zk2");
+    let load = start_load(&c, &[0, 1], "v", &journal, "zk2");
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     c.zk.stop();
@@ -617,7 +477,7 @@ fn whole_cluster_shutdown_and_restart() {
     });
     format_and_create(&c, "v", "64M");
     let journal = c.root.path().join("shutdown.journal");
-    let load = Load::start(&c, &[1], "v", &journal, "sd1");
+    let load = start_load(&c, &[1], "v", &journal, "sd1");
     std::thread::sleep(Duration::from_secs(2));
     let summary = load.stop();
     assert!(field(&summary, "acked") > 0);
@@ -741,7 +601,7 @@ fn zones_gateway_and_data_network() {
         }
     }
     let journal = c.root.path().join("zones.journal");
-    let load = Load::start(&c, &[6], "v", &journal, "gw");
+    let load = start_load(&c, &[6], "v", &journal, "gw");
     std::thread::sleep(Duration::from_secs(3));
     let summary = load.stop();
     assert!(
@@ -761,7 +621,7 @@ fn zones_gateway_and_data_network() {
 
     // Losing a host: recovery (over the data network) restores three
     // copies on three zones from the five that are left.
-    let load = Load::start(&c, &[6], "v", &journal, "gw2");
+    let load = start_load(&c, &[6], "v", &journal, "gw2");
     std::thread::sleep(Duration::from_millis(500));
     c.kill(2);
     c.wait_nodes(6);

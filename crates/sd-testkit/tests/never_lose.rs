@@ -115,6 +115,7 @@ fn node(c: &Cluster, port: u16, zone: u32) -> Node {
         nbd_port: None,
         env: Vec::new(),
         child: None,
+        disks: Vec::new(),
     }
 }
 

@@ -241,6 +241,17 @@ impl Sheep {
         tokio::task::spawn_blocking(f).await
     }
 
+    /// Runs a recovery pass for the current epoch again: this node lost
+    /// objects without a membership change (a disk unplugged or failed)
+    /// or holds new ones (copies raised). Requests for objects the pass
+    /// finds missing here wait for them, as after an epoch change.
+    pub fn recover_again(&self) {
+        let v = self.view();
+        if v.joined && v.epoch > 0 {
+            self.recovery.start(v.epoch);
+        }
+    }
+
     /// Schedules a clean exit (after the current response is sent).
     pub fn request_exit(&self, code: i32) {
         self.exit.send_replace(Some(code));
@@ -253,6 +264,18 @@ impl Sheep {
     /// held. True if so: the request is answered NETWORK_ERROR (its
     /// sender retries) rather than EIO.
     pub fn disk_failed(&self, e: &sd_store::StoreError) -> bool {
+        if let sd_store::StoreError::DiskLost { disk, why, first } = e {
+            // One disk of several: the node goes on without it (as the
+            // original's md does) and recovers what it held.
+            if *first {
+                tracing::error!(
+                    "disk {} failed ({why}): unplugged; its objects are recovered from the other nodes",
+                    disk.display()
+                );
+                self.recover_again();
+            }
+            return true;
+        }
         if !matches!(e, sd_store::StoreError::Io(_)) {
             return false;
         }
@@ -390,12 +413,7 @@ impl Sheep {
                 }
             }
             Effect::RecoveryEnabled => self.recovery.wake(),
-            Effect::RedundancyChanged => {
-                let v = self.view();
-                if v.joined && v.epoch > 0 {
-                    self.recovery.start(v.epoch);
-                }
-            }
+            Effect::RedundancyChanged => self.recover_again(),
             Effect::Shutdown => {
                 let v = self.view();
                 if v.joined {
@@ -742,7 +760,7 @@ fn advertised(o: &Opts, driver: &Driver) -> IpAddr {
 /// Runs the daemon; `ready` is told 0 once the node has joined the cluster
 /// (the launching command of a daemonized sheep exits with it).
 pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Result<()> {
-    let store = Store::open(&dir, o.nosync).context("opening the store")?;
+    let store = Store::open_with_disks(&dir, &o.disks, o.nosync).context("opening the store")?;
     let mut config = store.read_config()?.unwrap_or_default();
     if config.ctime == 0 && o.vnodes.is_none() {
         // An unformatted node advertises its vnode strategy, which dog

@@ -168,25 +168,29 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         op::STAT => reply_data(&req, sheep.stats.encode()),
         op::MD_INFO => {
             // `struct sd_md_info`: 64 × {idx i32, free u64 @8, used u64 @16,
-            // path[4096] @24}, then nr; one disk here: the object directory.
-            const MD_INFO_SIZE: usize = 64 * 4120 + 8;
-            let mut b = vec![0u8; MD_INFO_SIZE];
+            // path[4096] @24}, then nr.
+            const ENTRY: usize = 4120;
+            let mut b = vec![0u8; 64 * ENTRY + 8];
             if !sheep.opts.gateway {
                 let s = sheep.clone();
-                let used = sheep
-                    .on_store(move || s.store.used_bytes())
+                let disks = sheep
+                    .on_store(move || s.store.disks())
                     .await
-                    .unwrap_or(0);
-                let size = sheep.this.space;
-                le::put_u64(&mut b, 8, size.saturating_sub(used));
-                le::put_u64(&mut b, 16, used);
-                let path = sheep.store.obj_dir().to_string_lossy().into_owned();
-                let n = path.len().min(4095);
-                b[24..24 + n].copy_from_slice(&path.as_bytes()[..n]);
-                le::put_u32(&mut b, 64 * 4120, 1);
+                    .unwrap_or_default();
+                for (i, d) in disks.iter().take(64).enumerate() {
+                    let e = &mut b[i * ENTRY..(i + 1) * ENTRY];
+                    le::put_u32(e, 0, i as u32);
+                    le::put_u64(e, 8, d.free);
+                    le::put_u64(e, 16, d.used);
+                    let path = d.path.as_os_str().as_encoded_bytes();
+                    let n = path.len().min(4095);
+                    e[24..24 + n].copy_from_slice(&path[..n]);
+                }
+                le::put_u32(&mut b, 64 * ENTRY, disks.len().min(64) as u32);
             }
             reply_data(&req, b)
         }
+        op::MD_PLUG | op::MD_UNPLUG => plug_unplug(sheep, &req, payload).await,
         op::REPAIR_REPLICA => repair_replica(sheep, &req).await,
         op::STAT_RECOVERY => {
             // Answer for the newest state of the cluster: an epoch already
@@ -259,6 +263,85 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
 
 /// REPAIR_REPLICA: pull `forw.oid` from the node at `forw.addr:port` and
 /// store it here (dog vdi check repairing a missing or damaged copy).
+/// MD_PLUG / MD_UNPLUG: the comma-separated directories in `payload`.
+/// Nothing changed (unknown or duplicate paths, a directory without
+/// attribute support) is an error, as the original's. Unplugging the
+/// last disk takes the node out of the cluster; otherwise the objects
+/// the node lost are recovered from the others, and after a plug the
+/// objects that now belong on the new disks move there.
+async fn plug_unplug(sheep: &Arc<Sheep>, req: &SdReq, payload: Vec<u8>) -> Reply {
+    if sheep.opts.gateway || sheep.opts.disks.is_empty() {
+        tracing::error!("this node has no multi-disk store (start it with DIR,DISK1,...)");
+        return reply(req, SdRes::UNKNOWN);
+    }
+    let paths: Vec<std::path::PathBuf> = String::from_utf8_lossy(le::cstr(&payload))
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim_end_matches('/').into())
+        .collect();
+    let plug = req.opcode == op::MD_PLUG;
+    // Requests wait for the pass that finds what this node lacks now.
+    sheep.recover_again();
+    let s = sheep.clone();
+    let changed = sheep
+        .on_store(move || {
+            let n = if plug {
+                s.store.plug(&paths)
+            } else {
+                s.store.unplug(&paths)
+            }?;
+            Ok::<_, sd_store::StoreError>((n, s.store.disks().len()))
+        })
+        .await;
+    let left = match changed {
+        Ok(Ok((0, _))) => {
+            tracing::error!("no disk changed");
+            return reply(req, SdRes::UNKNOWN);
+        }
+        Ok(Ok((_, left))) => left,
+        Ok(Err(e)) => {
+            tracing::error!("{e}");
+            return reply(req, e.res());
+        }
+        Err(_) => return reply(req, SdRes::EIO),
+    };
+    if left == 0 {
+        tracing::warn!("no disks plugged, going down");
+        sheep.request_exit(crate::daemon::EXIT_DISK_FAILED);
+        return reply(req, SdRes::SUCCESS);
+    }
+    tracing::info!(
+        "{} disks changed; {left} in use",
+        if plug { "plugged" } else { "unplugged" }
+    );
+    sheep.recover_again();
+    if plug {
+        let s = sheep.clone();
+        tokio::spawn(async move {
+            let st = s.clone();
+            let moved = s
+                .on_store(move || {
+                    let keys = st.store.list()?;
+                    let mut moved = 0;
+                    for k in keys {
+                        moved += usize::from(st.store.relocate(&k)?);
+                    }
+                    Ok::<_, sd_store::StoreError>(moved)
+                })
+                .await;
+            match moved {
+                Ok(Ok(n)) => tracing::info!("moved {n} objects to the disks they now belong on"),
+                Ok(Err(e)) => {
+                    tracing::error!("moving objects to new disks: {e}");
+                    s.disk_failed(&e);
+                }
+                Err(_) => {}
+            }
+        });
+    }
+    reply(req, SdRes::SUCCESS)
+}
+
 async fn repair_replica(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
     let a = &req.args;
     let oid = le::u64_at(a, 0);

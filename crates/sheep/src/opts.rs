@@ -7,6 +7,8 @@ use std::net::IpAddr;
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub dir: String,
+    /// The disks objects spread over (`DIR,DISK1,...`); none: `DIR/obj`.
+    pub disks: Vec<std::path::PathBuf>,
     pub port: u16,
     pub bind: Option<IpAddr>,
     /// The `-c` argument (`local[:path]`, `zookeeper:...`), validated.
@@ -176,6 +178,7 @@ fn parse_uint(s: &str, max: u64) -> Option<u64> {
 pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
     let mut o = Opts {
         dir: "/tmp".into(),
+        disks: Vec::new(),
         port: sd_proto::SD_LISTEN_PORT,
         bind: None,
         cluster: "local".into(),
@@ -309,7 +312,13 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         return Err(err("Options '-g' and '-V' can not be both specified"));
     }
     if let Some(d) = dir {
-        o.dir = d;
+        // `DIR,DISK1,DISK2,...`: the meta directory, then the disks.
+        let mut parts = d.split(',');
+        o.dir = parts.next().unwrap_or_default().to_string();
+        o.disks = parts
+            .filter(|p| !p.is_empty())
+            .map(|p| std::path::PathBuf::from(p.trim_end_matches('/')))
+            .collect();
     }
     Ok(Parsed::Run(Box::new(o)))
 }
@@ -399,6 +408,7 @@ mod tests {
     fn quick_start_line() {
         let o = run(&["/tmp/store0", "-n", "-c", "local", "-z", "0", "-p", "7000"]).unwrap();
         assert_eq!(o.dir, "/tmp/store0");
+        assert!(o.disks.is_empty());
         assert!(o.nosync);
         assert_eq!(o.zone, Some(0));
         assert_eq!(o.port, 7000);

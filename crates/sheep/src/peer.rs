@@ -214,6 +214,14 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             crate::repair::spawn(sheep, key);
         }
     }
+    if let Some(Ok(Err(sd_store::StoreError::NoObj))) = &res {
+        if req.opcode == op::WRITE_PEER && sheep.recovery.busy() {
+            // A copy this node lost (a disk gone) and is recovering: the
+            // sender retries once the pass knows what is missing here
+            // (`ensure` then brings it back first).
+            return reply(&req, SdRes::NETWORK_ERROR);
+        }
+    }
     match res {
         None => reply(&req, SdRes::OLD_NODE_VER),
         Some(Ok(Ok(data))) if recovery_read => {

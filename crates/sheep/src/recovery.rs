@@ -182,6 +182,14 @@ impl Recovery {
                 i.marked_epoch = epoch - 1;
             }
         }
+        // A pass again for the epoch whose list is known: requests wait
+        // for the new list (objects may have gone missing here).
+        let _ = self.prepared_epoch.compare_exchange(
+            epoch,
+            epoch.wrapping_sub(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         self.requested.notify_one();
         self.inner.lock().unwrap().generation
     }

@@ -259,7 +259,9 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::ALTER_CLUSTER_COPY
         | op::ALTER_VDI_COPY
         | op::REWEIGHT => Cluster { force: false },
-        op::REPAIR_REPLICA | op::STAT | op::MD_INFO => Local { force: false },
+        op::REPAIR_REPLICA | op::STAT | op::MD_INFO | op::MD_PLUG | op::MD_UNPLUG => {
+            Local { force: false }
+        }
         _ => return None,
     })
 }

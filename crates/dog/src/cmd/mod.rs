@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod cluster;
 pub mod lock;
+pub mod md;
 pub mod node;
 pub mod object;
 pub mod tree;

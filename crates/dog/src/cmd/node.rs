@@ -31,7 +31,7 @@ pub fn list(ctx: &mut Ctx) -> Res<()> {
 }
 
 /// The original's `(int)(used / size * 100)` in doubles.
-fn use_pct(size: u64, free: u64) -> i32 {
+pub(super) fn use_pct(size: u64, free: u64) -> i32 {
     c_f64_to_i32(size.wrapping_sub(free) as f64 / size as f64 * 100.0)
 }
 

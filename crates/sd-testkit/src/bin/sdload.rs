@@ -7,6 +7,7 @@
 //! sdload verify --addr IP:PORT[,...] --vdi NAME --journal FILE [--retry-for S]
 //! sdload watch  --addr IP:PORT[,...] --vdi NAME --journal FILE --duration S [--op-timeout S]
 //! sdload check  --journal FILE --store DIR [--store DIR...] [--copies N]
+//!               (DIR: a sheep's directory, or one disk of a multi-disk node)
 //! ```
 //!
 //! **Blocks.** The load is `N` blocks of 4 KiB at VDI offsets
@@ -1147,7 +1148,14 @@ fn run_check(o: Opts) -> i32 {
         let oid = vid_to_data_oid(l.vid, idx);
         let mut found = 0usize;
         for dir in &o.stores {
-            let path = dir.join("obj").join(format!("{oid:016x}"));
+            // A store (objects in its obj/) or one disk's directory.
+            let objects = dir.join("obj");
+            let objects = if objects.is_dir() {
+                objects
+            } else {
+                dir.clone()
+            };
+            let path = objects.join(format!("{oid:016x}"));
             let Ok(mut f) = std::fs::File::open(&path) else {
                 continue;
             };
