@@ -40,15 +40,11 @@ pub enum StoreError {
     /// The disk itself may be fine; the copy is repaired from another.
     #[error("checksum mismatch in {file} (blocks {blocks:?})")]
     Checksum { file: PathBuf, blocks: Vec<usize> },
-    /// A disk of a multi-disk node failed and was unplugged (`first`: by
-    /// this very operation): what it held is to be recovered onto the
-    /// others; the request may be retried.
+    /// A disk of a multi-disk node failed and was unplugged: what it held
+    /// is to be recovered onto the others; the request may be retried.
+    /// (The store keeps the news for [`ObjectStore::take_lost_disks`].)
     #[error("disk {} failed and was unplugged: {why}", disk.display())]
-    DiskLost {
-        disk: PathBuf,
-        why: String,
-        first: bool,
-    },
+    DiskLost { disk: PathBuf, why: String },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -149,6 +145,11 @@ pub struct Store {
     multi_disk: bool,
     /// Serializes changes of the disk set.
     disk_change: std::sync::Mutex<()>,
+    /// How many times the disk set changed (see
+    /// [`ObjectStore::disk_generation`]).
+    disk_generation: std::sync::atomic::AtomicU64,
+    /// Disks that failed and were unplugged, not yet reported.
+    lost: std::sync::Mutex<Vec<(PathBuf, String)>>,
     nosync: bool,
     /// Numbers temporaries, so concurrent replacements of one file (a
     /// recovery and a create, two fetches of one epoch) never share one.
@@ -228,6 +229,8 @@ impl Store {
             disks: arc_swap::ArcSwap::from_pointee(disks::Disks::new(list)),
             multi_disk: !disk_dirs.is_empty(),
             disk_change: Default::default(),
+            disk_generation: Default::default(),
+            lost: Default::default(),
             nosync,
             tmp_seq: Default::default(),
             faults: faults::Faults::from_env()
@@ -554,19 +557,27 @@ impl Store {
         }
         let _change = self.disk_change.lock().unwrap();
         let ds = self.disks.load();
-        let first = ds.find(&disk.path).is_some();
-        if first {
+        if ds.find(&disk.path).is_some() {
             if ds.list().len() == 1 {
                 return Err(StoreError::Io(e));
             }
-            self.disks
-                .store(std::sync::Arc::new(ds.without(&disk.path)));
+            self.set_disks(ds.without(&disk.path));
+            self.lost
+                .lock()
+                .unwrap()
+                .push((disk.path.clone(), e.to_string()));
         }
         Err(StoreError::DiskLost {
             disk: disk.path.clone(),
             why: e.to_string(),
-            first,
         })
+    }
+
+    /// Installs a new disk set.
+    fn set_disks(&self, ds: disks::Disks) {
+        self.disks.store(std::sync::Arc::new(ds));
+        self.disk_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Removes copies of `k` on disks other than `keep`.
@@ -700,6 +711,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Moves the working copy of `k` to the disk it belongs on (it was
     /// placed before a disk was plugged); whether it moved.
     fn relocate(&self, k: &ObjKey) -> Result<bool>;
+    /// Counts the changes of the disk set (plugs, unplugs, failures), so
+    /// callers can tell that objects may have gone missing since.
+    fn disk_generation(&self) -> u64 {
+        0
+    }
+    /// The disks that failed (and were unplugged) since the last call,
+    /// with why, whichever operation found them failing.
+    fn take_lost_disks(&self) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
     /// Whether calls return at memory speed, so callers may make them on
     /// their own thread instead of a blocking pool.
     fn runs_inline(&self) -> bool {
@@ -1068,7 +1089,7 @@ impl ObjectStore for Store {
                 Err(e) => return Err(e),
             }
         }
-        self.disks.store(std::sync::Arc::new(ds));
+        self.set_disks(ds);
         Ok(added)
     }
 
@@ -1080,8 +1101,17 @@ impl ObjectStore for Store {
             ds = ds.without(p);
         }
         let removed = before - ds.list().len();
-        self.disks.store(std::sync::Arc::new(ds));
+        self.set_disks(ds);
         Ok(removed)
+    }
+
+    fn disk_generation(&self) -> u64 {
+        self.disk_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take_lost_disks(&self) -> Vec<(PathBuf, String)> {
+        std::mem::take(&mut self.lost.lock().unwrap())
     }
 
     fn relocate(&self, k: &ObjKey) -> Result<bool> {

@@ -78,29 +78,50 @@ fn objects_spread_over_every_disk_and_md_info_shows_them() {
     assert_eq!(c.vdi_read(5, "v", 0, 256 * MIB), data);
 }
 
+/// How a disk of node 1 fails in a test.
+#[derive(Clone, Copy)]
+enum Fault {
+    None,
+    /// Every read and write on its first disk fails (EIO).
+    Io,
+    /// Every fsync on its first disk fails (EIO); the stores sync.
+    Fsync,
+    /// Its first disk's directory is removed under load.
+    Removed,
+}
+
 /// A 4-node, 3-disk, 3-copy cluster with a load writing VDI `v`
-/// through nodes 0 and 1 (node `failing`'s first disk failing every read
-/// and write, if set); the journal's path.
-fn cluster_under_load(failing: Option<usize>) -> (Cluster, Load, PathBuf) {
-    let mut c = Cluster::start_disks(4, 3, 20000, 60000, &["-n"], None);
+/// through nodes 0 and 1, node 1's first disk failing as `fault` says;
+/// the journal's path.
+fn cluster_under_load(fault: Fault) -> (Cluster, Load, PathBuf) {
+    let extra: &[&str] = match fault {
+        Fault::Fsync => &[],
+        _ => &["-n"],
+    };
+    let mut c = Cluster::start_disks(4, 3, 20000, 60000, extra, None);
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "64M"]);
-    if let Some(i) = failing {
-        c.terminate(i);
+    let plan = match fault {
+        Fault::Io => Some("read:always,write:always"),
+        Fault::Fsync => Some("fsync:always"),
+        Fault::None | Fault::Removed => None,
+    };
+    if let Some(plan) = plan {
+        c.terminate(1);
         c.wait_nodes(3);
-        let plan = format!(
-            "read:always,write:always,disk={}",
-            c.nodes[i].disks[0].display()
-        );
-        c.nodes[i].env.push(("SHEEP_INJECT".into(), plan));
-        c.restart(i);
-        c.wait_up(i);
+        let plan = format!("{plan},disk={}", c.nodes[1].disks[0].display());
+        c.nodes[1].env.push(("SHEEP_INJECT".into(), plan));
+        c.restart(1);
+        c.wait_up(1);
         c.wait_nodes(4);
         c.wait_recovery();
     }
     let journal = c.root().join("journal");
     let load = Load::start(c.root(), &[addr(&c, 0), addr(&c, 1)], "v", &journal, "md");
     std::thread::sleep(Duration::from_secs(2));
+    if let Fault::Removed = fault {
+        std::fs::remove_dir_all(&c.nodes[1].disks[0]).unwrap();
+    }
     (c, load, journal)
 }
 
@@ -111,7 +132,12 @@ fn nothing_lost(c: &Cluster, load: Load, journal: &std::path::Path, gone: &PathB
     std::thread::sleep(Duration::from_secs(2));
     let summary = load.stop();
     assert!(field(&summary, "acked") > 50, "{summary}");
-    assert_eq!(field(&summary, "errors"), 0, "no client error: {summary}");
+    assert_eq!(
+        field(&summary, "errors"),
+        0,
+        "no client error: {summary}\n{}",
+        std::fs::read_to_string(c.root().join("sdload.md.err")).unwrap_or_default()
+    );
     for i in 0..4 {
         load::verify(addr(c, i), "v", journal);
     }
@@ -123,7 +149,7 @@ fn nothing_lost(c: &Cluster, load: Load, journal: &std::path::Path, gone: &PathB
 
 #[test]
 fn unplugging_a_disk_under_load_loses_nothing_and_restores_redundancy() {
-    let (c, load, journal) = cluster_under_load(None);
+    let (c, load, journal) = cluster_under_load(Fault::None);
     let gone = c.nodes[2].disks[1].clone();
     let out = c.dog_at(2, &["node", "md", "unplug", "-f", gone.to_str().unwrap()]);
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
@@ -138,27 +164,41 @@ fn unplugging_a_disk_under_load_loses_nothing_and_restores_redundancy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Failed to execute request"));
 }
 
-#[test]
-fn a_failing_disk_is_unplugged_by_itself_and_no_client_write_fails() {
-    let (c, load, journal) = cluster_under_load(Some(1));
+/// Node 1's first disk fails as `fault` says: it is unplugged by the
+/// node itself, no client write fails or is lost, and the node, still a
+/// member, holds full copies on its other disks.
+fn a_failing_disk_is_unplugged_by_itself(fault: Fault) {
+    let (c, load, journal) = cluster_under_load(fault);
     let bad = c.nodes[1].disks[0].clone();
     nothing_lost(&c, load, &journal, &bad);
     let log = std::fs::read_to_string(c.nodes[1].dir.join("sheep.log")).unwrap();
     assert!(
         log.contains(&format!("disk {} failed", bad.display())) && log.contains("unplugged"),
-        "{log}\n{:?}\n{}",
+        "{log}\n{:?}",
         c.nodes[1]
             .disks
             .iter()
             .map(|d| object_files(d).len())
             .collect::<Vec<_>>(),
-        std::fs::read_to_string(c.root().join(format!("stderr.{}", c.nodes[1].port))).unwrap()
     );
-    let info =
-        String::from_utf8_lossy(&c.dog_at(1, &["node", "md", "info", "-r"]).stdout).into_owned();
-    assert_eq!(info.lines().count(), 2, "{info}");
-    // The node stays in the cluster.
+    let info = c.dog_at(1, &["node", "md", "info", "-r"]).stdout;
+    assert_eq!(String::from_utf8_lossy(&info).lines().count(), 2);
     assert_eq!(c.dog_ok(&["node", "list", "-r"]).lines().count(), 4);
+}
+
+#[test]
+fn a_disk_failing_reads_and_writes_is_unplugged_and_no_client_write_fails() {
+    a_failing_disk_is_unplugged_by_itself(Fault::Io);
+}
+
+#[test]
+fn a_disk_failing_fsyncs_is_unplugged_and_no_client_write_fails() {
+    a_failing_disk_is_unplugged_by_itself(Fault::Fsync);
+}
+
+#[test]
+fn a_disk_removed_under_load_is_unplugged_and_no_client_write_fails() {
+    a_failing_disk_is_unplugged_by_itself(Fault::Removed);
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub struct Sheep {
     pub integrity: crate::repair::Integrity,
     /// The operator's control of the scrub (see [`crate::scrub`]).
     pub scrub: crate::scrub::ScrubControl,
+    /// The store's disk generation the last recovery pass started at: a
+    /// newer one means disks changed and objects may be missing here.
+    pub disks_recovered: std::sync::atomic::AtomicU64,
     /// Set once this node leaves on purpose (the stream then ends).
     pub leaving: std::sync::atomic::AtomicBool,
     pub obj_locks: crate::peer::ObjLocks,
@@ -241,6 +244,23 @@ impl Sheep {
         tokio::task::spawn_blocking(f).await
     }
 
+    /// Reports the disks the store unplugged because they failed (found
+    /// by any operation, even one that ignores errors) and recovers what
+    /// they held; whether there were any.
+    pub fn note_lost_disks(&self) -> bool {
+        let lost = self.store.take_lost_disks();
+        for (disk, why) in &lost {
+            tracing::error!(
+                "disk {} failed ({why}): unplugged; its objects are recovered from the other nodes",
+                disk.display()
+            );
+        }
+        if !lost.is_empty() {
+            self.recover_again();
+        }
+        !lost.is_empty()
+    }
+
     /// Runs a recovery pass for the current epoch again: this node lost
     /// objects without a membership change (a disk unplugged or failed)
     /// or holds new ones (copies raised). Requests for objects the pass
@@ -248,6 +268,10 @@ impl Sheep {
     pub fn recover_again(&self) {
         let v = self.view();
         if v.joined && v.epoch > 0 {
+            self.disks_recovered.store(
+                self.store.disk_generation(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
             self.recovery.start(v.epoch);
         }
     }
@@ -264,16 +288,10 @@ impl Sheep {
     /// held. True if so: the request is answered NETWORK_ERROR (its
     /// sender retries) rather than EIO.
     pub fn disk_failed(&self, e: &sd_store::StoreError) -> bool {
-        if let sd_store::StoreError::DiskLost { disk, why, first } = e {
+        if let sd_store::StoreError::DiskLost { .. } = e {
             // One disk of several: the node goes on without it (as the
             // original's md does) and recovers what it held.
-            if *first {
-                tracing::error!(
-                    "disk {} failed ({why}): unplugged; its objects are recovered from the other nodes",
-                    disk.display()
-                );
-                self.recover_again();
-            }
+            self.note_lost_disks();
             return true;
         }
         if !matches!(e, sd_store::StoreError::Io(_)) {
@@ -676,6 +694,7 @@ impl Sheep {
             stats: Default::default(),
             integrity: Default::default(),
             scrub: Default::default(),
+            disks_recovered: Default::default(),
             leaving: Default::default(),
             obj_locks: Default::default(),
         });
@@ -701,6 +720,9 @@ impl Sheep {
         parts.state = ClusterState::new(parts.this.nid, config.clone());
         crate::vdi::scan_local_inodes(&**store, &mut parts.state.vdis);
         let (sheep, reclaim_rx, vdi_sync_rx) = Sheep::new(parts);
+        // A disk the scan found failing is reported now; what it held is
+        // recovered by the pass that follows the join.
+        sheep.note_lost_disks();
         let workers = &sheep.workers;
         workers.spawn(crate::recovery::RecoveryWorker::new(sheep.clone()));
         workers.spawn(ReclaimWorker::new(sheep.clone(), reclaim_rx)?);

@@ -215,10 +215,26 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         }
     }
     if let Some(Ok(Err(sd_store::StoreError::NoObj))) = &res {
-        if req.opcode == op::WRITE_PEER && sheep.recovery.busy() {
-            // A copy this node lost (a disk gone) and is recovering: the
+        // On a node with several disks, a copy it should hold may have
+        // gone with a disk before the disk is seen failing (its files
+        // vanish first when it is wiped).
+        let lost_here = !sheep.opts.disks.is_empty()
+            && sheep
+                .key_in(&sheep.view().ring, o.oid)
+                .is_some_and(|(_, k)| k == key);
+        let disks_changed = sheep.note_lost_disks()
+            || sheep.store.disk_generation()
+                != sheep
+                    .disks_recovered
+                    .load(std::sync::atomic::Ordering::SeqCst);
+        let busy = sheep.recovery.busy();
+        if req.opcode == op::WRITE_PEER && (disks_changed || busy || lost_here) {
+            // A copy this node lost and recovers (or is about to): the
             // sender retries once the pass knows what is missing here
             // (`ensure` then brings it back first).
+            if !busy {
+                sheep.recover_again();
+            }
             return reply(&req, SdRes::NETWORK_ERROR);
         }
     }
