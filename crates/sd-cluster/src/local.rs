@@ -3,8 +3,9 @@
 //! Design: the ordered stream is an append-only log file. Appends happen
 //! under an exclusive `flock` on `<path>.lock`, as one `write` of a
 //! length-prefixed record, so every member reads the same records in the
-//! same order. Each member polls the log from the start (so a joiner learns
-//! the cluster's history by replay) and holds an exclusive `flock` on its own
+//! same order. Each member reads the log from the start (so a joiner learns
+//! the cluster's history by replay), then waits for it to grow (inotify,
+//! so an idle member sleeps instead of polling) and holds an exclusive `flock` on its own
 //! file in `<path>.members/`; the kernel drops that lock the instant the
 //! process dies, so any member probing it sees the death within one probe
 //! interval and appends a LEAVE (duplicates are harmless: the daemon ignores
@@ -26,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How often the log is polled for new records.
+/// How often the log is read for new records where inotify is not
+/// available.
 const POLL: Duration = Duration::from_millis(2);
 /// How often member liveness is probed.
 const PROBE: Duration = Duration::from_millis(100);
@@ -230,6 +232,9 @@ impl LocalDriver {
         let mut off = 0u64;
         let mut pending: Vec<u8> = Vec::new();
         let mut last_probe = std::time::Instant::now();
+        // Watched before the first read: an append between a read and the
+        // wait that follows it is still seen.
+        let watch = LogWatch::new(&self.log_path);
         let Ok(mut f) = File::open(&self.log_path) else {
             return;
         };
@@ -275,7 +280,10 @@ impl LocalDriver {
                     members.remove(&inc);
                 }
             }
-            std::thread::sleep(POLL);
+            match &watch {
+                Some(w) => w.wait(PROBE.saturating_sub(last_probe.elapsed())),
+                None => std::thread::sleep(POLL),
+            }
         }
     }
 
@@ -341,6 +349,54 @@ impl LocalDriver {
     /// Our incarnation id (unique per process start), once joined.
     pub fn incarnation(&self) -> Option<u64> {
         self.me.lock().unwrap().map(|m| m.1)
+    }
+}
+
+/// An inotify watch of the log: the reader sleeps until the log changes
+/// (or a timeout), so an idle node costs nothing between liveness probes.
+struct LogWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LogWatch {
+    fn new(log: &Path) -> Option<LogWatch> {
+        use std::os::fd::FromRawFd;
+        let path = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: plain syscalls; the descriptor is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return None;
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a valid inotify descriptor and NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                fd.as_raw_fd(),
+                path.as_ptr(),
+                libc::IN_MODIFY | libc::IN_ATTRIB,
+            )
+        };
+        (wd >= 0).then_some(LogWatch { fd })
+    }
+
+    /// Returns once the log changed since the last call, or after
+    /// `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, ms) } > 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a local buffer; the descriptor does not
+            // block, so this drains what is queued and returns.
+            while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
+            {
+            }
+        }
     }
 }
 
