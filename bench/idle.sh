@@ -32,8 +32,10 @@ print(f"{100 / hz / secs:.3f} % of a core). Goal: ≤ 0.1 % of a core per sheep 
 print()
 print("| measure | value |")
 print("|---|---|")
+ticks = [y - x for x, y in zip(b, a)]
 print(f"| mean per sheep | {sum(pct) / len(pct):.3f} % of a core |")
 print(f"| highest sheep | {max(pct):.3f} % of a core |")
+print(f"| clock ticks per sheep in the window | {' '.join(map(str, ticks))} |")
 PY
 )
 echo "$section"

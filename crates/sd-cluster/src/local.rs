@@ -5,11 +5,12 @@
 //! length-prefixed record, so every member reads the same records in the
 //! same order. Each member reads the log from the start (so a joiner learns
 //! the cluster's history by replay), then waits for it to grow (inotify,
-//! so an idle member sleeps instead of polling) and holds an exclusive `flock` on its own
-//! file in `<path>.members/`; the kernel drops that lock the instant the
-//! process dies, so any member probing it sees the death within one probe
-//! interval and appends a LEAVE (duplicates are harmless: the daemon ignores
-//! a LEAVE of an incarnation that is not a member). The exclusive section of
+//! so an idle member sleeps instead of polling) and holds an exclusive
+//! `flock` on its own file in `<path>.members/`; the kernel drops that lock
+//! the instant the process dies. Every other member has a thread blocked
+//! on a shared `flock` of that file, which it gets at that instant, and
+//! appends a LEAVE (duplicates are harmless: the daemon ignores a LEAVE of
+//! an incarnation that is not a member). Nothing polls. The exclusive section of
 //! cluster operations (`block`) is an `flock` on `<path>.block`, likewise
 //! released by the kernel if its holder dies. When a node starts and no
 //! member of the log is alive, the log is reset.
@@ -30,8 +31,8 @@ use tokio::sync::mpsc;
 /// How often the log is read for new records where inotify is not
 /// available.
 const POLL: Duration = Duration::from_millis(2);
-/// How often member liveness is probed.
-const PROBE: Duration = Duration::from_millis(100);
+/// How long the reader sleeps at most (to notice that it was stopped).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// The local cluster driver of one sheep.
 pub struct LocalDriver {
@@ -124,6 +125,30 @@ impl LocalDriver {
         log.write_all(&b)?;
         let end = log.metadata()?.len();
         Ok(end)
+    }
+
+    /// Waits (on its own thread) until member `inc` is gone, then says
+    /// so in the log.
+    fn watch_member(self: Arc<Self>, inc: u64, nid: NodeId) {
+        let path = self.members_dir.join(format!("{inc:016x}"));
+        if let Ok(f) = File::open(&path) {
+            // Granted once its holder's process is gone.
+            if flock(&f, libc::LOCK_SH).is_err() {
+                return;
+            }
+            let _ = fs::remove_file(&path);
+        }
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::info!("member {} (incarnation {inc:x}) is gone", nid.to_addr_string());
+        let _ = self.append_locked(
+            &Event::Leave {
+                nid,
+                incarnation: inc,
+            }
+            .encode(now_secs()),
+        );
     }
 
     fn is_alive(members_dir: &Path, incarnation: u64) -> bool {
@@ -229,9 +254,9 @@ impl LocalDriver {
 
     fn reader(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivered>, my_inc: u64) {
         let mut members: HashMap<u64, NodeId> = HashMap::new();
+        let mut watched = std::collections::HashSet::new();
         let mut off = 0u64;
         let mut pending: Vec<u8> = Vec::new();
-        let mut last_probe = std::time::Instant::now();
         // Watched before the first read: an append between a read and the
         // wait that follows it is still seen.
         let watch = LogWatch::new(&self.log_path);
@@ -258,30 +283,16 @@ impl LocalDriver {
                 }
                 continue;
             }
-            if last_probe.elapsed() >= PROBE {
-                last_probe = std::time::Instant::now();
-                let dead: Vec<(u64, NodeId)> = members
-                    .iter()
-                    .filter(|(&inc, _)| inc != my_inc && !Self::is_alive(&self.members_dir, inc))
-                    .map(|(&i, &n)| (i, n))
-                    .collect();
-                for (inc, nid) in dead {
-                    tracing::info!(
-                        "member {} (incarnation {inc:x}) is gone",
-                        nid.to_addr_string()
-                    );
-                    let _ = self.append_locked(
-                        &Event::Leave {
-                            nid,
-                            incarnation: inc,
-                        }
-                        .encode(now_secs()),
-                    );
-                    members.remove(&inc);
+            for (&inc, &nid) in &members {
+                if inc != my_inc && watched.insert(inc) {
+                    let me = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("local-member".into())
+                        .spawn(move || me.watch_member(inc, nid));
                 }
             }
             match &watch {
-                Some(w) => w.wait(PROBE.saturating_sub(last_probe.elapsed())),
+                Some(w) => w.wait(IDLE_WAKE),
                 None => std::thread::sleep(POLL),
             }
         }
