@@ -141,7 +141,10 @@ impl LocalDriver {
         if self.stopped.load(Ordering::Relaxed) {
             return;
         }
-        tracing::info!("member {} (incarnation {inc:x}) is gone", nid.to_addr_string());
+        tracing::info!(
+            "member {} (incarnation {inc:x}) is gone",
+            nid.to_addr_string()
+        );
         let _ = self.append_locked(
             &Event::Leave {
                 nid,

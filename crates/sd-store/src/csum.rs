@@ -23,9 +23,11 @@
 //! (both by rename) with `prev` taken from the old sidecar, so the old
 //! file keeps verifying until the new one is in place.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Bytes covered by one checksum.
 pub const BLOCK: u64 = 4096;
@@ -146,17 +148,7 @@ impl Sidecar {
     }
 
     pub fn decode(b: &[u8]) -> Result<Sidecar, Bad> {
-        if b.len() < HEADER || b[..4] != MAGIC {
-            return Err(Bad::Format("not a checksum file".into()));
-        }
-        let version = u16::from_le_bytes([b[4], b[5]]);
-        if version != VERSION || b[6] as u32 != BLOCK.trailing_zeros() {
-            return Err(Bad::Format(format!(
-                "checksum format {version} with {}-byte blocks, this sheep knows {VERSION} with {BLOCK}",
-                1u64.checked_shl(b[6] as u32).unwrap_or(0)
-            )));
-        }
-        let size = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        let size = decode_header(b)?;
         let body = &b[HEADER..];
         if (body.len() as u64) != blocks(size) as u64 * ENTRY as u64 {
             return Err(Bad::Format(format!(
@@ -164,28 +156,36 @@ impl Sidecar {
                 body.len()
             )));
         }
-        let entries = body
-            .chunks(ENTRY)
-            .map(|c| Entry {
-                cur: u32::from_le_bytes(c[..4].try_into().unwrap()),
-                prev: u32::from_le_bytes(c[4..].try_into().unwrap()),
-            })
-            .collect();
+        let entries = body.chunks(ENTRY).map(decode_entry).collect();
         Ok(Sidecar { size, entries })
     }
 
     /// Blocks of the file range starting at block `first` whose bytes
     /// (`data`, starting at that block) this sidecar does not vouch for.
     pub fn bad_blocks(&self, first: usize, data: &[u8]) -> Vec<usize> {
-        data.chunks(BLOCK as usize)
-            .enumerate()
-            .filter(|(i, c)| {
-                self.entries
-                    .get(first + i)
-                    .is_none_or(|e| !e.accepts(crc32c::crc32c(c)))
-            })
-            .map(|(i, _)| first + i)
-            .collect()
+        bad_blocks(self.entries.get(first..).unwrap_or(&[]), first, data)
+    }
+}
+
+/// Blocks of a file range starting at block `first` whose bytes (`data`,
+/// starting at that block) the entries (of blocks `first..`) do not vouch
+/// for; a block without an entry is not vouched for.
+pub fn bad_blocks(entries: &[Entry], first: usize, data: &[u8]) -> Vec<usize> {
+    data.chunks(BLOCK as usize)
+        .enumerate()
+        .filter(|(i, c)| {
+            entries
+                .get(*i)
+                .is_none_or(|e| !e.accepts(crc32c::crc32c(c)))
+        })
+        .map(|(i, _)| first + i)
+        .collect()
+}
+
+fn decode_entry(c: &[u8]) -> Entry {
+    Entry {
+        cur: u32::from_le_bytes(c[..4].try_into().unwrap()),
+        prev: u32::from_le_bytes(c[4..8].try_into().unwrap()),
     }
 }
 
@@ -196,32 +196,118 @@ fn encode_entry(e: &Entry) -> [u8; ENTRY] {
     b
 }
 
-/// Reads a sidecar's header and the entries of its blocks before `end`
-/// (fewer if the object has fewer), without reading the rest.
-pub fn read_sidecar(f: &File, end: usize) -> std::io::Result<Result<Sidecar, Bad>> {
-    let mut b = vec![0u8; HEADER + end * ENTRY];
-    let mut got = 0;
-    while got < b.len() {
-        let n = f.read_at(&mut b[got..], got as u64)?;
+/// The object size a sidecar header states, if it is one of this format.
+fn decode_header(b: &[u8]) -> Result<u64, Bad> {
+    if b.len() < HEADER || b[..4] != MAGIC {
+        return Err(Bad::Format("not a checksum file".into()));
+    }
+    let version = u16::from_le_bytes([b[4], b[5]]);
+    if version != VERSION || b[6] as u32 != BLOCK.trailing_zeros() {
+        return Err(Bad::Format(format!(
+            "checksum format {version} with {}-byte blocks, this sheep knows {VERSION} with {BLOCK}",
+            1u64.checked_shl(b[6] as u32).unwrap_or(0)
+        )));
+    }
+    Ok(u64::from_le_bytes(b[8..16].try_into().unwrap()))
+}
+
+/// An open sidecar whose header was checked, and the size of its object.
+pub struct SidecarFile {
+    file: File,
+    pub size: u64,
+}
+
+impl SidecarFile {
+    /// Checks the header of the open sidecar `file`.
+    pub fn check(file: File) -> std::io::Result<Result<SidecarFile, Bad>> {
+        let mut h = [0u8; HEADER];
+        let n = pread_upto(&file, &mut h, 0)?;
+        Ok(decode_header(&h[..n]).map(|size| SidecarFile { file, size }))
+    }
+
+    /// The entries of blocks `first..end` (fewer if the object has fewer
+    /// blocks or the file was cut short).
+    pub fn entries(&self, first: usize, end: usize) -> std::io::Result<Vec<Entry>> {
+        let end = end.min(blocks(self.size));
+        let mut b = vec![0u8; end.saturating_sub(first) * ENTRY];
+        let n = pread_upto(&self.file, &mut b, (HEADER + first * ENTRY) as u64)?;
+        Ok(b[..n - n % ENTRY].chunks(ENTRY).map(decode_entry).collect())
+    }
+
+    /// Writes the entries of blocks `first..` in place (whole entries).
+    pub fn write_entries(&self, first: usize, entries: &[Entry]) -> std::io::Result<()> {
+        write_entries(&self.file, first, entries)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; how
+/// many bytes were read.
+fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
         if n == 0 {
             break;
         }
-        got += n;
+        done += n;
     }
-    b.truncate(got);
-    if b.len() < HEADER {
-        return Ok(Err(Bad::Format("truncated checksum file".into())));
+    Ok(done)
+}
+
+/// Sidecar files kept open by path, so a verified read costs no `open`
+/// and `close` of its sidecar. Whoever replaces or removes a sidecar
+/// forgets its handle; a reader that raced with that sees checksums that
+/// do not match, forgets the handle and reads again. Sharded by path (a
+/// shard's lock is held only for a map lookup); a full shard is emptied.
+pub struct OpenSidecars {
+    shards: Vec<std::sync::Mutex<HashMap<PathBuf, Arc<SidecarFile>>>>,
+}
+
+const SHARDS: u64 = 64;
+const PER_SHARD: usize = 8;
+
+impl Default for OpenSidecars {
+    fn default() -> Self {
+        OpenSidecars {
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+        }
     }
-    let size = u64::from_le_bytes(b[8..16].try_into().unwrap());
-    let n = end.min(blocks(size));
-    if b.len() < HEADER + n * ENTRY {
-        return Ok(Err(Bad::Format("truncated checksum file".into())));
+}
+
+impl OpenSidecars {
+    fn shard(&self, p: &Path) -> &std::sync::Mutex<HashMap<PathBuf, Arc<SidecarFile>>> {
+        let h = sd_proto::sd_hash(p.as_os_str().as_encoded_bytes());
+        &self.shards[(h % SHARDS) as usize]
     }
-    b.truncate(HEADER + n * ENTRY);
-    // Decoded as a sidecar of an object of just these blocks.
-    let whole = (n as u64 * BLOCK).min(size);
-    b[8..16].copy_from_slice(&whole.to_le_bytes());
-    Ok(Sidecar::decode(&b).map(|sc| Sidecar { size, ..sc }))
+
+    pub fn get(&self, p: &Path) -> Option<Arc<SidecarFile>> {
+        self.shard(p).lock().unwrap().get(p).cloned()
+    }
+
+    /// Keeps `f`, open at `p`; the handle to use.
+    pub fn put(&self, p: PathBuf, f: SidecarFile) -> Arc<SidecarFile> {
+        let f = Arc::new(f);
+        let mut m = self.shard(&p).lock().unwrap();
+        if m.len() >= PER_SHARD {
+            m.clear();
+        }
+        m.insert(p, f.clone());
+        f
+    }
+
+    pub fn forget(&self, p: &Path) {
+        self.shard(p).lock().unwrap().remove(p);
+    }
+
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().unwrap().clear();
+        }
+    }
 }
 
 /// Writes the entries of blocks `first..` in place (whole entries only).

@@ -126,6 +126,15 @@ pub enum Verdict {
     Bad(Vec<usize>),
 }
 
+/// What is known of an object file's checksums.
+enum Sums {
+    /// Its sidecar, open.
+    Good(std::sync::Arc<csum::SidecarFile>),
+    /// A sidecar that is not one this store can read: it vouches for
+    /// nothing.
+    Bad(PathBuf),
+}
+
 /// One disk's use, as `dog node md info` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -159,6 +168,8 @@ pub struct Store {
     /// Writes to the same blocks of one object, one at a time (see
     /// [`ranges`]).
     ranges: ranges::RangeLocks,
+    /// Open sidecar files, so a verified read costs no `open`.
+    sums_open: csum::OpenSidecars,
     /// Whether object checksums are kept and checked (see [`csum`]); off
     /// only to measure what they cost (`SHEEP_CHECKSUMS=off`).
     checksums: bool,
@@ -236,6 +247,7 @@ impl Store {
             faults: faults::Faults::from_env()
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
             ranges: Default::default(),
+            sums_open: Default::default(),
             checksums: match std::env::var(CHECKSUMS_ENV).as_deref() {
                 Err(_) | Ok("on") => true,
                 Ok("off") => false,
@@ -389,9 +401,10 @@ impl Store {
                     .open(sum_tmp)?;
                 g.write_all_at(&sc.encode(), 0)?;
                 self.sync_file(&g, sum_tmp)?;
-                remove_if_present(&csum::sidecar_path(path))?;
+                self.remove_sums(path)?;
                 fs::rename(&tmp, path)?;
                 fs::rename(sum_tmp, csum::sidecar_path(path))?;
+                self.sums_open.forget(&csum::sidecar_path(path));
             } else {
                 fs::rename(&tmp, path)?;
             }
@@ -406,22 +419,33 @@ impl Store {
         res
     }
 
-    /// The sidecar of the object file at `path`, opened (for writing too if
-    /// `write`): None if the file has none (written by the original, or
-    /// before checksums) or checksums are off.
-    fn open_sums(&self, path: &Path, write: bool) -> Result<Option<File>> {
+    /// The sidecar of the object file at `path`, open for reading and
+    /// writing, its header checked: None if the file has none (written by
+    /// the original, or before checksums) or checksums are off.
+    fn open_sums(&self, path: &Path) -> Result<Option<Sums>> {
         if !self.checksums {
             return Ok(None);
         }
-        match OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(csum::sidecar_path(path))
-        {
-            Ok(g) => Ok(Some(g)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let scp = csum::sidecar_path(path);
+        if let Some(g) = self.sums_open.get(&scp) {
+            return Ok(Some(Sums::Good(g)));
         }
+        let f = match OpenOptions::new().read(true).write(true).open(&scp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(match csum::SidecarFile::check(f)? {
+            Ok(g) => Sums::Good(self.sums_open.put(scp, g)),
+            Err(_) => Sums::Bad(scp),
+        }))
+    }
+
+    /// Removes the sidecar of the object file at `path`, if any.
+    fn remove_sums(&self, path: &Path) -> Result<()> {
+        let scp = csum::sidecar_path(path);
+        self.sums_open.forget(&scp);
+        remove_if_present(&scp)
     }
 
     /// Reads `len` bytes at `offset` of the file at `path` (zeros past its
@@ -443,7 +467,11 @@ impl Store {
             let mut buf = vec![0u8; (to - from) as usize];
             let got = pread_upto(&f, &mut buf, from)?;
             bad.clear();
-            if let Some(g) = self.open_sums(path, false)? {
+            if attempt > 0 {
+                // A handle opened before the sidecar was replaced.
+                self.sums_open.forget(&csum::sidecar_path(path));
+            }
+            if let Some(g) = self.open_sums(path)? {
                 let blocks = got.div_ceil(csum::BLOCK as usize);
                 let read_to = from + got as u64;
                 // The file must end where its checksums say it does.
@@ -451,8 +479,11 @@ impl Store {
                     true => size >= read_to,
                     false => size == read_to || (got == 0 && size <= from),
                 };
-                match csum::read_sidecar(&g, first + blocks)? {
-                    Ok(sc) if ends_right(sc.size) => bad = sc.bad_blocks(first, &buf[..got]),
+                match g {
+                    Sums::Good(g) if ends_right(g.size) => {
+                        let entries = g.entries(first, first + blocks)?;
+                        bad = csum::bad_blocks(&entries, first, &buf[..got]);
+                    }
                     _ => bad.extend(first..first + blocks.max(1)),
                 }
             }
@@ -478,28 +509,26 @@ impl Store {
         let first = (offset / csum::BLOCK) as usize;
         let last = end.div_ceil(csum::BLOCK) as usize;
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        let sums = match self.open_sums(path, true)? {
-            Some(g) => match csum::read_sidecar(&g, last)? {
-                Ok(sc) if end <= sc.size => Some((g, sc)),
-                Ok(_) => None,
-                Err(_) => {
-                    return Err(StoreError::Checksum {
-                        file: csum::sidecar_path(path),
-                        blocks: (first..last).collect(),
-                    })
-                }
-            },
-            None => None,
+        let sums = match self.open_sums(path)? {
+            Some(Sums::Good(g)) if end <= g.size => Some(g),
+            Some(Sums::Good(_)) | None => None,
+            Some(Sums::Bad(file)) => {
+                return Err(StoreError::Checksum {
+                    file,
+                    blocks: (first..last).collect(),
+                })
+            }
         };
-        let Some((g, sc)) = sums else {
+        let Some(g) = sums else {
             // Without checksums (or for a write that grows the file, which
             // drops them until the scrub computes new ones).
-            remove_if_present(&csum::sidecar_path(path))?;
+            self.remove_sums(path)?;
             self.faults.check(faults::Op::Write, path)?;
             f.write_all_at(data, offset)?;
             return self.sync_file(&f, path);
         };
-        let size = sc.size;
+        let size = g.size;
+        let old = g.entries(first, last)?;
         let mut new = Vec::with_capacity(last - first);
         for b in first..last {
             let (s, e) = csum::block_range(b, size);
@@ -509,7 +538,7 @@ impl Store {
                 // Part of the block is kept: it must be good before new
                 // checksums vouch for it.
                 let mut block = read_file_at(&f, s, (e - s) as usize)?;
-                if !sc.bad_blocks(b, &block).is_empty() {
+                if !csum::bad_blocks(old.get(b - first..).unwrap_or(&[]), b, &block).is_empty() {
                     return Err(StoreError::Checksum {
                         file: path.to_path_buf(),
                         blocks: vec![b],
@@ -522,18 +551,18 @@ impl Store {
             };
             new.push(csum::Entry {
                 cur: sum,
-                prev: sc.entries[b].cur,
+                prev: old.get(b - first).map_or(sum, |o| o.cur),
             });
         }
-        csum::write_entries(&g, first, &new)?;
-        self.sync_file(&g, path)?;
+        g.write_entries(first, &new)?;
+        self.sync_file(g.file(), path)?;
         self.faults.check(faults::Op::Write, path)?;
         f.write_all_at(data, offset)?;
         self.sync_file(&f, path)?;
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
         let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
-        csum::write_entries(&g, first, &settled)?;
+        g.write_entries(first, &settled)?;
         Ok(())
     }
 
@@ -575,6 +604,7 @@ impl Store {
 
     /// Installs a new disk set.
     fn set_disks(&self, ds: disks::Disks) {
+        self.sums_open.clear();
         self.disks.store(std::sync::Arc::new(ds));
         self.disk_generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -594,7 +624,7 @@ impl Store {
         {
             let p = d.path.join(k.file_name());
             remove_if_present(&p)?;
-            remove_if_present(&csum::sidecar_path(&p))?;
+            self.remove_sums(&p)?;
         }
         Ok(())
     }
@@ -625,6 +655,7 @@ impl Store {
             g.write_all_at(&csum::Sidecar::of(&data).encode(), 0)?;
             self.sync_file(&g, &tmp)?;
             fs::rename(&tmp, csum::sidecar_path(path))?;
+            self.sums_open.forget(&csum::sidecar_path(path));
             Ok(Verdict::Computed)
         })();
         if res.is_err() {
@@ -806,7 +837,7 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 if sums.is_none() {
-                    remove_if_present(&csum::sidecar_path(&path))?;
+                    self.remove_sums(&path)?;
                 }
                 self.atomic_write(&path, Some(size), sparse, offset, data, sums.as_ref())
             })(),
@@ -823,7 +854,7 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 fs::remove_file(&path)?;
-                remove_if_present(&csum::sidecar_path(&path))
+                self.remove_sums(&path)
             })(),
         )
     }
@@ -878,6 +909,8 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 fs::rename(&from, &to)?;
+                self.sums_open.forget(&csum::sidecar_path(&from));
+                self.sums_open.forget(&csum::sidecar_path(&to));
                 match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
                     Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
                     _ => Ok(()),
@@ -946,6 +979,7 @@ impl ObjectStore for Store {
     }
 
     fn purge_stale(&self) -> Result<usize> {
+        self.sums_open.clear();
         let mut n = 0;
         for d in self.disks.load().list() {
             for e in fs::read_dir(&d.stale)? {
@@ -958,6 +992,7 @@ impl ObjectStore for Store {
     }
 
     fn wipe(&self) -> Result<()> {
+        self.sums_open.clear();
         let _ = fs::create_dir_all(self.reclaim_dir());
         let ds = self.disks.load();
         let dirs = ds

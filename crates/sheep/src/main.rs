@@ -114,6 +114,22 @@ fn report(fd: i32, code: i32) {
     }
 }
 
+/// Raises the open-file limit to its hard limit: a node keeps sockets to
+/// every peer and client, and open checksum files.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn init_logging(o: &opts::Opts, dir: &std::path::Path) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(o.log_level)
@@ -182,6 +198,7 @@ fn main() {
         }
     };
     init_logging(&o, &dir);
+    raise_fd_limit();
     // SAFETY: ignoring SIGPIPE so a dead peer socket is an error, not death.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let rt = tokio::runtime::Builder::new_multi_thread()
