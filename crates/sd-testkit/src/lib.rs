@@ -181,23 +181,29 @@ impl Cluster {
 
     /// Starts `n` storage nodes that also serve NBD (see [`Cluster::nbd_uri`]).
     pub fn start_nbd(n: usize) -> Cluster {
-        let mut c = Self::start_with(n, 20000, 60000, &["-n"]);
+        Self::start_with(n, 20000, 60000, &["-n"]).serve_nbd()
+    }
+
+    /// Restarts every node (not formatted yet) serving NBD too (see
+    /// [`Cluster::nbd_uri`]).
+    pub fn serve_nbd(mut self) -> Cluster {
+        let n = self.nodes.len();
         let base = free_ports(n, 60000, 65000);
         for i in 0..n {
-            c.nodes[i].nbd_port = Some(base + i as u16);
-            c.kill(i);
-            c.restart(i);
+            self.nodes[i].nbd_port = Some(base + i as u16);
+            self.kill(i);
+            self.restart(i);
         }
         for i in 0..n {
-            c.wait_up(i);
+            self.wait_up(i);
             let deadline = Instant::now() + Duration::from_secs(20);
             while std::net::TcpStream::connect(("127.0.0.1", base + i as u16)).is_err() {
                 assert!(Instant::now() < deadline, "NBD of node {i} did not come up");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        c.wait_nodes(n);
-        c
+        self.wait_nodes(n);
+        self
     }
 
     /// `nbd://127.0.0.1:<port>/<export>` of node `i`.

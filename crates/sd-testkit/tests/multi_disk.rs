@@ -35,11 +35,19 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn objects_spread_over_every_disk_and_md_info_shows_them() {
-    let c = Cluster::start_disks(6, 3, 20000, 60000, &["-n"], None);
+    let c = Cluster::start_disks(6, 3, 20000, 60000, &["-n"], None).serve_nbd();
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "256M"]);
+    // Written through NBD (node 0's export), as a VM's disk is.
     let data = pattern(4, 256 * MIB);
-    c.vdi_write(0, "v", 0, &data);
+    let file = c.root().join("data");
+    std::fs::write(&file, &data).unwrap();
+    let st = std::process::Command::new("nbdcopy")
+        .arg(&file)
+        .arg(c.nbd_uri(0, "v"))
+        .status()
+        .expect("nbdcopy (libnbd-bin)");
+    assert!(st.success());
     for n in &c.nodes {
         for d in &n.disks {
             assert!(
