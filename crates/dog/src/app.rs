@@ -367,6 +367,8 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::NodeList => cmd::node::list(ctx),
         Action::NodeInfo => cmd::node::info(ctx).await,
         Action::NodeRecoveryInfo => cmd::node::recovery_info(ctx).await,
+        Action::NodeRecoverySetThrottle => cmd::node::recovery_set_throttle(ctx).await,
+        Action::NodeRecoveryGetThrottle => cmd::node::recovery_get_throttle(ctx).await,
         Action::NodeMdInfo => cmd::md::info(ctx).await,
         Action::NodeMdPlug => cmd::md::plug(ctx, true).await,
         Action::NodeMdUnplug => cmd::md::plug(ctx, false).await,

@@ -192,6 +192,8 @@ pub enum Action {
     NodeList,
     NodeInfo,
     NodeRecoveryInfo,
+    NodeRecoverySetThrottle,
+    NodeRecoveryGetThrottle,
     NodeMdInfo,
     NodeMdPlug,
     NodeMdUnplug,
@@ -503,8 +505,18 @@ const NODE_RECOVERY: &[Sub] = &[
         NL,
         Some(NodeRecoveryInfo),
     ),
-    nested("set-throttle", "set new throttling", NL | ARG, None),
-    nested("get-throttle", "get current throttling", NL, None),
+    nested(
+        "set-throttle",
+        "set new throttling",
+        NL | ARG,
+        Some(NodeRecoverySetThrottle),
+    ),
+    nested(
+        "get-throttle",
+        "get current throttling",
+        NL,
+        Some(NodeRecoveryGetThrottle),
+    ),
 ];
 
 const NODE_SCRUB: &[Sub] = &[

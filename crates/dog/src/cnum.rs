@@ -74,6 +74,21 @@ pub fn strtol(s: &[u8], base: u32) -> (i64, usize) {
     (v, n)
 }
 
+/// C `strtol`/`strtoll` over the whole string, as the original checks it
+/// (`p == s || errno || *p`): None without a conversion, with trailing
+/// characters, or out of the i64 range.
+pub fn strtol_whole(s: &[u8]) -> Option<i64> {
+    let (neg, mag, over, n) = scan_int(s, 10);
+    if n == 0 || n != s.len() || over {
+        return None;
+    }
+    if neg {
+        (mag <= 1 << 63).then(|| (mag as i64).wrapping_neg())
+    } else {
+        i64::try_from(mag).ok()
+    }
+}
+
 /// C `strtoull`: saturates at u64::MAX; a minus sign negates modulo 2^64.
 pub fn strtoull(s: &[u8], base: u32) -> (u64, usize) {
     let (neg, mag, over, n) = scan_int(s, base);

@@ -53,3 +53,49 @@ fn node_worker_lists_the_workers_and_reclaim_survives_a_restart() {
         .collect();
     assert_eq!(reclaim[1..4], ["idle", "1", "1"], "{raw}");
 }
+
+/// `sheep -R max=,interval=` sets the recovery throttle a node starts
+/// with; `dog node recovery get-throttle|set-throttle` read and change it
+/// with the original's messages and exit codes.
+#[test]
+fn recovery_throttle_from_the_command_line_and_dog() {
+    let c = Cluster::start_with(1, 20000, 60000, &["-n", "-R", "max=5,interval=100"]);
+    c.format("1");
+    let get = |c: &Cluster| {
+        let out = c.dog(&["node", "recovery", "get-throttle"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert_eq!(get(&c), "max (5), interval (100)\n");
+    for (args, msg) in [
+        (&["0", "1"][..], "Invalid interval max (0), interval (1)\n"),
+        (&["4294967296", "1"][..], "Invalid max (4294967296)\n"),
+        (
+            &["7", "9223372036854775808"][..],
+            "Invalid interval (9223372036854775808)\n",
+        ),
+        (&["7"][..], "Invalid interval max (7), interval ((null))\n"),
+    ] {
+        let mut a = vec!["node", "recovery", "set-throttle"];
+        a.extend_from_slice(args);
+        let out = c.dog(&a);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), msg);
+    }
+    assert_eq!(
+        get(&c),
+        "max (5), interval (100)\n",
+        "errors change nothing"
+    );
+    c.dog_ok(&[
+        "node",
+        "recovery",
+        "set-throttle",
+        "4294967295",
+        "9223372036854775807",
+    ]);
+    assert_eq!(
+        get(&c),
+        "max (4294967295), interval (9223372036854775807)\n"
+    );
+}

@@ -673,6 +673,7 @@ impl Sheep {
         let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
         let (vdi_sync_tx, vdi_sync_rx) = mpsc::unbounded_channel();
         let born = p.clock.now();
+        let throttle = Mutex::new(p.opts.recovery_throttle);
         let sheep = Arc::new(Sheep {
             opts: p.opts,
             this: p.this,
@@ -683,7 +684,7 @@ impl Sheep {
             peers: p.peers,
             clock: p.clock,
             recovery: Recovery::new(born),
-            throttle: Mutex::new(RecoveryThrottling::default()),
+            throttle,
             exit: watch::Sender::new(None),
             ledger_lock: tokio::sync::Mutex::new(()),
             reclaim: reclaim_tx,

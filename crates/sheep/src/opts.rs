@@ -24,6 +24,8 @@ pub struct Opts {
     pub vnodes: Option<u16>,
     pub myaddr: Option<IpAddr>,
     pub io_addr: Option<(IpAddr, u16)>,
+    /// `-R`: the recovery throttle a node starts with.
+    pub recovery_throttle: sd_proto::RecoveryThrottling,
     /// `--nbd [ADDR:]PORT`: serve every VDI over NBD.
     pub nbd: Option<std::net::SocketAddr>,
 }
@@ -193,6 +195,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         vnodes: None,
         myaddr: None,
         io_addr: None,
+        recovery_throttle: Default::default(),
         nbd: None,
     };
     let mut dir: Option<String> = None;
@@ -301,9 +304,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
                         err(format!("Invalid number of threads '{v}': must be an integer between 1 and 4294967295"))
                     })?;
                 }
+                'R' => o.recovery_throttle = parse_throttle(&v)?,
                 // Accepted for compatibility; our I/O model has no separate
                 // thread pools, journal, direct I/O switch or http front-end.
-                'D' | 'j' | 'r' | 'R' | 'u' | 'w' | 'W' => {}
+                'D' | 'j' | 'r' | 'u' | 'w' | 'W' => {}
                 _ => unreachable!(),
             }
         }
@@ -376,6 +380,37 @@ fn parse_log(v: &str, o: &mut Opts) -> Result<(), OptError> {
     Ok(())
 }
 
+/// `-R max=N,interval=MS`: the initial recovery throttle (numbers as C
+/// `atoi` reads them, as the original).
+fn parse_throttle(v: &str) -> Result<sd_proto::RecoveryThrottling, OptError> {
+    let atoi = |x: &str| -> i64 {
+        let t = x.trim_start();
+        let (neg, d) = match t.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let n = d.bytes().take_while(u8::is_ascii_digit).fold(0i64, |n, c| {
+            n.saturating_mul(10).saturating_add((c - b'0') as i64)
+        });
+        if neg {
+            -n
+        } else {
+            n
+        }
+    };
+    let mut t = sd_proto::RecoveryThrottling::default();
+    for item in v.split(',') {
+        if let Some(m) = item.strip_prefix("max=") {
+            t.max_exec_count = atoi(m) as u32;
+        } else if let Some(i) = item.strip_prefix("interval=") {
+            t.queue_work_interval = atoi(i) as u64;
+        } else {
+            return Err(err(format!("invalid option {item}")));
+        }
+    }
+    Ok(t)
+}
+
 fn parse_ioaddr(v: &str) -> Result<(IpAddr, u16), OptError> {
     let mut addr = None;
     let mut port = sd_proto::SD_LISTEN_PORT;
@@ -396,6 +431,29 @@ fn parse_ioaddr(v: &str) -> Result<(IpAddr, u16), OptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_throttle_as_the_original() {
+        let o = run(&["/d", "-R", "max=4,interval=250"]).unwrap();
+        assert_eq!(
+            (
+                o.recovery_throttle.max_exec_count,
+                o.recovery_throttle.queue_work_interval
+            ),
+            (4, 250)
+        );
+        // atoi: trailing junk ignored, junk reads as 0.
+        let o = run(&["/d", "-R", "max=7x,interval=y"]).unwrap();
+        assert_eq!(
+            (
+                o.recovery_throttle.max_exec_count,
+                o.recovery_throttle.queue_work_interval
+            ),
+            (7, 0)
+        );
+        let e = run(&["/d", "-R", "max=1,speed=2"]).unwrap_err();
+        assert!(e.stderr.contains("invalid option speed=2"), "{}", e.stderr);
+    }
 
     fn run(a: &[&str]) -> Result<Opts, OptError> {
         match parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {

@@ -2,7 +2,7 @@
 
 use super::{light, ret, vdi::parse_vdi};
 use crate::app::Ctx;
-use crate::cnum::{c_f64_to_i32, c_fixed, is_numeric, strtol};
+use crate::cnum::{c_f64_to_i32, c_fixed, is_numeric, strtol, strtol_whole};
 use crate::out::{show_progress, Msg};
 use crate::text::strnumber;
 use crate::{err, out, End, Res};
@@ -188,6 +188,78 @@ pub async fn recovery_info(ctx: &mut Ctx) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// `node recovery set-throttle <max> <interval>` (CLI.md §2.2.4): at most
+/// `max` objects per `interval` ms of recovery on the target node; both 0
+/// for none.
+pub async fn recovery_set_throttle(ctx: &mut Ctx) -> Res<()> {
+    let show = |v: &Option<Vec<u8>>| {
+        v.as_ref()
+            .map_or("(null)".into(), |v| String::from_utf8_lossy(v).into_owned())
+    };
+    let (a, b) = (ctx.take_operand(), ctx.take_operand());
+    let (Some(a), Some(b)) = (&a, &b) else {
+        err!(
+            "Invalid interval max ({}), interval ({})",
+            show(&a),
+            show(&b)
+        );
+        return Err(End::Exit(64));
+    };
+    let Some(max) = strtol_whole(a).filter(|m| (0..=u32::MAX as i64).contains(m)) else {
+        err!("Invalid max ({})", String::from_utf8_lossy(a));
+        return Err(End::Exit(64));
+    };
+    let Some(interval) = strtol_whole(b).filter(|&i| i >= 0) else {
+        err!("Invalid interval ({})", String::from_utf8_lossy(b));
+        return Err(End::Exit(64));
+    };
+    if (max == 0) != (interval == 0) {
+        err!("Invalid interval max ({max}), interval ({interval})");
+        return Err(End::Exit(64));
+    }
+    let t = RecoveryThrottling {
+        max_exec_count: max as u32,
+        queue_work_interval: interval as u64,
+        throttling: false,
+    };
+    let mut req = SdReq::new(op::SET_RECOVERY);
+    req.flags = flag::CMD_WRITE;
+    req.data_length = RECOVERY_THROTTLING_SIZE as u32;
+    let target = ctx.target();
+    match ctx.net.exec(target, &req, &t.encode()).await {
+        Ok((rsp, _)) if rsp.result.is_success() => Ok(()),
+        _ => {
+            err!("Failed to execute request");
+            Err(End::Exit(255))
+        }
+    }
+}
+
+/// `node recovery get-throttle`: the target node's throttle, on stderr as
+/// the original prints it (QUIRK).
+pub async fn recovery_get_throttle(ctx: &mut Ctx) -> Res<()> {
+    let mut req = SdReq::new(op::GET_RECOVERY);
+    req.data_length = RECOVERY_THROTTLING_SIZE as u32;
+    let target = ctx.target();
+    match ctx.net.exec(target, &req, &[]).await {
+        Ok((rsp, data)) if rsp.result.is_success() => {
+            let mut b = data;
+            b.resize(RECOVERY_THROTTLING_SIZE, 0);
+            let t = RecoveryThrottling::decode(&b).expect("padded");
+            err!(
+                "max ({}), interval ({})",
+                t.max_exec_count,
+                t.queue_work_interval
+            );
+            Ok(())
+        }
+        _ => {
+            err!("Failed to execute request");
+            Err(End::Exit(255))
+        }
+    }
 }
 
 /// `node worker`: the background workers of the target node (recovery,
