@@ -108,3 +108,42 @@ fn a_full_disk_refuses_new_objects_and_harms_nothing_else() {
     assert_eq!(c.vdi_read(2, "w", 0, 16 * MIB), &more[..16 * MIB]);
     c.stop_all(Stop::Kill);
 }
+
+/// A cluster formatted with `-F` (avoid full disks): a recovery that
+/// would fill a node's disk is cancelled there and said in its log;
+/// nothing fills the disk and every byte still reads through the others.
+#[test]
+fn recovery_that_would_fill_a_disk_is_cancelled_with_format_f() {
+    let mut c = Cluster::start(3);
+    // Node 2 stores on a 110 MiB disk: its share of a 120 MiB VDI with two
+    // copies on three nodes (two thirds) fits, the whole VDI does not.
+    c.terminate(2);
+    c.wait_nodes(2);
+    let _disk = SmallDisk::mount_over(&c.nodes[2].dir.clone(), 110);
+    c.restart(2);
+    c.wait_up(2);
+    c.wait_nodes(3);
+    c.dog_ok(&["cluster", "format", "-c", "2", "-F"]);
+    c.dog_ok(&["vdi", "create", "v", "120M"]);
+    let data = pattern(5, 120 * MIB);
+    c.vdi_write(1, "v", 0, &data);
+    // Node 0 goes: node 2 should now hold every object, which it cannot.
+    c.kill(0);
+    c.wait_nodes(2);
+    let log = c.nodes[2].dir.join("sheep.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cancelled: it needs")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancelled recovery"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("no space"), "{text}");
+    assert_eq!(c.vdi_read(1, "v", 0, 120 * MIB), data);
+    c.stop_all(Stop::Kill);
+}

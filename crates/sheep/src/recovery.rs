@@ -703,13 +703,24 @@ impl crate::worker::Worker for RecoveryWorker {
         let stage = std::mem::replace(&mut pass.stage, Stage::Notify);
         let (next, state) = match stage {
             Stage::Prepare => match prepare(&sheep, epoch, generation).await {
-                Ok(Some(wanted)) => (
-                    Stage::Recover {
-                        queue: wanted.into_iter().collect(),
-                        missing: Vec::new(),
-                    },
-                    WorkerState::Busy,
-                ),
+                Ok(Some(wanted)) => match would_fill(&sheep, &wanted) {
+                    Some((need, free)) => {
+                        tracing::error!(
+                            "recovery of epoch {epoch} cancelled: it needs {need} bytes here and the disks have {free} free (the cluster avoids full disks, format -F); checking again in 10 s"
+                        );
+                        (
+                            Stage::Prepare,
+                            WorkerState::Throttled(Duration::from_secs(10)),
+                        )
+                    }
+                    None => (
+                        Stage::Recover {
+                            queue: wanted.into_iter().collect(),
+                            missing: Vec::new(),
+                        },
+                        WorkerState::Busy,
+                    ),
+                },
                 // Superseded: the next step starts the newer pass.
                 Ok(None) => return WorkerState::Busy,
                 Err(e) => {
@@ -798,6 +809,24 @@ impl crate::worker::Worker for RecoveryWorker {
         }
         state
     }
+}
+
+/// With the cluster formatted to avoid full disks (`-F`): the bytes the
+/// objects `wanted` need here and the free bytes, if they do not fit. The
+/// pass then waits instead (never reporting completion, which would purge
+/// the stale copies some of them may only exist as).
+fn would_fill(sheep: &Sheep, wanted: &BTreeSet<u64>) -> Option<(u64, u64)> {
+    let view = sheep.view();
+    if view.config.flags & cluster_flag::AVOID_DISKFULL == 0 {
+        return None;
+    }
+    let need: u64 = wanted
+        .iter()
+        .filter_map(|&oid| sheep.key_in(&view.ring, oid))
+        .map(|(_, k)| sheep.file_size(&k, 0))
+        .sum();
+    let (_, free) = sheep.store.fs_space().ok()?;
+    (need > free).then_some((need, free))
 }
 
 /// The pause after recovering one object: while clients are active, as
