@@ -93,14 +93,10 @@ for line in open(res):
     rows.setdefault((t, w), []).append((float(iops), float(mbs)))
 names = {"read": "1 MiB sequential read", "write": "1 MiB sequential write",
          "randread": "4k random read", "randwrite": "4k random write"}
-def val(t, w):
-    big = w.split()[1] == "1M"
-    xs = [r[1] if big else r[0] for r in rows[(t, w)]]
-    return st.median(xs), xs, big
-def cell(t, w):
-    m, xs, big = val(t, w)
-    q = st.quantiles(xs, n=4) if len(xs) > 1 else [m, m, m]
-    return f"{m:,.0f} {'MB/s' if big else 'IOPS'} (±{(q[2] - q[0]) / 2 / m * 100:.0f}%)"
+sys.path.insert(0, "bench")
+import fiostats
+val = lambda t, w: fiostats.val(rows, t, w)
+cell = lambda t, w: fiostats.cell(rows, t, w)
 out = ["## Checksums: object checksums on vs off, and the scrub", "",
        f"Command: `{cmd}` ({day}, {cores} cores; load average {load0} at start, {load1} at end).",
        f"Two 1-node/1-copy clusters in the same run, sync writes, each VDI filled with the same 512 MiB",

@@ -71,15 +71,10 @@ for line in open(res):
     t, w, rep, iops, mbs, lat = line.rstrip("\n").split("\t")
     rows.setdefault((t, w), []).append((float(iops), float(mbs), float(lat)))
 W = ["randread 4k 1", "randread 4k 16", "randwrite 4k 1", "randwrite 4k 16", "read 1M 4", "write 1M 4"]
-def val(t, w):
-    big = w.split()[1] == "1M"
-    xs = [r[1] if big else r[0] for r in rows[(t, w)]]
-    return st.median(xs), xs, big
-def cell(t, w):
-    m, xs, big = val(t, w)
-    q = st.quantiles(xs, n=4) if len(xs) > 1 else [m, m, m]
-    spread = (q[2] - q[0]) / 2 / m * 100 if m else 0
-    return f"{m:,.0f} {'MB/s' if big else 'IOPS'} (±{spread:.0f}%)"
+sys.path.insert(0, "bench")
+import fiostats
+val = lambda t, w: fiostats.val(rows, t, w)
+cell = lambda t, w: fiostats.cell(rows, t, w)
 def ratio(t, w):
     return f"{val(t, w)[0] / val('wt', w)[0]:.2f}"
 names = {"randread": "4k random read", "randwrite": "4k random write", "read": "1 MiB sequential read", "write": "1 MiB sequential write"}

@@ -159,12 +159,6 @@ impl Sidecar {
         let entries = body.chunks(ENTRY).map(decode_entry).collect();
         Ok(Sidecar { size, entries })
     }
-
-    /// Blocks of the file range starting at block `first` whose bytes
-    /// (`data`, starting at that block) this sidecar does not vouch for.
-    pub fn bad_blocks(&self, first: usize, data: &[u8]) -> Vec<usize> {
-        bad_blocks(self.entries.get(first..).unwrap_or(&[]), first, data)
-    }
 }
 
 /// Blocks of a file range starting at block `first` whose bytes (`data`,
@@ -244,9 +238,9 @@ impl SidecarFile {
     }
 }
 
-/// Reads into `buf` from `offset` until it is full or the file ends; how
-/// many bytes were read.
-fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+/// Reads into `buf` from `offset` of `f` until `buf` is full or the file
+/// ends; how many bytes were read (the rest of `buf` is left as it is).
+pub(crate) fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = f.read_at(&mut buf[done..], offset + done as u64)?;
@@ -345,11 +339,14 @@ mod tests {
         let mut data = vec![7u8; 3 * BLOCK as usize + 100];
         let sc = Sidecar::of(&data);
         assert_eq!(Sidecar::decode(&sc.encode()), Ok(sc.clone()));
-        assert!(sc.bad_blocks(0, &data).is_empty());
+        assert!(bad_blocks(&sc.entries, 0, &data).is_empty());
         data[2 * BLOCK as usize + 5] ^= 1;
-        assert_eq!(sc.bad_blocks(0, &data), vec![2]);
-        assert_eq!(sc.bad_blocks(2, &data[2 * BLOCK as usize..]), vec![2]);
-        assert!(sc.bad_blocks(3, &data[3 * BLOCK as usize..]).is_empty());
+        assert_eq!(bad_blocks(&sc.entries, 0, &data), vec![2]);
+        assert_eq!(
+            bad_blocks(&sc.entries[2..], 2, &data[2 * BLOCK as usize..]),
+            vec![2]
+        );
+        assert!(bad_blocks(&sc.entries[3..], 3, &data[3 * BLOCK as usize..]).is_empty());
     }
 
     #[test]

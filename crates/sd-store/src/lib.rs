@@ -465,7 +465,7 @@ impl Store {
             }
             let f = File::open(path)?;
             let mut buf = vec![0u8; (to - from) as usize];
-            let got = pread_upto(&f, &mut buf, from)?;
+            let got = csum::pread_upto(&f, &mut buf, from)?;
             bad.clear();
             if attempt > 0 {
                 // A handle opened before the sidecar was replaced.
@@ -761,7 +761,6 @@ pub trait ObjectStore: Send + Sync + 'static {
 
 impl ObjectStore for Store {
     fn disks(&self) -> Vec<DiskUsage> {
-        use std::os::unix::fs::MetadataExt;
         self.disks
             .load()
             .list()
@@ -769,16 +768,7 @@ impl ObjectStore for Store {
             .map(|d| DiskUsage {
                 path: d.path.clone(),
                 free: statvfs(&d.path).map(|(_, free)| free).unwrap_or(0),
-                used: fs::read_dir(&d.path)
-                    .map(|rd| {
-                        rd.filter_map(|e| e.ok())
-                            .filter(|e| ObjKey::parse(&e.file_name().to_string_lossy()).is_some())
-                            .filter_map(|e| e.metadata().ok())
-                            .filter(|m| m.is_file())
-                            .map(|m| m.blocks() * 512)
-                            .sum()
-                    })
-                    .unwrap_or(0),
+                used: used_in(&d.path),
             })
             .collect()
     }
@@ -1100,7 +1090,12 @@ impl ObjectStore for Store {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.disks().iter().map(|d| d.used).sum()
+        self.disks
+            .load()
+            .list()
+            .iter()
+            .map(|d| used_in(&d.path))
+            .sum()
     }
 
     fn plug(&self, paths: &[PathBuf]) -> Result<usize> {
@@ -1217,6 +1212,21 @@ fn decode_epoch(b: &[u8]) -> std::result::Result<(Vec<SdNode>, u64), String> {
     ))
 }
 
+/// Bytes the object files in `dir` occupy.
+fn used_in(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| ObjKey::parse(&e.file_name().to_string_lossy()).is_some())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn no_disk() -> StoreError {
     StoreError::Io(std::io::Error::other("no disk left"))
 }
@@ -1277,31 +1287,10 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
-/// Reads into `buf` from `offset` of `f` until `buf` is full or the file
-/// ends; how many bytes were read (the rest of `buf` is left as it is).
-fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
-}
-
 /// Reads `len` bytes at `offset` of `f`; past its end, zeros.
 fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break; // past EOF: the rest stays zero
-        }
-        done += n;
-    }
+    csum::pread_upto(f, &mut buf, offset)?;
     Ok(buf)
 }
 

@@ -242,3 +242,26 @@ fn a_plugged_disk_takes_the_objects_that_now_belong_on_it() {
         assert_eq!(c.vdi_read(i, "v", 0, 64 * MIB), data, "through node {i}");
     }
 }
+
+/// A multi-disk node SIGKILLed mid-load and restarted: every acknowledged
+/// write reads back through every node, and every object has three
+/// copies, on whichever disks.
+#[test]
+fn a_multi_disk_node_killed_under_load_loses_no_acknowledged_write() {
+    let (mut c, load, journal) = cluster_under_load(Fault::None);
+    c.kill(2);
+    std::thread::sleep(Duration::from_secs(1));
+    c.restart(2);
+    c.wait_up(2);
+    std::thread::sleep(Duration::from_secs(2));
+    let summary = load.stop();
+    assert!(field(&summary, "acked") > 50, "{summary}");
+    c.wait_nodes(4);
+    c.wait_recovery();
+    for i in 0..4 {
+        load::verify(addr(&c, i), "v", &journal);
+    }
+    wait_until("three copies of every object", 60, || {
+        load::try_check_files(&disks(&c, &[]), &journal, 3).is_ok()
+    });
+}
