@@ -24,23 +24,28 @@ struct Contents {
     epochs: BTreeMap<u32, (Vec<SdNode>, u64)>,
     /// Operations still to fail with EIO.
     failing: u32,
-    /// Blocks of working copies whose bytes rotted.
-    rotten: BTreeSet<(ObjKey, usize)>,
+    /// Blocks whose bytes rotted: (object, [`WORKING`] or the epoch of a
+    /// stale copy, block). A stale copy keeps the marks of the working
+    /// copy it was, as the file store's checksums go with it.
+    rotten: BTreeSet<(ObjKey, u32, usize)>,
 }
 
+/// The copy a rot mark is on: the working copy (stale copies by epoch).
+const WORKING: u32 = 0;
+
 impl Contents {
-    /// The rotten blocks of `k` in the byte range `offset..offset + len`.
-    fn rotten_in(&self, k: &ObjKey, offset: u64, len: usize) -> Vec<usize> {
+    /// The rotten blocks of copy `at` of `k` in `offset..offset + len`.
+    fn rotten_in(&self, k: &ObjKey, at: u32, offset: u64, len: usize) -> Vec<usize> {
         let first = (offset / BLOCK) as usize;
         let end = (offset + len as u64).div_ceil(BLOCK) as usize;
         self.rotten
-            .range((*k, first)..(*k, end.max(first)))
-            .map(|(_, b)| *b)
+            .range((*k, at, first)..(*k, at, end.max(first)))
+            .map(|(_, _, b)| *b)
             .collect()
     }
 
-    fn check(&self, k: &ObjKey, offset: u64, len: usize) -> Result<()> {
-        match self.rotten_in(k, offset, len) {
+    fn check(&self, k: &ObjKey, at: u32, offset: u64, len: usize) -> Result<()> {
+        match self.rotten_in(k, at, offset, len) {
             b if b.is_empty() => Ok(()),
             blocks => Err(StoreError::Checksum {
                 file: format!("(memory)/{}", k.file_name()).into(),
@@ -49,8 +54,20 @@ impl Contents {
         }
     }
 
-    fn forget_rot(&mut self, k: &ObjKey) {
-        self.rotten.retain(|(r, _)| r != k);
+    /// Forgets the rot of copy `at` of `k`; with `moved_to`, moves it
+    /// there instead.
+    fn forget_rot(&mut self, k: &ObjKey, at: u32, moved_to: Option<u32>) {
+        let marks: Vec<_> = self
+            .rotten
+            .range((*k, at, 0)..=(*k, at, usize::MAX))
+            .copied()
+            .collect();
+        for m in marks {
+            self.rotten.remove(&m);
+            if let Some(e) = moved_to {
+                self.rotten.insert((*k, e, m.2));
+            }
+        }
     }
 }
 
@@ -92,7 +109,14 @@ impl MemStore {
         let mut c = self.contents.lock().unwrap();
         let d = c.working.get_mut(k).expect("rot of a missing object");
         d[offset as usize] ^= 0x55;
-        c.rotten.insert((*k, (offset / BLOCK) as usize));
+        c.rotten.insert((*k, WORKING, (offset / BLOCK) as usize));
+    }
+
+    /// Whether a block of any copy of `k` (working or stale) is rotten.
+    pub fn rotten(&self, k: &ObjKey) -> bool {
+        let c = self.contents.lock().unwrap();
+        let marks = (*k, 0, 0)..=(*k, u32::MAX, usize::MAX);
+        c.rotten.range(marks).next().is_some()
     }
 
     /// Runs `f` on the contents unless an injected failure is due.
@@ -155,14 +179,14 @@ impl ObjectStore for MemStore {
     fn read(&self, k: &ObjKey, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.with(|c| {
             let d = c.working.get(k).ok_or(StoreError::NoObj)?;
-            c.check(k, offset, len)?;
+            c.check(k, WORKING, offset, len)?;
             Ok(slice(d, offset, len))
         })
     }
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
         self.with(|c| {
             let d = c.working.get(k).ok_or(StoreError::NoObj)?;
-            c.check(k, 0, d.len())?;
+            c.check(k, WORKING, 0, d.len())?;
             Ok(d.clone())
         })
     }
@@ -171,14 +195,14 @@ impl ObjectStore for MemStore {
             let d = c.working.get(k).ok_or(StoreError::NoObj)?;
             let size = d.len() as u64;
             let end = offset + data.len() as u64;
-            for b in c.rotten_in(k, offset, data.len()) {
+            for b in c.rotten_in(k, WORKING, offset, data.len()) {
                 let (s, e) = crate::csum::block_range(b, size);
                 if s < offset || e > end {
                     // A partial write keeps rotten bytes: refused, as the
                     // file store refuses it.
-                    c.check(k, s, (e - s) as usize)?;
+                    c.check(k, WORKING, s, (e - s) as usize)?;
                 }
-                c.rotten.remove(&(*k, b));
+                c.rotten.remove(&(*k, WORKING, b));
             }
             put(c.working.get_mut(k).unwrap(), offset, data);
             Ok(())
@@ -187,7 +211,7 @@ impl ObjectStore for MemStore {
     fn verify(&self, k: &ObjKey) -> Result<Verdict> {
         self.with(|c| {
             let d = c.working.get(k).ok_or(StoreError::NoObj)?;
-            Ok(match c.rotten_in(k, 0, d.len()) {
+            Ok(match c.rotten_in(k, WORKING, 0, d.len()) {
                 b if b.is_empty() => Verdict::Good,
                 b => Verdict::Bad(b),
             })
@@ -198,13 +222,13 @@ impl ObjectStore for MemStore {
             let mut d = vec![0u8; size as usize];
             put(&mut d, offset, data);
             c.working.insert(*k, d);
-            c.forget_rot(k);
+            c.forget_rot(k, WORKING, None);
             Ok(())
         })
     }
     fn remove(&self, k: &ObjKey) -> Result<()> {
         self.with(|c| {
-            c.forget_rot(k);
+            c.forget_rot(k, WORKING, None);
             c.working.remove(k).map(|_| ()).ok_or(StoreError::NoObj)
         })
     }
@@ -217,7 +241,8 @@ impl ObjectStore for MemStore {
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
         self.with(|c| {
             let d = c.working.remove(k).ok_or(StoreError::NoObj)?;
-            c.forget_rot(k);
+            c.forget_rot(k, epoch, None);
+            c.forget_rot(k, WORKING, Some(epoch));
             c.stale.insert((*k, epoch), d);
             Ok(())
         })
@@ -225,6 +250,7 @@ impl ObjectStore for MemStore {
     fn read_stale(&self, k: &ObjKey, epoch: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.with(|c| {
             let d = c.stale.get(&(*k, epoch)).ok_or(StoreError::NoObj)?;
+            c.check(k, epoch, offset, len)?;
             Ok(slice(d, offset, len))
         })
     }
@@ -251,12 +277,16 @@ impl ObjectStore for MemStore {
         })
     }
     fn purge_stale(&self) -> Result<usize> {
-        self.with(|c| Ok(std::mem::take(&mut c.stale).len()))
+        self.with(|c| {
+            c.rotten.retain(|m| m.1 == WORKING);
+            Ok(std::mem::take(&mut c.stale).len())
+        })
     }
     fn wipe(&self) -> Result<()> {
         self.with(|c| {
             c.working.clear();
             c.stale.clear();
+            c.rotten.clear();
             c.reclaim.clear();
             c.epochs.clear();
             Ok(())
@@ -266,7 +296,11 @@ impl ObjectStore for MemStore {
         use sha1::{Digest, Sha1};
         let data = match stale_epoch {
             None => self.read_all(k)?,
-            Some(e) => self.with(|c| c.stale.get(&(*k, e)).cloned().ok_or(StoreError::NoObj))?,
+            Some(e) => self.with(|c| {
+                let d = c.stale.get(&(*k, e)).ok_or(StoreError::NoObj)?;
+                c.check(k, e, 0, d.len())?;
+                Ok(d.clone())
+            })?,
         };
         Ok(Sha1::digest(&data).into())
     }
