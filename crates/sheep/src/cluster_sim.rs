@@ -244,8 +244,10 @@ struct Book {
     last: Option<Outcome>,
     /// Writes that failed or were cut off, to send again: QEMU resends
     /// what a lost connection left unanswered, and a guest retries a
-    /// failed write.
-    resend: Vec<Op>,
+    /// failed write. With the inode as the client had it before the
+    /// first attempt: QEMU keeps its own, so it sends the same requests
+    /// again (an index update included) whatever a replica shows now.
+    resend: Vec<(Op, Option<Inode>)>,
     log: Vec<String>,
     failures: Vec<String>,
 }
@@ -253,7 +255,14 @@ struct Book {
 impl Book {
     /// Applies what `op` did (`None`: it was cut off) to the model, and
     /// checks what it read.
-    fn finish(&mut self, op: &Op, via: usize, out: Option<Outcome>, vids: &[u32]) {
+    fn finish(
+        &mut self,
+        op: &Op,
+        via: usize,
+        out: Option<Outcome>,
+        vids: &[u32],
+        inode: Option<Inode>,
+    ) {
         for v in op.volumes() {
             self.volumes[v].busy = false;
         }
@@ -265,7 +274,7 @@ impl Book {
                 false => {
                     self.maybe_leaked.extend(vids.iter().map(|&vid| (vid, idx)));
                     self.volumes[vol].busy = true;
-                    self.resend.push(op.clone());
+                    self.resend.push((op.clone(), inode));
                 }
             },
             Op::Read { vol, idx, floor } => {
@@ -361,6 +370,8 @@ struct Pending {
     out: Option<Outcome>,
     /// Vids the operation wrote objects of.
     vids: Vec<u32>,
+    /// A write's inode as the client had it before writing.
+    inode: Option<Inode>,
 }
 
 impl Drop for Pending {
@@ -369,7 +380,7 @@ impl Drop for Pending {
         self.book
             .lock()
             .unwrap()
-            .finish(&self.op, self.via, out, &self.vids);
+            .finish(&self.op, self.via, out, &self.vids, self.inode.take());
     }
 }
 
@@ -398,10 +409,14 @@ async fn open_volume(ex: &mut InProcess, v: &Volume) -> Result<Inode, String> {
 async fn run_op(ex: &mut InProcess, op: &Op, vols: &[Volume], p: &mut Pending) -> Outcome {
     match *op {
         Op::Write { vol, idx, gen } => {
-            let mut inode = match open(ex, &vols[vol].name).await {
-                Ok(i) => i,
-                Err(e) => return Outcome::Failed(e),
+            let mut inode = match p.inode.clone() {
+                Some(i) => i,
+                None => match open(ex, &vols[vol].name).await {
+                    Ok(i) => i,
+                    Err(e) => return Outcome::Failed(e),
+                },
             };
+            p.inode = Some(inode.clone());
             p.vids.push(inode.header.vdi_id);
             let r = client::write_range(ex, &mut inode, idx * OBJ, &gen.to_le_bytes(), 0).await;
             p.vids.push(inode.header.vdi_id);
@@ -499,8 +514,8 @@ struct Knobs {
     /// deleted fails the run.
     orphans: bool,
     /// `CLUSTER_SIM_EVENT_DELAY=MS`: the longest delay of a cluster event
-    /// on its way to one node (one event in six is delayed; none by
-    /// default).
+    /// on its way to one node (one event in six is delayed; 100 ms by
+    /// default, 0 for none).
     event_delay_ms: u64,
     /// `CLUSTER_SIM_LEDGERS=1`: the copies of reference ledgers must agree
     /// too (they do not yet: a retried DECREF counts twice on a replica).
@@ -525,7 +540,7 @@ impl Knobs {
             event_delay_ms: std::env::var("CLUSTER_SIM_EVENT_DELAY")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+                .unwrap_or(100),
         }
     }
 }
@@ -760,7 +775,7 @@ impl Cluster {
     }
 
     /// Starts `op` through gateway `g` (its volumes marked busy).
-    fn launch(&mut self, g: usize, op: Op) {
+    fn launch(&mut self, g: usize, op: Op, inode: Option<Inode>) {
         let sheep = self.net.node(g).unwrap();
         let vols = {
             let mut b = self.book.lock().unwrap();
@@ -779,6 +794,7 @@ impl Cluster {
                 via: g,
                 out: None,
                 vids: Vec::new(),
+                inode,
             };
             let mut ex = InProcess(sheep);
             p.out = Some(run_op(&mut ex, &op, &vols, &mut p).await);
@@ -788,7 +804,7 @@ impl Cluster {
     /// Sends again the writes that failed or were cut off.
     fn resend(&mut self) {
         let again = std::mem::take(&mut self.book.lock().unwrap().resend);
-        for op in again {
+        for (op, inode) in again {
             if let Op::Write { vol, .. } = op {
                 let mut b = self.book.lock().unwrap();
                 if b.volumes[vol].exist != Exist::Yes {
@@ -797,8 +813,8 @@ impl Cluster {
                 }
             }
             match self.gateway() {
-                Some(g) => self.launch(g, op),
-                None => self.book.lock().unwrap().resend.push(op),
+                Some(g) => self.launch(g, op, inode),
+                None => self.book.lock().unwrap().resend.push((op, inode)),
             }
         }
     }
@@ -897,7 +913,7 @@ impl Cluster {
                 _ => Op::Resolve { vol: pick(&unsure) },
             }
         };
-        self.launch(g, op);
+        self.launch(g, op, None);
         true
     }
 
@@ -1069,7 +1085,7 @@ impl Cluster {
 
     /// Runs `op` through node `g` to its end, in the foreground.
     async fn run_now(&mut self, g: usize, op: Op) -> Option<Outcome> {
-        self.launch(g, op);
+        self.launch(g, op, None);
         let task = self.clients[g].pop().unwrap();
         let _ = task.await;
         self.book.lock().unwrap().last.take()
@@ -1088,7 +1104,7 @@ impl Cluster {
         first.driver.notify(fs.encode()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut steps = 0;
-        while self.client_ops < ops && steps < 10 * ops {
+        while self.client_ops < ops && steps < 20 * ops {
             steps += 1;
             match self.rng.gen_range(0..100) {
                 0..=95 => {
@@ -1227,7 +1243,12 @@ impl Cluster {
     /// The copies of `oid` every store holds (first 8 bytes of each), and
     /// its targets now.
     fn copies_of(&self, oid: u64) -> String {
-        let stamp = |d: &[u8]| u64::from_le_bytes(d[..8].try_into().unwrap());
+        // A data object's stamp; an inode's first index entries.
+        let at = match is_vdi_obj(oid) {
+            true => DATA_VDI_ID_OFFSET,
+            false => 0,
+        };
+        let stamp = |d: &[u8]| u64::from_le_bytes(d[at..at + 8].try_into().unwrap());
         let mut out = format!("copies of {oid:016x}:");
         for (i, st) in self.stores.iter().enumerate() {
             let (working, stale) = st.peek(&ObjKey::replica(oid));

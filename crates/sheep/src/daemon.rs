@@ -326,17 +326,34 @@ impl Sheep {
     }
 
     /// Executes the effects of one applied event. A failed effect does not
-    /// stop the ones after it (a node that could not retire its old copies
-    /// on joining must still start recovery for its new epoch).
+    /// stop the ones after it, unless it put the node on its way out (a
+    /// failed disk): then nothing more is recorded in its store.
     async fn execute(self: &Arc<Self>, fx: Vec<Effect>) {
         for f in fx {
-            if let Err(e) = self.execute_one(f).await {
-                tracing::error!("failed to apply cluster event: {e:#}");
-                if let Some(e) = e.downcast_ref::<sd_store::StoreError>() {
-                    self.disk_failed(e);
-                }
+            if self.exiting() {
+                return;
             }
+            self.execute_one_logged(f).await;
         }
+    }
+
+    /// Whether this node is on its way out (its disk failed, its join was
+    /// refused, ...): it applies no more effects to its store.
+    fn exiting(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Executes one effect; whether it succeeded (a failure is logged, and
+    /// a store error fails the node's disk).
+    async fn execute_one_logged(self: &Arc<Self>, f: Effect) -> bool {
+        let Err(e) = self.execute_one(f).await else {
+            return true;
+        };
+        tracing::error!("failed to apply cluster event: {e:#}");
+        if let Some(e) = e.downcast_ref::<sd_store::StoreError>() {
+            self.disk_failed(e);
+        }
+        false
     }
 
     async fn execute_one(self: &Arc<Self>, f: Effect) -> anyhow::Result<()> {
@@ -497,10 +514,23 @@ impl Sheep {
         // new view is published: no peer may read it as current.
         // (So does a node whose copies the resumed cluster outran.)
         let joined = fx.iter().any(|f| matches!(f, Effect::Joined { .. }));
-        let (first, rest): (Vec<Effect>, Vec<Effect>) = fx
+        let (mut first, rest): (Vec<Effect>, Vec<Effect>) = fx
             .into_iter()
             .partition(|f| matches!(f, Effect::Joined { .. } | Effect::Retire { .. }));
-        self.execute(first).await;
+        // Retired before any newer epoch is recorded: a store whose epoch
+        // files say it ran epoch `e` may hold no copy that missed the
+        // writes of `e` as a working one. Once this node is on its way
+        // out (its disk failed, say while retiring), it records nothing
+        // more: at its next start it retires its copies with the epoch they
+        // were current through, not one whose writes they missed (which
+        // would let them win recovery over the newest copies).
+        first.sort_by_key(|f| !matches!(f, Effect::Retire { .. }));
+        for f in first {
+            if self.exiting() {
+                break;
+            }
+            self.execute_one_logged(f).await;
+        }
         self.core.publish();
         if joined {
             // Placement needs every VDI's redundancy: learn the VDIs
