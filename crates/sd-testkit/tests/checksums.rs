@@ -161,7 +161,8 @@ fn a_flipped_byte_in_an_erasure_coded_strip_is_not_served() {
     let data = pattern(9, 4 * MIB);
     c.vdi_write(0, "e", 0, &data);
     // Flip a byte in every strip file (data or parity) of a node that
-    // holds some.
+    // holds a data strip (reads need only the data strips, so a node with
+    // parity alone might never be read).
     let strips = |i: usize| -> Vec<String> {
         c.nodes[i]
             .objects()
@@ -169,7 +170,12 @@ fn a_flipped_byte_in_an_erasure_coded_strip_is_not_served() {
             .filter(|n| n.starts_with("00") && n.contains('_'))
             .collect()
     };
-    let holder = (0..4).find(|&i| !strips(i).is_empty()).unwrap();
+    let holds_data = |i: usize| {
+        strips(i)
+            .iter()
+            .any(|n| n.ends_with("_0") || n.ends_with("_1"))
+    };
+    let holder = (0..4).find(|&i| holds_data(i)).unwrap();
     for s in strips(holder) {
         flip(&c.nodes[holder].obj_dir().join(s), 777);
     }
