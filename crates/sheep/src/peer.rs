@@ -180,6 +180,11 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         return reply(&req, SdRes::NO_OBJ);
     }
     if req.opcode == op::DECREF_PEER {
+        // A ledger this node should hold but has not recovered yet is
+        // recovered first: counted from the missing ledger's initial
+        // state instead, its copy here would part from the others (and
+        // could reach zero early and reclaim a still referenced object).
+        sheep.recovery.ensure(sheep, o.oid).await;
         return decref(sheep, &req).await;
     }
     let key = sheep.obj_key(o.oid, o.copy_policy, o.ec_index);
