@@ -12,4 +12,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CLUSTER_SIM_SEEDS=${1:-${CLUSTER_SIM_SEEDS:-0..100}}
-exec cargo test --release -p sheep cluster_sim::tests::soak -- --ignored --nocapture
+exec cargo test --release -p sheep cluster_sim::tests::soak -- --ignored --nocapture --exact

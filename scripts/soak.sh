@@ -5,4 +5,4 @@
 #   ./scripts/soak.sh [FIRST..END]     (default 0..1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SIM_SEEDS="${1:-${SIM_SEEDS:-0..1000}}" exec cargo test --release -p sheep sim::tests::soak -- --ignored --nocapture
+SIM_SEEDS="${1:-${SIM_SEEDS:-0..1000}}" exec cargo test --release -p sheep sim::tests::soak -- --ignored --nocapture --exact

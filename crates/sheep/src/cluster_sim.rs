@@ -821,10 +821,9 @@ impl Cluster {
     }
 
     /// Picks a client operation the model allows now, and starts it.
-    /// Returns whether it started one.
-    fn client_op(&mut self) -> bool {
+    fn client_op(&mut self) {
         let Some(g) = self.gateway() else {
-            return false;
+            return;
         };
         let op = {
             let mut b = self.book.lock().unwrap();
@@ -859,7 +858,7 @@ impl Cluster {
             .collect();
             let total: u32 = kinds.iter().map(|k| k.0).sum();
             if total == 0 {
-                return false;
+                return;
             }
             let mut roll = self.rng.gen_range(0..total);
             let kind = kinds
@@ -915,7 +914,6 @@ impl Cluster {
             }
         };
         self.launch(g, op, None);
-        true
     }
 
     async fn fault(&mut self) {
@@ -1108,9 +1106,7 @@ impl Cluster {
         while self.client_ops < ops && steps < 20 * ops {
             steps += 1;
             match self.rng.gen_range(0..100) {
-                0..=95 => {
-                    self.client_op();
-                }
+                0..=95 => self.client_op(),
                 _ => self.fault().await,
             }
             self.resend();
@@ -1481,18 +1477,9 @@ mod tests {
     #[test]
     #[ignore]
     fn soak() {
-        let seeds = std::env::var("CLUSTER_SIM_SEEDS").unwrap_or("0..100".into());
-        let (a, b) = seeds.split_once("..").unwrap();
-        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-        let t = std::time::Instant::now();
-        let failures = run_seeds(a, b, OPS);
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "{} seeds in {secs:.1} s: {:.2} seeds/s, {} failed",
-            b - a,
-            (b - a) as f64 / secs,
-            failures.len()
-        );
+        let failures = crate::testing::soak("CLUSTER_SIM_SEEDS", "0..100", |seeds| {
+            run_seeds(seeds.start, seeds.end, OPS)
+        });
         assert!(failures.is_empty(), "{failures:#?}");
     }
 

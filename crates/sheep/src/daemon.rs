@@ -333,7 +333,12 @@ impl Sheep {
             if self.exiting() {
                 return;
             }
-            self.execute_one_logged(f).await;
+            if let Err(e) = self.execute_one(f).await {
+                tracing::error!("failed to apply cluster event: {e:#}");
+                if let Some(e) = e.downcast_ref::<sd_store::StoreError>() {
+                    self.disk_failed(e);
+                }
+            }
         }
     }
 
@@ -341,19 +346,6 @@ impl Sheep {
     /// refused, ...): it applies no more effects to its store.
     fn exiting(&self) -> bool {
         self.exit.borrow().is_some()
-    }
-
-    /// Executes one effect; whether it succeeded (a failure is logged, and
-    /// a store error fails the node's disk).
-    async fn execute_one_logged(self: &Arc<Self>, f: Effect) -> bool {
-        let Err(e) = self.execute_one(f).await else {
-            return true;
-        };
-        tracing::error!("failed to apply cluster event: {e:#}");
-        if let Some(e) = e.downcast_ref::<sd_store::StoreError>() {
-            self.disk_failed(e);
-        }
-        false
     }
 
     async fn execute_one(self: &Arc<Self>, f: Effect) -> anyhow::Result<()> {
@@ -525,12 +517,7 @@ impl Sheep {
         // were current through, not one whose writes they missed (which
         // would let them win recovery over the newest copies).
         first.sort_by_key(|f| !matches!(f, Effect::Retire { .. }));
-        for f in first {
-            if self.exiting() {
-                break;
-            }
-            self.execute_one_logged(f).await;
-        }
+        self.execute(first).await;
         self.core.publish();
         if joined {
             // Placement needs every VDI's redundancy: learn the VDIs

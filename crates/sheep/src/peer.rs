@@ -219,7 +219,9 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             crate::repair::spawn(sheep, key);
         }
     }
-    if let Some(Ok(Err(sd_store::StoreError::NoObj))) = &res {
+    let write_missed =
+        req.opcode == op::WRITE_PEER && matches!(&res, Some(Ok(Err(sd_store::StoreError::NoObj))));
+    if write_missed {
         // On a node with several disks, a copy it should hold may have
         // gone with a disk before the disk is seen failing (its files
         // vanish first when it is wiped).
@@ -233,7 +235,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
                     .disks_recovered
                     .load(std::sync::atomic::Ordering::SeqCst);
         let busy = sheep.recovery.busy();
-        if req.opcode == op::WRITE_PEER && (disks_changed || busy || lost_here) {
+        if disks_changed || busy || lost_here {
             // A copy this node lost and recovers (or is about to): the
             // sender retries once the pass knows what is missing here
             // (`ensure` then brings it back first).

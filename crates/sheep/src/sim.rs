@@ -1582,18 +1582,8 @@ mod tests {
     #[test]
     #[ignore]
     fn soak() {
-        let spec = std::env::var("SIM_SEEDS").unwrap_or_else(|_| "0..1000".into());
-        let (a, b) = spec.split_once("..").expect("SIM_SEEDS=a..b");
-        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-        let t = std::time::Instant::now();
-        let failures = run_seeds(a..b, 5, 12, 800);
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "{} seeds in {secs:.1} s: {:.1} seeds/s, {} failed",
-            b - a,
-            (b - a) as f64 / secs,
-            failures.len()
-        );
+        let failures =
+            crate::testing::soak("SIM_SEEDS", "0..1000", |seeds| run_seeds(seeds, 5, 12, 800));
         assert!(failures.is_empty(), "{}", report(&failures));
     }
 

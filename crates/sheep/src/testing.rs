@@ -309,3 +309,28 @@ impl Harness {
             .collect()
     }
 }
+
+/// A soak of a simulation: runs the seeds the environment variable `var`
+/// names (`A..B`, else `default`) through `run`, prints how many seeds
+/// per second, and returns `run`'s failures.
+pub fn soak<T>(
+    var: &str,
+    default: &str,
+    run: impl FnOnce(std::ops::Range<u64>) -> Vec<T>,
+) -> Vec<T> {
+    let spec = std::env::var(var).unwrap_or_else(|_| default.into());
+    let (a, b) = spec
+        .split_once("..")
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("{var}=A..B, not {spec}"));
+    let t = std::time::Instant::now();
+    let failures = run(a..b);
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{} seeds in {secs:.1} s: {:.2} seeds/s, {} failed",
+        b - a,
+        (b - a) as f64 / secs,
+        failures.len()
+    );
+    failures
+}
