@@ -287,7 +287,6 @@ pub async fn read_index_into<E: Exchange>(
     ex: &mut E,
     inode: &mut Inode,
 ) -> std::result::Result<(), VdiError> {
-    inode.data_vdi_id.fill(0);
     let ino_oid = vid_to_vdi_oid(inode.header.vdi_id);
     if inode.header.store_policy != 0 {
         let bad = |source| VdiError::Index {
@@ -312,6 +311,8 @@ pub async fn read_index_into<E: Exchange>(
     }
     inode.hyper = None;
     let n = nr_index_entries(&inode.header);
+    inode.data_vdi_id.clear();
+    inode.data_vdi_id.resize(n as usize, 0);
     if n > 0 {
         let entries = read_object(
             ex,

@@ -197,12 +197,19 @@ pub struct IndexWrite {
 }
 
 impl Inode {
+    /// An inode with an empty index as long as the VDI needs (a flat
+    /// index grows on demand up to its 2^20 entries, so a small VDI's
+    /// inode does not cost the full 12 MiB in memory).
     pub fn new(header: InodeHeader) -> Self {
         let hyper = (header.store_policy != 0).then(HyperIndex::default);
+        let n = match hyper {
+            Some(_) => 0,
+            None => header.nr_objects().min(NR_ENTRIES as u64) as usize,
+        };
         Inode {
             header,
-            data_vdi_id: vec![0; NR_ENTRIES],
-            gref: vec![Gref::default(); NR_ENTRIES],
+            data_vdi_id: vec![0; n],
+            gref: vec![Gref::default(); n],
             hyper,
             dirty: IndexDirty::default(),
         }
@@ -227,11 +234,14 @@ impl Inode {
                 self.dirty.counter |= before != self.header.btree_counter;
             }
             None => {
-                let e = self
-                    .data_vdi_id
-                    .get_mut(idx as usize)
-                    .ok_or(BtreeError::OutOfRange(idx))?;
-                *e = vid;
+                if idx >= NR_ENTRIES as u64 {
+                    return Err(BtreeError::OutOfRange(idx));
+                }
+                let i = idx as usize;
+                if i >= self.data_vdi_id.len() {
+                    self.data_vdi_id.resize(i + 1, 0);
+                }
+                self.data_vdi_id[i] = vid;
                 self.dirty.entries.insert(idx as u32);
             }
         }
@@ -288,8 +298,9 @@ impl Inode {
         match &self.hyper {
             Some(h) => Box::new(h.records().filter(|r| r.1 != 0).map(|(i, v)| (i as u64, v))),
             None => Box::new(
-                self.data_vdi_id[..(nr as usize).min(NR_ENTRIES)]
+                self.data_vdi_id
                     .iter()
+                    .take(nr.min(NR_ENTRIES as u64) as usize)
                     .enumerate()
                     .filter(|e| *e.1 != 0)
                     .map(|(i, &v)| (i as u64, v)),
@@ -304,15 +315,20 @@ impl Inode {
         let mut ino = Inode::new(header);
         if b.len() > DATA_VDI_ID_OFFSET {
             let end = b.len().min(GREF_OFFSET);
-            for (i, c) in b[DATA_VDI_ID_OFFSET..end].chunks_exact(4).enumerate() {
+            let entries = b[DATA_VDI_ID_OFFSET..end].chunks_exact(4);
+            if ino.data_vdi_id.len() < entries.len() {
+                ino.data_vdi_id.resize(entries.len(), 0);
+            }
+            for (i, c) in entries.enumerate() {
                 ino.data_vdi_id[i] = u32::from_le_bytes(c.try_into().unwrap());
             }
         }
         if b.len() > GREF_OFFSET {
-            for (i, c) in b[GREF_OFFSET..b.len().min(SD_INODE_SIZE)]
-                .chunks_exact(8)
-                .enumerate()
-            {
+            let grefs = b[GREF_OFFSET..b.len().min(SD_INODE_SIZE)].chunks_exact(8);
+            if ino.gref.len() < grefs.len() {
+                ino.gref.resize(grefs.len(), Gref::default());
+            }
+            for (i, c) in grefs.enumerate() {
                 ino.gref[i] = Gref {
                     generation: u32_at(c, 0),
                     count: u32_at(c, 4),
@@ -339,7 +355,8 @@ impl Inode {
     pub fn encode_entries(&self, start: u32, end: u32) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 * (end - start) as usize);
         for i in start..end {
-            v.extend_from_slice(&self.data_vdi_id[i as usize].to_le_bytes());
+            let e = self.data_vdi_id.get(i as usize).copied().unwrap_or(0);
+            v.extend_from_slice(&e.to_le_bytes());
         }
         v
     }

@@ -132,10 +132,11 @@ impl MemStore {
 
 /// `len` bytes at `offset` of `data`, zeros past its end.
 fn slice(data: &[u8], offset: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
     let start = (offset as usize).min(data.len());
     let end = (offset as usize).saturating_add(len).min(data.len());
-    out[..end - start].copy_from_slice(&data[start..end]);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&data[start..end]);
+    out.resize(len, 0);
     out
 }
 
@@ -219,8 +220,9 @@ impl ObjectStore for MemStore {
     }
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
         self.with(|c| {
-            let mut d = vec![0u8; size as usize];
+            let mut d = Vec::with_capacity(size as usize);
             put(&mut d, offset, data);
+            d.resize((size as usize).max(d.len()), 0);
             c.working.insert(*k, d);
             c.forget_rot(k, WORKING, None);
             Ok(())
