@@ -130,6 +130,12 @@ pub struct ClusterCore {
 }
 
 impl ClusterCore {
+    /// Holds the state's lock (for the test that no request waits for it).
+    #[cfg(test)]
+    pub fn hold(&self) -> impl Sized + '_ {
+        self.state.lock().unwrap()
+    }
+
     pub fn new(state: ClusterState) -> ClusterCore {
         let view = Arc::new(ClusterView::of(&state, false));
         ClusterCore {

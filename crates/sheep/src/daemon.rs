@@ -35,11 +35,8 @@ pub struct Sheep {
     pub recovery: Recovery,
     pub throttle: Mutex<RecoveryThrottling>,
     pub exit: watch::Sender<Option<i32>>,
-    /// Serialises ledger updates on this node (read-modify-write).
-    pub ledger_lock: tokio::sync::Mutex<()>,
-    /// Objects no reference holds any more, removed by the reclaim worker
-    /// (each also recorded in the store, so a crash forgets none).
-    pub reclaim: mpsc::UnboundedSender<u64>,
+    /// Work for the reclaim worker: releases left to retry, and sweeps.
+    pub reclaim: mpsc::UnboundedSender<Reclaim>,
     /// Peers whose VDI tables the VDI-sync worker merges into ours
     /// (through [`Sheep::sync_vdis_with`]).
     vdi_sync: mpsc::UnboundedSender<SdNode>,
@@ -432,6 +429,7 @@ impl Sheep {
                 }
             }
             Effect::RecoveryGathered(epoch) => {
+                let _ = self.reclaim.send(Reclaim::Sweep);
                 if self.view().joined && !self.recovery.busy() {
                     let n = self.store.purge_stale()?;
                     tracing::info!(
@@ -451,6 +449,9 @@ impl Sheep {
                     }
                     self.request_exit(0);
                 }
+            }
+            Effect::VdiDeleted => {
+                let _ = self.reclaim.send(Reclaim::Sweep);
             }
             Effect::PeerJoined(node) => {
                 self.sync_vdis_with(node);
@@ -531,19 +532,38 @@ impl Sheep {
     }
 }
 
-/// Removes the objects no reference holds any more (the last DECREF of a
-/// shared object's ledger hands them over). Its work is recorded in the
-/// store before the ledger goes, and taken up again at start, so a crash
-/// in between leaks no object.
+/// Work for the [`ReclaimWorker`].
+#[derive(Clone, Copy, Debug)]
+pub enum Reclaim {
+    /// A data object whose release failed: try it again.
+    Release(u64),
+    /// Families may have died, or recovery may have brought back their
+    /// objects: remove what this node holds of them.
+    Sweep,
+}
+
+/// Removes objects nothing references any more, so deleting leaves
+/// nothing behind.
+///
+/// - **Releases** that a gateway could not finish (see
+///   [`crate::gateway::release`]), and those recorded in the store by a
+///   node that crashed before finishing them (taken up again at start):
+///   the release checks the inodes again, so running one twice is safe.
+/// - **Sweeps** of the local store for objects of dead families (every
+///   VDI of the family deleted): nothing can reference them, whatever a
+///   gateway that crashed halfway left, or a node that was away while the
+///   VDIs were deleted brought back. One runs at start, when a family
+///   dies, and when a recovery is complete on every node.
 struct ReclaimWorker {
     sheep: Arc<Sheep>,
-    requests: mpsc::UnboundedReceiver<u64>,
+    requests: mpsc::UnboundedReceiver<Reclaim>,
     queue: std::collections::VecDeque<u64>,
+    sweep: bool,
     progress: Progress,
 }
 
 impl ReclaimWorker {
-    fn new(sheep: Arc<Sheep>, requests: mpsc::UnboundedReceiver<u64>) -> anyhow::Result<Self> {
+    fn new(sheep: Arc<Sheep>, requests: mpsc::UnboundedReceiver<Reclaim>) -> anyhow::Result<Self> {
         let queue: std::collections::VecDeque<u64> = sheep
             .store
             .reclaim_pending()
@@ -557,8 +577,44 @@ impl ReclaimWorker {
             sheep,
             requests,
             queue,
+            sweep: true,
             progress,
         })
+    }
+
+    fn take(&mut self, r: Reclaim) {
+        match r {
+            Reclaim::Release(oid) => {
+                self.queue.push_back(oid);
+                self.progress.total += 1;
+            }
+            Reclaim::Sweep => self.sweep = true,
+        }
+    }
+
+    /// Removes the working copies of dead families' objects this node
+    /// holds; how many. (Their stale copies are never recovered, and go
+    /// with the next purge.)
+    async fn sweep(&self) -> Result<usize, sd_store::StoreError> {
+        let view = self.sheep.view();
+        let dead = view.vdis.dead_vids();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let s = self.sheep.clone();
+        self.sheep
+            .on_store(move || -> Result<usize, sd_store::StoreError> {
+                let mut n = 0;
+                for k in s.store.list()? {
+                    if dead.contains(&oid_to_vid(k.oid)) {
+                        s.store.remove(&k)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await
+            .unwrap_or(Ok(0))
     }
 }
 
@@ -570,27 +626,41 @@ impl Worker for ReclaimWorker {
         self.progress
     }
     async fn step(&mut self) -> WorkerState {
-        while let Ok(oid) = self.requests.try_recv() {
-            self.queue.push_back(oid);
-            self.progress.total += 1;
+        while let Ok(r) = self.requests.try_recv() {
+            self.take(r);
+        }
+        if self.sweep {
+            // Only with the whole VDI table: a node that knows a deleted
+            // snapshot but not yet the clone that lives on it must not
+            // take the family for dead.
+            if !self.sheep.view().joined || *self.sheep.vdi_syncs_pending.borrow() > 0 {
+                return WorkerState::Throttled(Duration::from_secs(1));
+            }
+            self.sweep = false;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} objects of deleted VDIs"),
+                Err(e) => {
+                    tracing::error!("failed to sweep objects of deleted VDIs: {e}");
+                    self.sheep.disk_failed(&e);
+                }
+            }
+            return WorkerState::Busy;
         }
         let Some(oid) = self.queue.pop_front() else {
             return WorkerState::Idle;
         };
-        match crate::gateway::remove(&self.sheep, oid, 0).await {
-            Ok(()) | Err(SdRes::NO_OBJ) => {
+        match crate::gateway::release(&self.sheep, oid).await {
+            Ok(()) => {
                 if let Err(e) = self.sheep.store.reclaim_done(oid) {
-                    tracing::error!("failed to record the reclaim of {oid:016x}: {e}");
+                    tracing::error!("failed to record the release of {oid:016x}: {e}");
                 }
                 self.progress.done += 1;
                 WorkerState::Busy
             }
             Err(e) => {
                 // Kept (and retried): the cluster may not serve I/O yet.
-                tracing::warn!(
-                    "failed to remove unreferenced {oid:016x}: {}; retrying",
-                    e.describe()
-                );
+                tracing::warn!("failed to release {oid:016x}: {}; retrying", e.describe());
                 self.queue.push_back(oid);
                 self.progress.errors += 1;
                 WorkerState::Throttled(Duration::from_secs(1))
@@ -598,11 +668,9 @@ impl Worker for ReclaimWorker {
         }
     }
     async fn wait_for_work(&mut self) {
-        if let Some(oid) = self.requests.recv().await {
-            self.queue.push_back(oid);
-            self.progress.total += 1;
-        } else {
-            std::future::pending::<()>().await;
+        match self.requests.recv().await {
+            Some(r) => self.take(r),
+            None => std::future::pending::<()>().await,
         }
     }
 }
@@ -684,7 +752,7 @@ impl Sheep {
         p: Parts,
     ) -> (
         Arc<Sheep>,
-        mpsc::UnboundedReceiver<u64>,
+        mpsc::UnboundedReceiver<Reclaim>,
         mpsc::UnboundedReceiver<SdNode>,
     ) {
         let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
@@ -703,7 +771,6 @@ impl Sheep {
             recovery: Recovery::new(born),
             throttle,
             exit: watch::Sender::new(None),
-            ledger_lock: tokio::sync::Mutex::new(()),
             reclaim: reclaim_tx,
             vdi_sync: vdi_sync_tx,
             vdi_syncs_pending: watch::Sender::new(0),

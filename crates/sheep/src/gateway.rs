@@ -383,26 +383,71 @@ pub async fn discard(sheep: &Arc<Sheep>, req: SdReq) -> Reply {
     reply(&req, SdRes::SUCCESS)
 }
 
-/// Drops one generational reference `{generation, count}` to a shared
-/// data object: DECREF_OBJ on its ledger, which every ledger replica
-/// applies (§6.4).
-async fn decref(
-    sheep: &Arc<Sheep>,
-    data_oid: u64,
-    generation: u32,
-    count: u32,
-) -> Result<(), SdRes> {
-    let mut req = SdReq::new(op::DECREF_OBJ);
-    req.set_ref(RefArgs {
-        oid: data_oid_to_ledger_oid(data_oid),
-        generation,
-        count,
-    });
-    result(io(sheep, req, Vec::new()).await).map(|_| ())
+/// Removes data object `oid` unless a live inode still references it.
+///
+/// An object VDI `v` created at index `i` can be referenced only at index
+/// `i`, and only by `v` and the VDIs cloned or snapshotted from it
+/// ([`crate::state::VdiTable::heirs`]), so their entries say whether it is
+/// still needed. Asking them, where the original counted references in
+/// ledger objects, makes a release idempotent: a resent inode write, a
+/// retried fan-out or a crash halfway may release an object twice, which
+/// never frees one something still points to, while a counter decremented
+/// twice did (the whole-cluster simulation found such counts diverging
+/// between a ledger's replicas). The cost is one 4-byte inode read per
+/// heir, paid once per object per snapshot (on copy-on-write) and on
+/// discard.
+pub async fn release(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
+    // A clone made a moment ago through another node inherits the object
+    // too: learn every VDI created before this release began.
+    sheep.catch_up().await;
+    let vid = oid_to_vid(oid);
+    let off = data_vdi_id_offset(data_oid_to_idx(oid)) as u32;
+    let heirs = sheep.view().vdis.heirs(vid);
+    for heir in heirs {
+        match read(sheep, vid_to_vdi_oid(heir), off, 4, 0).await {
+            Ok(e) if e == vid.to_le_bytes() => return Ok(()),
+            Ok(_) | Err(SdRes::NO_OBJ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match remove(sheep, oid, 0).await {
+        Ok(()) | Err(SdRes::NO_OBJ) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
-/// WRITE_OBJ on an inode: when the range lies inside `data_vdi_id`, drop
-/// the references the overwritten entries held (§6.4).
+/// Releases `oid` before the inode write that dropped it is answered (so
+/// a client rewriting the same index next cannot race the removal), with
+/// the work recorded in the store first: after a crash the reclaim worker
+/// finishes it. A release that fails is left to that worker.
+async fn release_dropped(sheep: &Arc<Sheep>, oid: u64) {
+    let durable = !sheep.opts.gateway;
+    if durable {
+        let s = sheep.clone();
+        if let Ok(Err(e)) = sheep.on_store(move || s.store.reclaim_add(oid)).await {
+            tracing::error!("failed to record the release of {oid:016x}: {e}");
+        }
+    }
+    match release(sheep, oid).await {
+        Ok(()) if durable => {
+            let s = sheep.clone();
+            if let Ok(Err(e)) = sheep.on_store(move || s.store.reclaim_done(oid)).await {
+                tracing::error!("failed to record the release of {oid:016x}: {e}");
+            }
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(
+                "release of {oid:016x} failed ({}); retrying later",
+                e.describe()
+            );
+            let _ = sheep.reclaim.send(crate::daemon::Reclaim::Release(oid));
+        }
+    }
+}
+
+/// WRITE_OBJ on an inode: when the range lies inside `data_vdi_id`,
+/// release the objects the overwritten entries pointed to.
 async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     let o = req.obj();
     let start = o.offset as usize;
@@ -432,45 +477,15 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         Ok(d) => d,
         Err(r) => return reply(&req, r),
     };
-    let grefs = match read(sheep, o.oid, gref_offset(first) as u32, n * 8, o.copies).await {
-        Ok(d) => d,
-        Err(r) => return reply(&req, r),
-    };
     let r = io(sheep, req, payload.clone()).await;
     if r.0.result != SdRes::SUCCESS {
         return r;
     }
-    if grefs.iter().any(|&b| b != 0) {
-        let zero = internal(
-            op::WRITE_OBJ,
-            o.oid,
-            gref_offset(first) as u32,
-            n * 8,
-            o.copies,
-        );
-        if let Err(e) = result(io(sheep, zero, vec![0u8; n * 8]).await) {
-            tracing::error!("failed to reset grefs of {:016x}: {}", o.oid, e.describe());
-        }
-    }
     for i in 0..n {
-        let old_vid = u32::from_le_bytes(old[4 * i..4 * i + 4].try_into().unwrap());
-        let new_vid = u32::from_le_bytes(payload[4 * i..4 * i + 4].try_into().unwrap());
-        if old_vid == 0 || old_vid == new_vid {
-            continue;
-        }
-        let generation = u32::from_le_bytes(grefs[8 * i..8 * i + 4].try_into().unwrap());
-        let count = u32::from_le_bytes(grefs[8 * i + 4..8 * i + 8].try_into().unwrap());
-        let data_oid = vid_to_data_oid(old_vid, (first as usize + i) as u64);
-        if generation == 0 && count == 0 {
-            match remove(sheep, data_oid, 0).await {
-                Ok(()) | Err(SdRes::NO_OBJ) => {}
-                Err(e) => tracing::error!("failed to remove {data_oid:016x}: {}", e.describe()),
-            }
-        } else if let Err(e) = decref(sheep, data_oid, generation, count).await {
-            tracing::error!(
-                "failed to drop a reference to {data_oid:016x}: {}",
-                e.describe()
-            );
+        let entry = |d: &[u8]| u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap());
+        let (old_vid, new_vid) = (entry(&old), entry(&payload));
+        if old_vid != 0 && old_vid != new_vid {
+            release_dropped(sheep, vid_to_data_oid(old_vid, (first as usize + i) as u64)).await;
         }
     }
     r
@@ -616,5 +631,49 @@ mod tests {
         }
         h.peer(t[2]).set_mode(Mode::ShortReads);
         assert_eq!(read(&h.sheep, OID, 0, 512, 0).await, Err(SdRes::EIO));
+    }
+
+    /// The hot path takes no lock shared across connections: a create,
+    /// a write and a read (this node one of the targets) complete while
+    /// another thread holds every node-wide lock the node has (the
+    /// cluster state's, recovery's, the throttle's, the scrub's, the
+    /// repair set's and the supervisor's). What remains on the path is
+    /// per object: the striped object and block-range locks.
+    #[test]
+    fn the_hot_path_takes_no_node_wide_lock() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let h = rt.block_on(Harness::new(2, 3, false));
+        assert!(h.targets(OID).contains(&0), "this node holds a copy");
+        let s = h.sheep.clone();
+        let held = (
+            s.core.hold(),
+            s.recovery.hold(),
+            s.throttle.lock().unwrap(),
+            s.scrub.hold(),
+            s.integrity.hold(),
+            s.workers.hold(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sheep = h.sheep.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let got = rt.block_on(async {
+                create(&sheep, OID, 0, bytes(8), 0).await?;
+                write(&sheep, OID, 512, bytes(9), 0).await?;
+                read(&sheep, OID, 0, 1024, 0).await
+            });
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a request waited for a node-wide lock");
+        drop(held);
+        assert_eq!(got, Ok([bytes(8), bytes(9)].concat()));
     }
 }

@@ -179,14 +179,6 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     if sheep.opts.gateway {
         return reply(&req, SdRes::NO_OBJ);
     }
-    if req.opcode == op::DECREF_PEER {
-        // A ledger this node should hold but has not recovered yet is
-        // recovered first: counted from the missing ledger's initial
-        // state instead, its copy here would part from the others (and
-        // could reach zero early and reclaim a still referenced object).
-        sheep.recovery.ensure(sheep, o.oid).await;
-        return decref(sheep, &req).await;
-    }
     let key = sheep.obj_key(o.oid, o.copy_policy, o.ec_index);
     if req.opcode == op::CREATE_AND_WRITE_PEER
         && !is_vdi_obj(o.oid)
@@ -343,91 +335,6 @@ async fn store_op(
             })
             .await,
     )
-}
-
-/// Ledger generations read per update; deeper clone chains read the rest.
-const LEDGER_HEAD: usize = 4096;
-
-/// DECREF_PEER (§6.4): `ledger[generation] -= 1`, `ledger[generation+1] +=
-/// count`; a ledger that reaches all zeros is deleted, and the node first
-/// in the ledger's placement removes the data object it counted.
-async fn decref(sheep: &Arc<Sheep>, req: &SdReq) -> Reply {
-    let r = req.ref_args();
-    let key = ObjKey::replica(r.oid);
-    // The node first in the ledger's placement removes the data object
-    // once nothing references it.
-    let first = sheep
-        .view()
-        .ring
-        .targets(r.oid, sheep.copies_of(r.oid))
-        .first()
-        .is_some_and(|n| n.nid == sheep.this.nid);
-    let data_oid = ledger_oid_to_data_oid(r.oid);
-    let _serial = sheep.ledger_lock.lock().await;
-    let s = sheep.clone();
-    let res = sheep
-        .on_store(move || -> Result<bool, sd_store::StoreError> {
-            let st = &s.store;
-            let full = SD_DATA_OBJ_SIZE as usize;
-            let head = LEDGER_HEAD.max((r.generation as usize + 2) * 4).min(full);
-            let existed = st.exists(&key);
-            // Ledger files hold only their used prefix; a missing ledger is
-            // the initial state: one root reference.
-            let mut l = if existed {
-                st.read_all(&key)?
-            } else {
-                1u32.to_le_bytes().to_vec()
-            };
-            if l.len() > full {
-                l.truncate(full);
-            }
-            if l.len() < head {
-                l.resize(head, 0);
-            }
-            let g = r.generation as usize * 4;
-            if g + 8 > l.len() {
-                return Err(sd_store::StoreError::Io(std::io::Error::other(
-                    "generation out of range",
-                )));
-            }
-            let dec = u32::from_le_bytes(l[g..g + 4].try_into().unwrap()).wrapping_sub(1);
-            l[g..g + 4].copy_from_slice(&dec.to_le_bytes());
-            let inc = u32::from_le_bytes(l[g + 4..g + 8].try_into().unwrap()).wrapping_add(r.count);
-            l[g + 4..g + 8].copy_from_slice(&inc.to_le_bytes());
-            let all_zero = l.iter().all(|&b| b == 0);
-            if all_zero {
-                if first {
-                    // Recorded before the ledger goes: a crash in between
-                    // must not leak the object.
-                    st.reclaim_add(data_oid)?;
-                }
-                if existed {
-                    st.remove(&key)?;
-                }
-            } else {
-                let used = l.len() - l.iter().rev().take_while(|&&b| b == 0).count();
-                let used = (used.div_ceil(8) * 8).min(l.len());
-                // Replaced whole (atomically), so a counter that dropped to
-                // zero past the new end does not survive in the old file.
-                st.create_and_write(&key, used as u64, 0, &l[..used])?;
-            }
-            Ok(all_zero)
-        })
-        .await;
-    match res {
-        Ok(Ok(true)) => {
-            if first {
-                // The removal fans out through the gateway; it must not
-                // hold this peer reply, so the reclaim worker does it.
-                let _ = sheep.reclaim.send(data_oid);
-            }
-            reply(req, SdRes::SUCCESS)
-        }
-        Ok(Ok(false)) => reply(req, SdRes::SUCCESS),
-        Ok(Err(e)) if sheep.disk_failed(&e) => reply(req, SdRes::NETWORK_ERROR),
-        Ok(Err(e)) => reply(req, e.res()),
-        Err(_) => reply(req, SdRes::EIO),
-    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,15 @@ pub struct Integrity {
     repairing: Mutex<HashSet<ObjKey>>,
 }
 
+impl Integrity {
+    /// Holds the lock of the repair set (for the test that no request
+    /// waits for it).
+    #[cfg(test)]
+    pub fn hold(&self) -> impl Sized + '_ {
+        self.repairing.lock().unwrap()
+    }
+}
+
 /// Records blocks of `key` found failing their checksums, and logs it.
 pub fn found(sheep: &Sheep, key: &ObjKey, blocks: &[usize]) {
     sheep

@@ -27,6 +27,12 @@ pub struct ScrubControl {
 }
 
 impl ScrubControl {
+    /// Holds the status lock (for the test that no request waits for it).
+    #[cfg(test)]
+    pub fn hold(&self) -> impl Sized + '_ {
+        self.status.lock().unwrap()
+    }
+
     /// Starts a pass (a running pass goes on).
     pub fn start(&self) {
         self.stop.store(false, SeqCst);

@@ -210,16 +210,8 @@ pub async fn refusal_after_catching_up(sheep: &Arc<Sheep>) -> Option<SdRes> {
 pub fn class(opcode: u8) -> Option<Class> {
     use Class::*;
     Some(match opcode {
-        op::CREATE_AND_WRITE_OBJ
-        | op::READ_OBJ
-        | op::WRITE_OBJ
-        | op::REMOVE_OBJ
-        | op::DECREF_OBJ => Gateway,
-        op::CREATE_AND_WRITE_PEER
-        | op::READ_PEER
-        | op::WRITE_PEER
-        | op::REMOVE_PEER
-        | op::DECREF_PEER => Peer,
+        op::CREATE_AND_WRITE_OBJ | op::READ_OBJ | op::WRITE_OBJ | op::REMOVE_OBJ => Gateway,
+        op::CREATE_AND_WRITE_PEER | op::READ_PEER | op::WRITE_PEER | op::REMOVE_PEER => Peer,
         op::READ_VDIS | op::GET_CLUSTER_DEFAULT => Local { force: true },
         op::FLUSH_VDI | op::DISCARD_OBJ => Local { force: false },
         op::NEW_VDI

@@ -186,6 +186,8 @@ pub enum Effect {
     RecoveryEnabled,
     /// A VDI's copy count changed: place its objects anew.
     RedundancyChanged,
+    /// A VDI was deleted: its family may be dead, so sweep for its objects.
+    VdiDeleted,
     /// A node other than us joined; fetch its VDI state.
     PeerJoined(SdNode),
 }
@@ -225,11 +227,16 @@ impl VidBitmap {
     }
     /// ORs a wire bitmap into this one.
     pub fn merge_bytes(&mut self, b: &[u8]) {
-        for (i, &byte) in b.iter().enumerate().filter(|(_, &x)| x != 0) {
-            for bit in 0..8 {
-                if byte & (1 << bit) != 0 {
-                    self.set((i * 8 + bit) as u32);
-                }
+        // A word at a time: the bitmap is 2 MiB and nearly all zeros.
+        let words = b.chunks_exact(8);
+        let tail = words.remainder();
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        let words = words.map(|c| u64::from_le_bytes(c.try_into().unwrap()));
+        for (w, mut bits) in words.chain([u64::from_le_bytes(last)]).enumerate() {
+            while bits != 0 {
+                self.set((w * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
             }
         }
     }
@@ -372,6 +379,78 @@ impl VdiTable {
         if let Some(s) = self.states.get_mut(&vid) {
             s.deleted = true;
         }
+    }
+
+    /// The ancestors of `vid` by parent links, `vid` first, root last.
+    fn lineage(&self, vid: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut next = Some(vid);
+        std::iter::from_fn(move || {
+            let v = next?;
+            next = self
+                .states
+                .get(&v)
+                .map(|s| s.parent_vid)
+                .filter(|&p| p != 0 && p != v);
+            Some(v)
+        })
+        // A corrupt table with a cycle must not loop forever.
+        .take(self.states.len() + 1)
+    }
+
+    /// The root of `vid`'s family (the VDI it was cloned and snapshotted
+    /// from, transitively).
+    fn root_of(&self, vid: u32) -> u32 {
+        self.lineage(vid).last().unwrap_or(vid)
+    }
+
+    /// The known VDIs of `vid`'s family: its root and all its descendants.
+    pub fn family(&self, vid: u32) -> Vec<u32> {
+        let root = self.root_of(vid);
+        self.states
+            .keys()
+            .copied()
+            .filter(|&v| self.root_of(v) == root)
+            .collect()
+    }
+
+    /// The vids of every family whose VDIs are all deleted: nothing can
+    /// reference their inodes or objects any more. A vid this node does
+    /// not know is in none.
+    pub fn dead_vids(&self) -> std::collections::HashSet<u32> {
+        let mut live_roots = std::collections::HashSet::new();
+        let roots: Vec<(u32, u32)> = self
+            .states
+            .values()
+            .map(|s| {
+                let root = self.root_of(s.vid);
+                if !s.deleted {
+                    live_roots.insert(root);
+                }
+                (s.vid, root)
+            })
+            .collect();
+        roots
+            .into_iter()
+            .filter(|(_, root)| !live_roots.contains(root))
+            .map(|(vid, _)| vid)
+            .collect()
+    }
+
+    /// Whether `vid` is known and its family is dead (see
+    /// [`VdiTable::dead_vids`]).
+    pub fn family_dead(&self, vid: u32) -> bool {
+        self.states.contains_key(&vid) && self.family(vid).iter().all(|v| self.states[v].deleted)
+    }
+
+    /// The live VDIs that may reference an object `vid` created: `vid`
+    /// itself and every VDI cloned or snapshotted from it, transitively
+    /// (an object is inherited only at its own index, only downwards).
+    pub fn heirs(&self, vid: u32) -> Vec<u32> {
+        self.states
+            .values()
+            .filter(|s| !s.deleted && self.lineage(s.vid).any(|a| a == vid))
+            .map(|s| s.vid)
+            .collect()
     }
 }
 
@@ -756,7 +835,10 @@ impl ClusterState {
                     ..Default::default()
                 });
             }
-            op::DEL_VDI => self.vdis.mark_deleted(m.rsp.vdi_id()),
+            op::DEL_VDI => {
+                self.vdis.mark_deleted(m.rsp.vdi_id());
+                fx.push(Effect::VdiDeleted);
+            }
             op::LOCK_VDI if m.data.len() >= NODE_ID_SIZE => self.vdis.lock(
                 m.rsp.vdi_id(),
                 m.req.vdi().lock_type,

@@ -56,7 +56,13 @@ async fn lookup(
     };
     let has_tag = !tag.is_empty() || snapid != 0;
     let mut name_found = false;
-    for vid in slots.into_iter().filter(|&v| inuse.get(v)) {
+    // A deleted VDI is gone, even where a delete cut off halfway left its
+    // name in some copies of its inode.
+    let deleted = &view.vdis.deleted;
+    for vid in slots
+        .into_iter()
+        .filter(|&v| inuse.get(v) && !deleted.get(v))
+    {
         let h = match read_header(sheep, vid).await {
             Ok(h) => h,
             Err(SdRes::NO_OBJ) => continue,
@@ -601,25 +607,7 @@ async fn remove_hyper_objects(sheep: &Arc<Sheep>, vid: u32) -> Result<(), SdRes>
 async fn remove_dead_family(sheep: &Arc<Sheep>, deleting: u32) {
     let family: Vec<u32> = {
         let st = sheep.view();
-        let parent = |v: u32| st.vdis.states.get(&v).map_or(0, |s| s.parent_vid);
-        let root_of = |mut v: u32| {
-            for _ in 0..SD_NR_VDIS {
-                match parent(v) {
-                    0 => break,
-                    p if p == v => break,
-                    p => v = p,
-                }
-            }
-            v
-        };
-        let root = root_of(deleting);
-        let members: Vec<u32> = st
-            .vdis
-            .states
-            .keys()
-            .copied()
-            .filter(|&v| root_of(v) == root)
-            .collect();
+        let members = st.vdis.family(deleting);
         let dead = members
             .iter()
             .all(|&m| m == deleting || st.vdis.states[&m].deleted);

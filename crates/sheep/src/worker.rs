@@ -70,6 +70,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Holds the supervisor's locks (for the test that no request waits
+    /// for them).
+    #[cfg(test)]
+    pub fn hold(&self) -> impl Sized + '_ {
+        (self.reports.lock().unwrap(), self.tasks.lock().unwrap())
+    }
+
     /// Runs `w` until the node stops.
     pub fn spawn<W: Worker>(self: &Arc<Self>, mut w: W) {
         let report = Arc::new(Mutex::new(WorkerReport {
