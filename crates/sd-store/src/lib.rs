@@ -448,6 +448,22 @@ impl Store {
         remove_if_present(&scp)
     }
 
+    /// [`Store::read_verified`] of object `k`, settled: blocks that still
+    /// do not verify are read once more with writes to them held off, so
+    /// a busy machine that keeps a writer between its data and its
+    /// checksums longer than the retries wait is never taken for rot.
+    fn read_settled(&self, k: &ObjKey, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+        match self.read_verified(path, offset, len) {
+            Err(StoreError::Checksum { .. }) => {
+                let first = (offset / csum::BLOCK) as usize;
+                let end = (offset + len as u64).div_ceil(csum::BLOCK) as usize;
+                let _blocks = self.ranges.lock(k, first, end.max(first + 1));
+                self.read_verified(path, offset, len)
+            }
+            r => r,
+        }
+    }
+
     /// Reads `len` bytes at `offset` of the file at `path` (zeros past its
     /// end), verified against its checksums. A block that does not verify
     /// is read again a few times first: a write to it may be under way
@@ -632,7 +648,7 @@ impl Store {
     /// [`ObjectStore::verify`] of the working copy at `path`.
     fn verify_at(&self, k: &ObjKey, path: &Path) -> Result<Verdict> {
         let size = fs::metadata(path)?.len();
-        match self.read_verified(path, 0, size as usize) {
+        match self.read_settled(k, path, 0, size as usize) {
             Err(StoreError::Checksum { blocks, .. }) => return Ok(Verdict::Bad(blocks)),
             r => {
                 r?;
@@ -788,7 +804,7 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 self.faults.check(faults::Op::Read, &path)?;
-                self.read_verified(&path, offset, len)
+                self.read_settled(k, &path, offset, len)
             })(),
         )
     }
@@ -800,7 +816,7 @@ impl ObjectStore for Store {
             (|| {
                 self.faults.check(faults::Op::Read, &path)?;
                 let size = fs::metadata(&path)?.len();
-                self.read_verified(&path, 0, size as usize)
+                self.read_settled(k, &path, 0, size as usize)
             })(),
         )
     }

@@ -519,6 +519,10 @@ struct Knobs {
     event_delay_ms: u64,
     /// `CLUSTER_SIM_REPLACE=0|1`: nodes are replaced for good.
     replace: bool,
+    /// `CLUSTER_SIM_RESEND=0`: a write that failed or was cut off is not
+    /// sent again as QEMU does; the client opens the VDI afresh for its
+    /// next write, as dog or a restarted VM does.
+    resend: bool,
     /// `CLUSTER_SIM_DELETE=1`: clients also delete VDIs while faults go
     /// on (by default every VDI is deleted once the cluster settled).
     delete: bool,
@@ -530,6 +534,7 @@ impl Knobs {
         let off = |k: &str| std::env::var(k).is_ok_and(|v| v == "0");
         Knobs {
             replace: !off("CLUSTER_SIM_REPLACE"),
+            resend: !off("CLUSTER_SIM_RESEND"),
             delete: on("CLUSTER_SIM_DELETE"),
             harsh: on("CLUSTER_SIM_HARSH"),
             orphans: !off("CLUSTER_SIM_ORPHANS"),
@@ -803,7 +808,7 @@ impl Cluster {
         for (op, inode) in again {
             if let Op::Write { vol, .. } = op {
                 let mut b = self.book.lock().unwrap();
-                if b.volumes[vol].exist != Exist::Yes {
+                if b.volumes[vol].exist != Exist::Yes || !self.knobs.resend {
                     b.volumes[vol].busy = false;
                     continue;
                 }
@@ -1129,8 +1134,22 @@ impl Cluster {
         self.delete_all().await?;
         let left = self.objects_left().await;
         if self.knobs.orphans && !left.is_empty() {
+            let view = self.net.node(self.members()[0]).unwrap().view();
+            let states: Vec<String> = view
+                .vdis
+                .states
+                .values()
+                .map(|s| {
+                    format!(
+                        "{:x}<-{:x}{}",
+                        s.vid,
+                        s.parent_vid,
+                        if s.deleted { " deleted" } else { "" }
+                    )
+                })
+                .collect();
             return Err(format!(
-                "objects left after every VDI was deleted (node, oid): {:x?}",
+                "objects left after every VDI was deleted (node, oid): {:x?}; VDIs: {states:?}",
                 &left[..left.len().min(8)]
             ));
         }
@@ -1342,6 +1361,31 @@ impl Cluster {
             if self.volumes()[vol].exist != Exist::Gone && v.exist != Exist::Broken {
                 return Err(format!("deleting {} failed: {out:?}", v.label()));
             }
+        }
+        // VDIs no client saw created: a create or clone cut off after its
+        // inode was written comes back as a VDI with the next start that
+        // scans that inode (as in the original). An operator deletes them
+        // like any other.
+        let sheep = self.net.node(self.members()[0]).unwrap();
+        let unknown: Vec<u32> = sheep
+            .view()
+            .vdis
+            .states
+            .values()
+            .filter(|s| !s.deleted)
+            .map(|s| s.vid)
+            .collect();
+        let mut ex = InProcess(sheep.clone());
+        for vid in unknown {
+            let failed = |e: &dyn std::fmt::Display| format!("deleting unknown VDI {vid:x}: {e}");
+            let h = client::read_inode_header(&mut ex, vid)
+                .await
+                .map_err(|e| failed(&e))?;
+            let snapid = if h.is_snapshot() { h.snap_id } else { 0 };
+            client::del_vdi(&mut ex, h.name_bytes(), b"", snapid)
+                .await
+                .map_err(|e| failed(&e))?;
+            self.note(format!("deleted VDI {vid:x}, which no client saw created"));
         }
         Ok(())
     }

@@ -430,6 +430,7 @@ impl Sheep {
             }
             Effect::RecoveryGathered(epoch) => {
                 let _ = self.reclaim.send(Reclaim::Sweep);
+                let _ = self.reclaim.send(Reclaim::ReconcileAll);
                 if self.view().joined && !self.recovery.busy() {
                     let n = self.store.purge_stale()?;
                     tracing::info!(
@@ -540,6 +541,12 @@ pub enum Reclaim {
     /// Families may have died, or recovery may have brought back their
     /// objects: remove what this node holds of them.
     Sweep,
+    /// An index write to VDI `vid` failed: make its copies agree.
+    Reconcile(u32),
+    /// A recovery finished everywhere (perhaps after a gateway died in
+    /// the middle of index writes): make the copies of every index this
+    /// node is the first target of agree.
+    ReconcileAll,
 }
 
 /// Removes objects nothing references any more, so deleting leaves
@@ -554,11 +561,16 @@ pub enum Reclaim {
 ///   gateway that crashed halfway left, or a node that was away while the
 ///   VDIs were deleted brought back. One runs at start, when a family
 ///   dies, and when a recovery is complete on every node.
+/// - **Index reconciliation** ([`crate::gateway::reconcile_index`]) of
+///   the VDIs whose index writes failed, and after every complete
+///   recovery of those this node is the first target of.
 struct ReclaimWorker {
     sheep: Arc<Sheep>,
     requests: mpsc::UnboundedReceiver<Reclaim>,
     queue: std::collections::VecDeque<u64>,
     sweep: bool,
+    reconcile: std::collections::BTreeSet<u32>,
+    reconcile_all: bool,
     progress: Progress,
 }
 
@@ -578,6 +590,8 @@ impl ReclaimWorker {
             requests,
             queue,
             sweep: true,
+            reconcile: Default::default(),
+            reconcile_all: false,
             progress,
         })
     }
@@ -589,7 +603,31 @@ impl ReclaimWorker {
                 self.progress.total += 1;
             }
             Reclaim::Sweep => self.sweep = true,
+            Reclaim::Reconcile(vid) => {
+                self.reconcile.insert(vid);
+            }
+            Reclaim::ReconcileAll => self.reconcile_all = true,
         }
+    }
+
+    /// The live VDIs whose inodes this node holds as the first target.
+    fn primary_inodes(&self) -> Vec<u32> {
+        let view = self.sheep.view();
+        let keys = self.sheep.store.list().unwrap_or_default();
+        keys.into_iter()
+            .filter(|k| is_vdi_obj(k.oid) && k.ec_index.is_none())
+            .map(|k| oid_to_vid(k.oid))
+            .filter(|vid| view.vdis.states.get(vid).is_some_and(|s| !s.deleted))
+            .filter(|&vid| {
+                let oid = vid_to_vdi_oid(vid);
+                let first = view
+                    .ring
+                    .targets(oid, self.sheep.copies_of(oid))
+                    .first()
+                    .map(|n| n.nid);
+                first == Some(self.sheep.this.nid)
+            })
+            .collect()
     }
 
     /// Removes the working copies of dead families' objects this node
@@ -646,6 +684,36 @@ impl Worker for ReclaimWorker {
                 }
             }
             return WorkerState::Busy;
+        }
+        if std::mem::take(&mut self.reconcile_all) {
+            let vids = self.primary_inodes();
+            self.reconcile.extend(vids);
+        }
+        if let Some(vid) = self.reconcile.pop_first() {
+            let view = self.sheep.view();
+            if view.vdis.states.get(&vid).is_none_or(|s| s.deleted) {
+                return WorkerState::Busy;
+            }
+            return match crate::gateway::reconcile_index(&self.sheep, vid).await {
+                Ok(_) | Err(SdRes::NO_OBJ) => WorkerState::Busy,
+                Err(e) => {
+                    tracing::warn!(
+                        "could not compare the copies of VDI {vid:x}'s index ({}); retrying",
+                        e.describe()
+                    );
+                    self.reconcile.insert(vid);
+                    WorkerState::Throttled(Duration::from_secs(1))
+                }
+            };
+        }
+        if self.queue.is_empty() {
+            return WorkerState::Idle;
+        }
+        // Releases read and write through the cluster: not before this
+        // node runs in it.
+        let view = self.sheep.view();
+        if !view.joined || view.status.refusal().is_some() {
+            return WorkerState::Throttled(Duration::from_secs(1));
         }
         let Some(oid) = self.queue.pop_front() else {
             return WorkerState::Idle;

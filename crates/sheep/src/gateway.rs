@@ -404,10 +404,14 @@ pub async fn release(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
     let off = data_vdi_id_offset(data_oid_to_idx(oid)) as u32;
     let heirs = sheep.view().vdis.heirs(vid);
     for heir in heirs {
-        match read(sheep, vid_to_vdi_oid(heir), off, 4, 0).await {
-            Ok(e) if e == vid.to_le_bytes() => return Ok(()),
-            Ok(_) | Err(SdRes::NO_OBJ) => {}
-            Err(e) => return Err(e),
+        // Every copy of the inode is asked: one that a cut-off index
+        // write left behind (see [`reconcile_index`]) still counts.
+        for copy in read_replicas(sheep, vid_to_vdi_oid(heir), off, 4).await {
+            match copy {
+                Ok(e) if e == vid.to_le_bytes() => return Ok(()),
+                Ok(_) | Err(SdRes::NO_OBJ) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     match remove(sheep, oid, 0).await {
@@ -415,6 +419,125 @@ pub async fn release(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
         Err(e) => Err(e),
     }
 }
+
+/// Reads `len` bytes at `offset` of `oid` from each of its replicas (not
+/// erasure coded): every target's answer.
+async fn read_replicas(
+    sheep: &Arc<Sheep>,
+    oid: u64,
+    offset: u32,
+    len: usize,
+) -> Vec<Result<Vec<u8>, SdRes>> {
+    let view = sheep.view();
+    let mut req = internal(op::READ_OBJ, oid, offset, len, 0);
+    req.opcode = op::READ_PEER;
+    req.proto_ver = SD_SHEEP_PROTO_VER;
+    req.epoch = view.epoch;
+    let targets = view.ring.targets(oid, sheep.copies_of(oid));
+    let answers = join_all(targets.iter().map(|n| send(sheep, n, req, &[]))).await;
+    answers
+        .into_iter()
+        .map(|r| match result(r) {
+            Ok(d) if d.len() == len => Ok(d),
+            Ok(_) => Err(SdRes::EIO),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
+/// Makes the copies of VDI `vid`'s index agree again; how many entries
+/// it rewrote.
+///
+/// An index write is fanned out to every copy of the inode, and a gateway
+/// that dies halfway (or gives up on an unreachable copy) leaves them
+/// different. Nothing else would ever compare them, and a client that
+/// opens the VDI through one copy and writes into the object it names,
+/// then later reads through another copy, loses that acknowledged write.
+/// So after every recovery (a gateway's death is a membership change) and
+/// after a failed index write, the copies are compared, twice some time
+/// apart so that a write still in flight is not taken for a cut-off one,
+/// and each entry that still differs is set on every copy to a value whose
+/// object exists, preferring the VDI's own object: the data objects are
+/// written before the index entry that names them and are removed only
+/// after every copy of the entry changed, so the value chosen is one the
+/// VDI had (an unacknowledged write or discard is kept or undone, both
+/// allowed).
+pub async fn reconcile_index(sheep: &Arc<Sheep>, vid: u32) -> Result<usize, SdRes> {
+    let ino = vid_to_vdi_oid(vid);
+    let h = read(sheep, ino, 0, INODE_FIELDS_SIZE, 0).await?;
+    let Some(h) = InodeHeader::decode(&h) else {
+        return Ok(0);
+    };
+    let n = h.nr_objects().min(SD_INODE_DATA_INDEX as u64) as usize;
+    if h.store_policy != 0 || n == 0 {
+        return Ok(0);
+    }
+    let differing = || async {
+        let copies: Vec<Vec<u8>> = read_replicas(sheep, ino, DATA_VDI_ID_OFFSET as u32, 4 * n)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        let entry =
+            |c: &Vec<u8>, i: usize| u32::from_le_bytes(c[4 * i..4 * i + 4].try_into().unwrap());
+        (0..n)
+            .filter_map(|i| {
+                let mut vals: Vec<u32> = copies.iter().map(|c| entry(c, i)).collect();
+                vals.sort_unstable();
+                vals.dedup();
+                (vals.len() > 1).then_some((i, vals))
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = differing().await;
+    if first.is_empty() {
+        return Ok(0);
+    }
+    sheep.clock.sleep(RECONCILE_SETTLE).await;
+    let stable: Vec<(usize, Vec<u32>)> = differing()
+        .await
+        .into_iter()
+        .filter(|d| first.contains(d))
+        .collect();
+    let mut fixes = Vec::new();
+    for (i, mut vals) in stable {
+        vals.retain(|&v| v != 0);
+        vals.sort_by_key(|&v| v != vid);
+        let mut chosen = 0;
+        for v in vals {
+            match read(sheep, vid_to_data_oid(v, i as u64), 0, 1, 0).await {
+                Ok(_) => {
+                    chosen = v;
+                    break;
+                }
+                Err(SdRes::NO_OBJ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fixes.push((i, chosen));
+    }
+    for run in fixes.chunk_by(|a, b| a.0 + 1 == b.0) {
+        let data = run.iter().flat_map(|f| f.1.to_le_bytes()).collect();
+        write(
+            sheep,
+            ino,
+            data_vdi_id_offset(run[0].0 as u32) as u32,
+            data,
+            0,
+        )
+        .await?;
+    }
+    if !fixes.is_empty() {
+        tracing::warn!(
+            "the copies of VDI {vid:x}'s index differed in {} entries (a cut-off write); made them agree",
+            fixes.len()
+        );
+    }
+    Ok(fixes.len())
+}
+
+/// How long [`reconcile_index`] waits before comparing again.
+const RECONCILE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Releases `oid` before the inode write that dropped it is answered (so
 /// a client rewriting the same index next cannot race the removal), with
@@ -479,6 +602,8 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
     };
     let r = io(sheep, req, payload.clone()).await;
     if r.0.result != SdRes::SUCCESS {
+        // Some copies of the index may have the write, others not.
+        let _ = sheep.reclaim.send(crate::daemon::Reclaim::Reconcile(vid));
         return r;
     }
     for i in 0..n {
@@ -675,5 +800,51 @@ mod tests {
             .expect("a request waited for a node-wide lock");
         drop(held);
         assert_eq!(got, Ok([bytes(8), bytes(9)].concat()));
+    }
+
+    /// Copies of an index that a cut-off write left different are made to
+    /// agree: an entry naming the VDI's own object that exists wins over
+    /// the old value; one naming an object that does not exist is reset.
+    #[tokio::test]
+    async fn copies_of_an_index_that_differ_are_made_to_agree() {
+        use sd_store::{ObjKey, ObjectStore};
+        let h = Harness::new(3, 3, true).await;
+        const VID: u32 = 0x00ab_cd00;
+        let header = InodeHeader {
+            vdi_size: 3 << 22,
+            block_size_shift: 22,
+            nr_copies: 3,
+            vdi_id: VID,
+            ..Default::default()
+        };
+        let ino = ObjKey::replica(vid_to_vdi_oid(VID));
+        let entries = |e: [u32; 3]| e.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let mut body = header.encode();
+        body.extend(entries([0, 0, VID]));
+        for i in 1..=3u16 {
+            let st = &h.peer(i).store;
+            st.create_and_write(&ino, body.len() as u64, 0, &body)
+                .unwrap();
+            st.create_and_write(&ObjKey::replica(vid_to_data_oid(VID, 0)), 4, 0, b"data")
+                .unwrap();
+        }
+        // Entry 0: written on two copies (its object exists); entry 1: on
+        // one copy only, naming an object that is not there.
+        for (i, e) in [(1, [VID, VID, VID]), (2, [VID, 0, VID])] {
+            h.peer(i)
+                .store
+                .write(&ino, DATA_VDI_ID_OFFSET as u64, &entries(e))
+                .unwrap();
+        }
+        assert_eq!(reconcile_index(&h.sheep, VID).await, Ok(2));
+        for i in 1..=3u16 {
+            let got = h
+                .peer(i)
+                .store
+                .read(&ino, DATA_VDI_ID_OFFSET as u64, 12)
+                .unwrap();
+            assert_eq!(got, entries([VID, 0, VID]), "copy on node {i}");
+        }
+        assert_eq!(reconcile_index(&h.sheep, VID).await, Ok(0));
     }
 }

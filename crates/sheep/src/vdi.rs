@@ -104,9 +104,13 @@ async fn lookup_request(sheep: &Arc<Sheep>, req: &SdReq, payload: &[u8]) -> Resu
     let (name, tag) = name_and_tag(payload).ok_or(SdRes::INVALID_PARMS)?;
     let snapid = req.vdi().snapid;
     match lookup(sheep, name, tag, snapid).await {
-        // A node that joined a moment ago may not know every VDI yet:
-        // "no such VDI" only once it has heard from every member.
-        Err((SdRes::NO_VDI, _)) if sheep.wait_vdis_synced().await => {
+        // "No such VDI" only once this node has applied every VDI the
+        // cluster created before the question (a creation's event may
+        // still be on its way here) and, having joined a moment ago,
+        // heard from every member.
+        Err((SdRes::NO_VDI, _)) => {
+            sheep.catch_up().await;
+            sheep.wait_vdis_synced().await;
             lookup(sheep, name, tag, snapid).await.map_err(|e| e.0)
         }
         r => r.map_err(|e| e.0),
