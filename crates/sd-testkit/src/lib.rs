@@ -380,10 +380,27 @@ impl Cluster {
             if out.status.success() && count == n {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not see {n} nodes (sees {count})"
-            );
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let log =
+                            std::fs::read_to_string(n.dir.join("sheep.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(6).collect();
+                        format!(
+                            "--- {}:\n{}",
+                            n.port,
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "node {i} did not see {n} nodes (sees {count}):\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    logs.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1181,7 +1181,8 @@ impl Cluster {
     async fn resolve_all(&mut self) -> Result<(), String> {
         for (vol, v) in self.volumes().iter().enumerate() {
             if v.exist == Exist::Maybe {
-                self.run_now(0, Op::Resolve { vol }).await;
+                let g = self.members()[0];
+                self.run_now(g, Op::Resolve { vol }).await;
                 if self.volumes()[vol].exist == Exist::Maybe {
                     return Err(format!("cannot tell whether {} exists", v.label()));
                 }

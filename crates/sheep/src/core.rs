@@ -177,17 +177,12 @@ impl ClusterCore {
         self.state.lock().unwrap().my_incarnation = incarnation;
     }
 
-    /// Merges a peer's VDI table (GET_VDI_COPIES states and the READ_VDIS
-    /// / READ_DEL_VDIS bitmaps) into ours.
-    pub fn merge_vdis(&self, states: Vec<VdiState>, inuse: &[u8], deleted: Option<&[u8]>) {
+    /// Merges a peer's VDI table (its GET_VDI_COPIES states) into ours.
+    pub fn merge_vdis(&self, states: Vec<VdiState>) {
         {
             let mut st = self.state.lock().unwrap();
             for s in states {
                 st.vdis.add(s);
-            }
-            st.vdis.inuse.merge_bytes(inuse);
-            if let Some(b) = deleted {
-                st.vdis.deleted.merge_bytes(b);
             }
         }
         self.publish();

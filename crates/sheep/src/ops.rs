@@ -16,6 +16,10 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             if req.data_length as usize != SD_VDI_BITMAP_SIZE {
                 return reply(&req, SdRes::INVALID_PARMS);
             }
+            // A node that joined a moment ago lists every VDI only once
+            // it has merged its peers' tables (`dog vdi list` right after
+            // a whole-cluster restart).
+            sheep.wait_vdis_synced().await;
             let v = sheep.view();
             let bm = if req.opcode == op::READ_VDIS {
                 &v.vdis.inuse

@@ -225,21 +225,6 @@ impl VidBitmap {
         }
         b
     }
-    /// ORs a wire bitmap into this one.
-    pub fn merge_bytes(&mut self, b: &[u8]) {
-        // A word at a time: the bitmap is 2 MiB and nearly all zeros.
-        let words = b.chunks_exact(8);
-        let tail = words.remainder();
-        let mut last = [0u8; 8];
-        last[..tail.len()].copy_from_slice(tail);
-        let words = words.map(|c| u64::from_le_bytes(c.try_into().unwrap()));
-        for (w, mut bits) in words.chain([u64::from_le_bytes(last)]).enumerate() {
-            while bits != 0 {
-                self.set((w * 64) as u32 + bits.trailing_zeros());
-                bits &= bits - 1;
-            }
-        }
-    }
     /// First clear bit in `[from, SD_NR_VDIS)`.
     pub fn first_clear_from(&self, from: u32) -> Option<u32> {
         (from..SD_NR_VDIS).find(|&v| !self.get(v))

@@ -702,16 +702,11 @@ fn table_req(opcode: u8, len: usize) -> SdReq {
 }
 
 /// Merges another node's VDI table into ours (after a join, both ways).
+/// Its VDI states are the whole table (every in-use vid has one, with its
+/// deleted flag), so the 2 MiB bitmaps are not fetched: and READ_VDIS,
+/// which waits for this node's own merges, is never asked by a peer.
 pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
-    let states = query(sheep, node, table_req(op::GET_VDI_COPIES, 1 << 20)).await;
-    let inuse = query(sheep, node, table_req(op::READ_VDIS, SD_VDI_BITMAP_SIZE)).await;
-    let deleted = query(
-        sheep,
-        node,
-        table_req(op::READ_DEL_VDIS, SD_VDI_BITMAP_SIZE),
-    )
-    .await;
-    let Some(inuse) = inuse else {
+    let Some(states) = query(sheep, node, table_req(op::GET_VDI_COPIES, 1 << 20)).await else {
         tracing::warn!(
             "could not fetch the VDI table of {}",
             node.nid.socket_addr()
@@ -719,11 +714,10 @@ pub async fn sync_vdis_from(sheep: &Arc<Sheep>, node: &SdNode) -> bool {
         return false;
     };
     let states = states
-        .unwrap_or_default()
         .chunks_exact(VDI_STATE_SIZE)
         .filter_map(VdiState::decode)
         .collect();
-    sheep.core.merge_vdis(states, &inuse, deleted.as_deref());
+    sheep.core.merge_vdis(states);
     true
 }
 
