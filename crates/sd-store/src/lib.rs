@@ -725,8 +725,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The newest stale copy's epoch if it is `since` or later: a copy
     /// retired with epoch `e` was current through epoch `e`.
     fn newest_stale(&self, k: &ObjKey, since: u32) -> Option<u32>;
-    /// Records that the object `oid` is to be removed cluster-wide (its
-    /// last reference is gone), durably, before the reference itself goes.
+    /// Records, durably, that the object `oid` is to be released (removed
+    /// cluster-wide unless a VDI still references it), before the release
+    /// starts, so a crash halfway leaves the work to be finished.
     fn reclaim_add(&self, oid: u64) -> Result<()>;
     /// The objects recorded by [`ObjectStore::reclaim_add`] and not yet done.
     fn reclaim_pending(&self) -> Result<Vec<u64>>;

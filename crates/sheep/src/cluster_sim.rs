@@ -434,8 +434,11 @@ async fn run_op(ex: &mut InProcess, op: &Op, vols: &[Volume], p: &mut Pending) -
             }
         }
         Op::Create { vol } => {
+            let ec = vols[vol].name.starts_with('e');
             let v = client::NewVdi {
                 size: VOL_OBJECTS * OBJ,
+                copies: if ec { 3 } else { 0 },
+                copy_policy: if ec { policy::encode(2, 1) } else { 0 },
                 ..Default::default()
             };
             let r = client::new_vdi(ex, vols[vol].name.as_bytes(), &v).await;
@@ -519,6 +522,9 @@ struct Knobs {
     event_delay_ms: u64,
     /// `CLUSTER_SIM_REPLACE=0|1`: nodes are replaced for good.
     replace: bool,
+    /// `CLUSTER_SIM_EC=1`: every other VDI created is erasure coded (2
+    /// data strips + 1 parity).
+    ec: bool,
     /// `CLUSTER_SIM_RESEND=0`: a write that failed or was cut off is not
     /// sent again as QEMU does; the client opens the VDI afresh for its
     /// next write, as dog or a restarted VM does.
@@ -535,6 +541,7 @@ impl Knobs {
         Knobs {
             replace: !off("CLUSTER_SIM_REPLACE"),
             resend: !off("CLUSTER_SIM_RESEND"),
+            ec: on("CLUSTER_SIM_EC"),
             delete: on("CLUSTER_SIM_DELETE"),
             harsh: on("CLUSTER_SIM_HARSH"),
             orphans: !off("CLUSTER_SIM_ORPHANS"),
@@ -887,7 +894,9 @@ impl Cluster {
                     Op::Read { vol, idx, floor }
                 }
                 2 => {
-                    let name = format!("v{}", b.volumes.len());
+                    // "e…": erasure coded (see `run_op`).
+                    let ec = self.knobs.ec && b.volumes.len() % 2 == 1;
+                    let name = format!("{}{}", if ec { 'e' } else { 'v' }, b.volumes.len());
                     let blocks = vec![History::default(); VOL_OBJECTS as usize];
                     Op::Create {
                         vol: b.add(name, None, blocks),
@@ -1297,17 +1306,27 @@ impl Cluster {
         // their way out (the final check counts what is left of them).
         let dead = view.vdis.dead_vids();
         for oid in oids.into_iter().filter(|&o| !dead.contains(&oid_to_vid(o))) {
-            let copies = view
-                .vdis
-                .states
-                .get(&oid_to_vid(oid))
-                .map_or(COPIES, |s| s.nr_copies) as usize;
+            let state = view.vdis.states.get(&oid_to_vid(oid));
+            let copies = state.map_or(COPIES, |s| s.nr_copies) as usize;
+            // An erasure-coded object: target n holds strip n (strips
+            // differ by design).
+            let ec = is_data_obj(oid) && state.is_some_and(|s| s.copy_policy != 0);
             let mut first: Option<(usize, Vec<u8>)> = None;
-            for t in view.ring.targets(oid, copies) {
+            for (n, t) in view.ring.targets(oid, copies).iter().enumerate() {
                 let i = self.net.addrs[&t.nid.socket_addr()];
-                let Some(bytes) = self.stores[i].peek(&ObjKey::replica(oid)).0 else {
-                    return Err(format!("object {oid:016x} missing on its target node {i}"));
+                let key = ObjKey {
+                    oid,
+                    ec_index: ec.then_some(n as u8),
                 };
+                let Some(bytes) = self.stores[i].peek(&key).0 else {
+                    return Err(format!(
+                        "object {oid:016x} (strip {:?}) missing on its target node {i}",
+                        key.ec_index
+                    ));
+                };
+                if ec {
+                    continue;
+                }
                 match &first {
                     None => first = Some((i, bytes)),
                     Some((j, b)) if *b != bytes => {

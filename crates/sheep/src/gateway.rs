@@ -393,9 +393,9 @@ pub async fn discard(sheep: &Arc<Sheep>, req: SdReq) -> Reply {
 /// retried fan-out or a crash halfway may release an object twice, which
 /// never frees one something still points to, while a counter decremented
 /// twice did (the whole-cluster simulation found such counts diverging
-/// between a ledger's replicas). The cost is one 4-byte inode read per
-/// heir, paid once per object per snapshot (on copy-on-write) and on
-/// discard.
+/// between a ledger's replicas). The cost is a 4-byte read of every copy
+/// of each heir's inode, paid once per object per snapshot (on
+/// copy-on-write) and on discard.
 pub async fn release(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
     // A clone made a moment ago through another node inherits the object
     // too: learn every VDI created before this release began.
