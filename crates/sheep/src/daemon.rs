@@ -611,14 +611,9 @@ impl ReclaimWorker {
     }
 
     /// The live VDIs whose inodes this node holds as the first target.
-    async fn primary_inodes(&self) -> Vec<u32> {
+    fn primary_inodes(&self) -> Vec<u32> {
         let view = self.sheep.view();
-        let s = self.sheep.clone();
-        let keys = self
-            .sheep
-            .on_store(move || s.store.list().unwrap_or_default())
-            .await
-            .unwrap_or_default();
+        let keys = self.sheep.store.list().unwrap_or_default();
         keys.into_iter()
             .filter(|k| is_vdi_obj(k.oid) && k.ec_index.is_none())
             .map(|k| oid_to_vid(k.oid))
@@ -690,17 +685,8 @@ impl Worker for ReclaimWorker {
             }
             return WorkerState::Busy;
         }
-        if self.queue.is_empty() && self.reconcile.is_empty() && !self.reconcile_all {
-            return WorkerState::Idle;
-        }
-        // Releases and reconciliations read and write through the
-        // cluster: not before this node runs in it.
-        let view = self.sheep.view();
-        if !view.joined || view.status.refusal().is_some() {
-            return WorkerState::Throttled(Duration::from_secs(1));
-        }
         if std::mem::take(&mut self.reconcile_all) {
-            let vids = self.primary_inodes().await;
+            let vids = self.primary_inodes();
             self.reconcile.extend(vids);
         }
         if let Some(vid) = self.reconcile.pop_first() {
@@ -719,6 +705,15 @@ impl Worker for ReclaimWorker {
                     WorkerState::Throttled(Duration::from_secs(1))
                 }
             };
+        }
+        if self.queue.is_empty() {
+            return WorkerState::Idle;
+        }
+        // Releases read and write through the cluster: not before this
+        // node runs in it.
+        let view = self.sheep.view();
+        if !view.joined || view.status.refusal().is_some() {
+            return WorkerState::Throttled(Duration::from_secs(1));
         }
         let Some(oid) = self.queue.pop_front() else {
             return WorkerState::Idle;

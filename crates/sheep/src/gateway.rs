@@ -400,11 +400,6 @@ pub async fn release(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
     // A clone made a moment ago through another node inherits the object
     // too: learn every VDI created before this release began.
     sheep.catch_up().await;
-    release_known(sheep, oid).await
-}
-
-/// [`release`] by the VDIs this node knows (it has caught up already).
-async fn release_known(sheep: &Arc<Sheep>, oid: u64) -> Result<(), SdRes> {
     let vid = oid_to_vid(oid);
     let off = data_vdi_id_offset(data_oid_to_idx(oid)) as u32;
     let heirs = sheep.view().vdis.heirs(vid);
@@ -544,22 +539,11 @@ pub async fn reconcile_index(sheep: &Arc<Sheep>, vid: u32) -> Result<usize, SdRe
 /// How long [`reconcile_index`] waits before comparing again.
 const RECONCILE_SETTLE: Duration = Duration::from_secs(2);
 
-/// Releases `oids` before the inode write that dropped them is answered
-/// (so a client rewriting the same index next cannot race the removal),
-/// each recorded in the store first: after a crash the reclaim worker
-/// finishes it. A release that fails is left to that worker. One catch-up
-/// serves them all (a delete drops thousands at once).
-async fn release_dropped(sheep: &Arc<Sheep>, oids: Vec<u64>) {
-    if oids.is_empty() {
-        return;
-    }
-    sheep.catch_up().await;
-    for oid in oids {
-        release_dropped_one(sheep, oid).await;
-    }
-}
-
-async fn release_dropped_one(sheep: &Arc<Sheep>, oid: u64) {
+/// Releases `oid` before the inode write that dropped it is answered (so
+/// a client rewriting the same index next cannot race the removal), with
+/// the work recorded in the store first: after a crash the reclaim worker
+/// finishes it. A release that fails is left to that worker.
+async fn release_dropped(sheep: &Arc<Sheep>, oid: u64) {
     let durable = !sheep.opts.gateway;
     if durable {
         let s = sheep.clone();
@@ -567,7 +551,7 @@ async fn release_dropped_one(sheep: &Arc<Sheep>, oid: u64) {
             tracing::error!("failed to record the release of {oid:016x}: {e}");
         }
     }
-    match release_known(sheep, oid).await {
+    match release(sheep, oid).await {
         Ok(()) if durable => {
             let s = sheep.clone();
             if let Ok(Err(e)) = sheep.on_store(move || s.store.reclaim_done(oid)).await {
@@ -622,12 +606,13 @@ async fn write_inode(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply 
         let _ = sheep.reclaim.send(crate::daemon::Reclaim::Reconcile(vid));
         return r;
     }
-    let entry = |d: &[u8], i: usize| u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap());
-    let dropped = (0..n)
-        .filter(|&i| entry(&old, i) != 0 && entry(&old, i) != entry(&payload, i))
-        .map(|i| vid_to_data_oid(entry(&old, i), (first as usize + i) as u64))
-        .collect();
-    release_dropped(sheep, dropped).await;
+    for i in 0..n {
+        let entry = |d: &[u8]| u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap());
+        let (old_vid, new_vid) = (entry(&old), entry(&payload));
+        if old_vid != 0 && old_vid != new_vid {
+            release_dropped(sheep, vid_to_data_oid(old_vid, (first as usize + i) as u64)).await;
+        }
+    }
     r
 }
 

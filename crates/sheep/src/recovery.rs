@@ -409,7 +409,7 @@ async fn recover_locked(sheep: &Arc<Sheep>, oid: u64) -> bool {
     if let Some((idx, key)) = sheep.key_in(&view.ring, oid) {
         if !sheep.store.exists(&key) {
             let Some(data) = fetch(sheep, &key, idx, epoch).await else {
-                if view.vdis.dead_vids().contains(&oid_to_vid(oid)) {
+                if view.vdis.family_dead(oid_to_vid(oid)) {
                     // Every VDI that could reference it is deleted, and
                     // the nodes that listed it have swept it meanwhile.
                     finish(rec, oid, generation);

@@ -421,6 +421,12 @@ impl VdiTable {
             .collect()
     }
 
+    /// Whether `vid` is known and its family is dead (see
+    /// [`VdiTable::dead_vids`]).
+    pub fn family_dead(&self, vid: u32) -> bool {
+        self.states.contains_key(&vid) && self.family(vid).iter().all(|v| self.states[v].deleted)
+    }
+
     /// The live VDIs that may reference an object `vid` created: `vid`
     /// itself and every VDI cloned or snapshotted from it, transitively
     /// (an object is inherited only at its own index, only downwards).
