@@ -1158,6 +1158,16 @@ impl ObjectStore for Store {
     }
 
     fn take_lost_disks(&self) -> Vec<(PathBuf, String)> {
+        // A disk whose directory vanished (pulled, unmounted, wiped) is
+        // found here even if no request touched it: open files of a
+        // removed directory still take writes that no one can read back.
+        if self.multi_disk {
+            for d in self.disks.load().list() {
+                if !d.path.is_dir() {
+                    let _ = self.judged(d, Err::<(), _>(StoreError::NoObj));
+                }
+            }
+        }
         std::mem::take(&mut self.lost.lock().unwrap())
     }
 

@@ -975,6 +975,18 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
         config,
     )?;
     let workers = sheep.workers.clone();
+    if !o.disks.is_empty() {
+        // A disk pulled while no request touches it is still found, and
+        // what it held recovered, within a second.
+        let watched = sheep.clone();
+        workers.task("disk watch", async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let s = watched.clone();
+                let _ = watched.on_store(move || s.note_lost_disks()).await;
+            }
+        });
+    }
 
     // A fresh start binds its ports first (a port in use is an error at
     // once); a rejoining one binds only once it is back in the cluster, so
