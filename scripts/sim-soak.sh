@@ -7,7 +7,7 @@
 #   CLUSTER_SIM_TRACE=1                  print a failing run's history
 #   CLUSTER_SIM_FOCUS=<oid hex>          follow one object's copies in it
 #   CLUSTER_SIM_HARSH=1 CLUSTER_SIM_EVENT_DELAY=300 CLUSTER_SIM_DELETE=1
-#   CLUSTER_SIM_ORPHANS=0 CLUSTER_SIM_REPLACE=0 CLUSTER_SIM_RESEND=0 CLUSTER_SIM_EC=1
+#   CLUSTER_SIM_ORPHANS=0 CLUSTER_SIM_REPLACE=0 CLUSTER_SIM_RESEND=0 CLUSTER_SIM_EC=0
 #                                        fault classes beyond the default (and checks to turn off)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,7 +12,8 @@
 //! The workload is what VM clients do, through the same client library
 //! (`sd_client::vdi`, copy-on-write included) and request handler as
 //! NBD and dog: VDIs are created, written, read, snapshotted, cloned and
-//! deleted through random gateways. Meanwhile nodes crash (their disks
+//! deleted through random gateways; every other VDI is erasure coded
+//! (2+1), the rest replicated. Meanwhile nodes crash (their disks
 //! kept; the driver notices after a while, and a block that was being
 //! written may be left torn), restart, stop cleanly, are replaced for good
 //! the way an operator does it (start a new node, wait until no node
@@ -26,7 +27,8 @@
 //! faults stop and the cluster settles (after a scrub): every VDI reads
 //! back at its newest acknowledged bytes through every node; every object
 //! is held by every target of the final placement (distinct zones) and
-//! the copies agree byte for byte; all nodes that recorded an epoch agree
+//! the copies agree byte for byte (the strips of an erasure-coded one
+//! decode to the same bytes); all nodes that recorded an epoch agree
 //! on its members; and once every VDI is deleted, no object is left but
 //! those a failed client operation may have left unreferenced.
 //!
@@ -522,8 +524,8 @@ struct Knobs {
     event_delay_ms: u64,
     /// `CLUSTER_SIM_REPLACE=0|1`: nodes are replaced for good.
     replace: bool,
-    /// `CLUSTER_SIM_EC=1`: every other VDI created is erasure coded (2
-    /// data strips + 1 parity).
+    /// `CLUSTER_SIM_EC=0`: no VDI is erasure coded (by default every
+    /// other one created is, 2 data strips + 1 parity).
     ec: bool,
     /// `CLUSTER_SIM_RESEND=0`: a write that failed or was cut off is not
     /// sent again as QEMU does; the client opens the VDI afresh for its
@@ -541,7 +543,7 @@ impl Knobs {
         Knobs {
             replace: !off("CLUSTER_SIM_REPLACE"),
             resend: !off("CLUSTER_SIM_RESEND"),
-            ec: on("CLUSTER_SIM_EC"),
+            ec: !off("CLUSTER_SIM_EC"),
             delete: on("CLUSTER_SIM_DELETE"),
             harsh: on("CLUSTER_SIM_HARSH"),
             orphans: !off("CLUSTER_SIM_ORPHANS"),
@@ -1312,6 +1314,7 @@ impl Cluster {
             // differ by design).
             let ec = is_data_obj(oid) && state.is_some_and(|s| s.copy_policy != 0);
             let mut first: Option<(usize, Vec<u8>)> = None;
+            let mut strips: Vec<(usize, Vec<u8>)> = Vec::new();
             for (n, t) in view.ring.targets(oid, copies).iter().enumerate() {
                 let i = self.net.addrs[&t.nid.socket_addr()];
                 let key = ObjKey {
@@ -1325,6 +1328,7 @@ impl Cluster {
                     ));
                 };
                 if ec {
+                    strips.push((n, bytes));
                     continue;
                 }
                 match &first {
@@ -1336,6 +1340,26 @@ impl Cluster {
                         ))
                     }
                     Some(_) => {}
+                }
+            }
+            if let Some(codec) = sheep.ec_codec(oid, 0).filter(|_| ec) {
+                // Every strip is what the others decode it to.
+                let d = codec.policy().data_strips();
+                for (k, strip) in &strips {
+                    let others: Vec<_> = strips
+                        .iter()
+                        .filter(|s| s.0 != *k)
+                        .take(d)
+                        .cloned()
+                        .collect();
+                    let mut out = vec![0u8; strip.len()];
+                    let mut missing = [(*k, out.as_mut_slice())];
+                    if codec.reconstruct_into(&others, &mut missing).is_err() || out != *strip {
+                        return Err(format!(
+                            "strip {k} of {oid:016x} is not what the others decode to; {}",
+                            self.copies_of(oid)
+                        ));
+                    }
                 }
             }
         }

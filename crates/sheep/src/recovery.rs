@@ -338,19 +338,13 @@ pub fn recovery_source(
     copies.newest_stale(k, floor).map(Source::Stale)
 }
 
-/// The holders of the file at position `strip` (None: any replica) of
-/// `oid` in an epoch whose ring was `ring`, in the order to ask them.
-/// This node itself is one of them when it was a holder: skipping our own
+/// The holders of `oid` in an epoch whose ring was `ring`, in the order
+/// to ask them (an erasure-coded object's strip `i` at the `i`th). This
+/// node itself is one of them when it was a holder: skipping our own
 /// stale copy of that epoch would let an older epoch's holder answer with
 /// a copy that missed the writes of this one.
-pub fn epoch_holders(ring: &Ring, oid: u64, copies: usize, strip: Option<usize>) -> Vec<SdNode> {
-    let targets = ring.targets(oid, copies);
-    let holders: Vec<&SdNode> = match strip {
-        // A strip lives at its index only.
-        Some(i) => targets.get(i).copied().into_iter().collect(),
-        None => targets,
-    };
-    holders.into_iter().copied().collect()
+pub fn epoch_holders(ring: &Ring, oid: u64, copies: usize) -> Vec<SdNode> {
+    ring.targets(oid, copies).into_iter().copied().collect()
 }
 
 /// Whether recovery, having found no copy among an epoch's holders, may
@@ -502,109 +496,141 @@ async fn read_peer(
     }
 }
 
-/// Walks back through the epochs' rings asking the node that held this
-/// file's position in each epoch (still alive); an erasure-coded strip is
-/// otherwise rebuilt from any `d` others; as a last resort every member is
-/// asked for any copy.
-async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Option<Vec<u8>> {
-    let oid = key.oid;
+/// The rings of past epochs, each read (or asked of a peer) once per
+/// fetch: a rebuild walks several positions through the same epochs.
+#[derive(Default)]
+struct EpochRings(std::collections::HashMap<u32, Option<Ring>>);
+
+impl EpochRings {
+    async fn get(&mut self, sheep: &Arc<Sheep>, e: u32) -> Option<&Ring> {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.0.entry(e) {
+            let ring = crate::vdi::epoch_nodes(sheep, e).await;
+            v.insert(ring.map(|(nodes, _)| Ring::new(&nodes)));
+        }
+        self.0[&e].as_ref()
+    }
+}
+
+/// Where the walk back through the epochs for one object ended.
+enum Walk {
+    /// A replica, or this node's own strip.
+    Mine(Vec<u8>),
+    /// Enough other strips (by position) to decode this node's, all of
+    /// one write.
+    Strips(Vec<(usize, Vec<u8>)>),
+    /// A holder of this epoch did not answer: it may hold a newer copy
+    /// than any older epoch's holder, so nothing older may be taken.
+    Blocked(u32),
+    /// Every holder asked answered that it has none.
+    Nowhere,
+}
+
+/// Walks back from epoch `newest` asking the holders of the object in
+/// each epoch for their file as of that epoch: the first copies found
+/// were current through the newest epoch any surviving copy was. Every
+/// write of an epoch reaches every holder of the epoch (each replica;
+/// each strip position of an erasure-coded object), so one holder that
+/// answers it has none proves the epoch saw no write, and the walk goes
+/// on to the one before; an epoch whose holders are silent stops it.
+///
+/// `want` strips are collected for an erasure-coded object (position
+/// `mine`, this node's, ends the walk at once); strips found in
+/// different epochs belong to one write, since the epochs between were
+/// proven write-free. A replica is any one copy.
+async fn walk(
+    sheep: &Arc<Sheep>,
+    rings: &mut EpochRings,
+    oid: u64,
+    mine: Option<usize>,
+    want: usize,
+    newest: u32,
+) -> Walk {
     let copies = sheep.copies_of(oid);
     let alive: Vec<SdNode> = sheep.view().nodes.clone();
-    let is_alive = |n: &SdNode| alive.iter().any(|a| a.nid == n.nid) && n.nid != sheep.this.nid;
-    // Newest epoch first: the first copy found was current through the
-    // newest epoch any surviving copy was.
-    let mut waiting = None;
-    for e in (1..epoch).rev() {
-        let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
+    let mut found: Vec<(usize, Vec<u8>)> = Vec::new();
+    for e in (1..=newest).rev() {
+        let Some(ring) = rings.get(sheep, e).await else {
             continue;
         };
-        let strip = key.ec_index.map(|_| idx);
-        let ring = Ring::new(&nodes);
         let (mut absent, mut silent) = (0, 0);
-        for t in epoch_holders(&ring, oid, copies, strip) {
-            if t.nid != sheep.this.nid && !is_alive(&t) {
+        for (p, t) in epoch_holders(ring, oid, copies).into_iter().enumerate() {
+            let key = ObjKey {
+                oid,
+                ec_index: mine.map(|_| p as u8),
+            };
+            if found.iter().any(|f| f.0 == p && mine.is_some()) {
+                continue;
+            }
+            if t.nid != sheep.this.nid && !alive.iter().any(|a| a.nid == t.nid) {
                 silent += 1;
                 continue;
             }
-            match read_peer(sheep, &t, key, e, 0).await {
-                Fetched::Data(d) => return Some(d),
+            match read_peer(sheep, &t, &key, e, 0).await {
+                Fetched::Data(d) if mine.is_none() || Some(p) == mine => {
+                    return Walk::Mine(d);
+                }
+                Fetched::Data(d) => {
+                    if found.first().is_none_or(|f| f.1.len() == d.len()) {
+                        found.push((p, d));
+                    }
+                    if found.len() == want {
+                        return Walk::Strips(found);
+                    }
+                }
                 Fetched::Absent => absent += 1,
                 Fetched::Unreachable => silent += 1,
             }
         }
         if !may_walk_older(absent, silent) {
-            waiting = Some(e);
-            break;
+            return Walk::Blocked(e);
         }
     }
-    // A strip whose holder is gone is decoded from the others instead.
-    if let (Some(j), Some(codec)) = (key.ec_index, sheep.ec_codec(oid, 0)) {
-        if let Some(d) = rebuild_strip(sheep, &codec, oid, j as usize, epoch).await {
-            return Some(d);
+    Walk::Nowhere
+}
+
+/// Fetches this node's file of `oid` (position `idx` of epoch `epoch`)
+/// by walking back through the epochs' holders; an erasure-coded strip
+/// may instead be decoded from `d` others the walk finds. Only when the
+/// walk was never stopped by a silent holder may any member's copy
+/// serve, as a last resort.
+async fn fetch(sheep: &Arc<Sheep>, key: &ObjKey, idx: usize, epoch: u32) -> Option<Vec<u8>> {
+    let oid = key.oid;
+    let mut rings = EpochRings::default();
+    let codec = key.ec_index.and_then(|_| sheep.ec_codec(oid, 0));
+    // A strip's other positions may already be recovered in this epoch;
+    // a replica's other holders of this epoch are recovering it too.
+    let (mine, want, newest) = match &codec {
+        Some(c) => (Some(idx), c.policy().data_strips(), epoch),
+        None => (None, 1, epoch - 1),
+    };
+    match walk(sheep, &mut rings, oid, mine, want, newest).await {
+        Walk::Mine(d) => return Some(d),
+        Walk::Strips(present) => {
+            let codec = codec?;
+            let mut out = vec![0u8; present[0].1.len()];
+            let mut missing = [(idx, out.as_mut_slice())];
+            codec.reconstruct_into(&present, &mut missing).ok()?;
+            return Some(out);
         }
+        Walk::Blocked(e) => {
+            tracing::warn!("object {oid:016x}: no holder of epoch {e} answers; waiting for one");
+            return None;
+        }
+        Walk::Nowhere => {}
     }
-    // (Erasure-coded strips keep the older fallbacks below for now: the
-    // degraded-read test showed a rebuild can fail while strips are
-    // themselves being recovered, and waiting then failed the read.)
-    if let (Some(e), None) = (waiting, key.ec_index) {
-        tracing::warn!("object {oid:016x}: no holder of epoch {e} answers; waiting for one");
-        return None;
-    }
-    for n in alive.iter().filter(|n| is_alive(n)) {
-        let e = epoch.saturating_sub(1);
+    let alive: Vec<SdNode> = sheep.view().nodes.clone();
+    let e = epoch.saturating_sub(1);
+    for n in alive.iter().filter(|n| n.nid != sheep.this.nid) {
         if let Fetched::Data(d) = read_peer(sheep, n, key, e, flag::CMD_WILDCARD).await {
             return Some(d);
         }
     }
     // Last resort: our own stale copy (better than nothing when it is the
     // only one left).
-    let e = epoch.saturating_sub(1);
     match read_peer(sheep, &sheep.this, key, e, flag::CMD_WILDCARD).await {
         Fetched::Data(d) => Some(d),
         _ => None,
     }
-}
-
-/// Rebuilds strip `j` of an EC object from `d` other strips: strip `k` is
-/// looked for at the node that held position `k` in each epoch, newest
-/// first (its working file or a stale copy).
-async fn rebuild_strip(
-    sheep: &Arc<Sheep>,
-    codec: &sd_ec::Codec,
-    oid: u64,
-    j: usize,
-    epoch: u32,
-) -> Option<Vec<u8>> {
-    let pol = codec.policy();
-    let alive: Vec<SdNode> = sheep.view().nodes.clone();
-    let mut present: Vec<(usize, Vec<u8>)> = Vec::new();
-    for e in (1..=epoch).rev() {
-        let Some((nodes, _)) = crate::vdi::epoch_nodes(sheep, e).await else {
-            continue;
-        };
-        let ring = Ring::new(&nodes);
-        for (k, t) in ring.targets(oid, pol.nr_copies()).into_iter().enumerate() {
-            if k == j || present.iter().any(|p| p.0 == k) || !alive.iter().any(|a| a.nid == t.nid) {
-                continue;
-            }
-            let key = ObjKey {
-                oid,
-                ec_index: Some(k as u8),
-            };
-            if let Fetched::Data(d) = read_peer(sheep, t, &key, e, flag::CMD_WILDCARD).await {
-                if present.first().is_none_or(|p| p.1.len() == d.len()) {
-                    present.push((k, d));
-                }
-            }
-            if present.len() == pol.data_strips() {
-                let mut out = vec![0u8; present[0].1.len()];
-                let mut missing = [(j, out.as_mut_slice())];
-                codec.reconstruct_into(&present, &mut missing).ok()?;
-                return Some(out);
-            }
-        }
-    }
-    None
 }
 
 async fn obj_list(sheep: &Arc<Sheep>, node: &SdNode) -> Option<Vec<u64>> {

@@ -805,7 +805,7 @@ impl Sim {
             };
             let ring = self.ring(&members);
             let (mut absent, mut silent) = (0, 0);
-            for t in epoch_holders(&ring, o, self.copies, None) {
+            for t in epoch_holders(&ring, o, self.copies) {
                 let j = self.index_of(&t.nid).unwrap();
                 if j != i && !self.answers(i, j) {
                     silent += 1;
