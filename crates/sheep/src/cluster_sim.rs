@@ -13,7 +13,7 @@
 //! (`sd_client::vdi`, copy-on-write included) and request handler as
 //! NBD and dog: VDIs are created, written, read, snapshotted, cloned and
 //! deleted through random gateways; every other VDI is erasure coded
-//! (2+1), the rest replicated. Meanwhile nodes crash (their disks
+//! (2+2), the rest replicated. Meanwhile nodes crash (their disks
 //! kept; the driver notices after a while, and a block that was being
 //! written may be left torn), restart, stop cleanly, are replaced for good
 //! the way an operator does it (start a new node, wait until no node
@@ -440,7 +440,7 @@ async fn run_op(ex: &mut InProcess, op: &Op, vols: &[Volume], p: &mut Pending) -
             let v = client::NewVdi {
                 size: VOL_OBJECTS * OBJ,
                 copies: if ec { 3 } else { 0 },
-                copy_policy: if ec { policy::encode(2, 1) } else { 0 },
+                copy_policy: if ec { policy::encode(2, 2) } else { 0 },
                 ..Default::default()
             };
             let r = client::new_vdi(ex, vols[vol].name.as_bytes(), &v).await;
@@ -525,7 +525,7 @@ struct Knobs {
     /// `CLUSTER_SIM_REPLACE=0|1`: nodes are replaced for good.
     replace: bool,
     /// `CLUSTER_SIM_EC=0`: no VDI is erasure coded (by default every
-    /// other one created is, 2 data strips + 1 parity).
+    /// other one created is, 2 data strips + 2 parity).
     ec: bool,
     /// `CLUSTER_SIM_RESEND=0`: a write that failed or was cut off is not
     /// sent again as QEMU does; the client opens the VDI afresh for its
@@ -1273,13 +1273,23 @@ impl Cluster {
         };
         let stamp = |d: &[u8]| u64::from_le_bytes(d[at..at + 8].try_into().unwrap());
         let mut out = format!("copies of {oid:016x}:");
+        // An erasure-coded object's strips (2+2) by index: the stamp read
+        // from a strip is meaningful for strip 0 only.
+        let keys =
+            [None, Some(0), Some(1), Some(2), Some(3)].map(|ec_index| ObjKey { oid, ec_index });
         for (i, st) in self.stores.iter().enumerate() {
-            let (working, stale) = st.peek(&ObjKey::replica(oid));
-            let stale: Vec<(u32, u64)> = stale.iter().map(|(e, d)| (*e, stamp(d))).collect();
-            out += &format!(
-                " node {i}: {:?} stale {stale:?};",
-                working.map(|d| stamp(&d))
-            );
+            out += &format!(" node {i}:");
+            for key in &keys {
+                let (working, stale) = st.peek(key);
+                if key.ec_index.is_some() && working.is_none() && stale.is_empty() {
+                    continue;
+                }
+                let stale: Vec<(u32, u64)> = stale.iter().map(|(e, d)| (*e, stamp(d))).collect();
+                let label = key
+                    .ec_index
+                    .map_or(String::new(), |j| format!(" strip {j}"));
+                out += &format!("{label} {:?} stale {stale:?};", working.map(|d| stamp(&d)));
+            }
         }
         if let Some(s) = self.members().first().and_then(|&i| self.net.node(i)) {
             let v = s.view();
