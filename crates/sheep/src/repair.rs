@@ -1,8 +1,10 @@
 //! Repair of copies whose bytes fail their checksums.
 //!
-//! A replica that fails its checksums is never served (the store refuses
-//! to read it; gateways read another copy) and is repaired here, by the
-//! node that holds it, block by block from another current holder.
+//! A replica or erasure-coded strip that fails its checksums is never
+//! served (the store refuses to read it; gateways read another copy, or
+//! decode around the strip) and is repaired here, by the node that holds
+//! it, block by block: from another current holder of a replica, or
+//! decoded from the same range of `d` other strips.
 //!
 //! Why this is safe against writes in flight: the repair holds the
 //! object's stripe exclusively, so no write lands on this node's copy
@@ -15,9 +17,13 @@
 //! replacement would not be safe: a write already applied here but not
 //! yet at the source would be undone.
 //!
-//! Erasure-coded strips are not repaired here yet: decoding a block from
-//! other strips while a stripe write is half applied could mix
-//! generations. Their reads decode around the bad strip meanwhile.
+//! A strip's range decoded while a stripe write is half applied mixes
+//! generations, but only in the stripes that write covers, and it sends
+//! every strip the same range: its part for this strip, waiting for the
+//! stripe here, then overwrites exactly those bytes. (A gateway that dies
+//! before sending it has left those stripes inconsistent on every node
+//! anyway: no decode of them is right, and the write was never
+//! acknowledged.)
 
 use crate::daemon::Sheep;
 use sd_proto::*;
@@ -92,53 +98,28 @@ pub async fn repair(sheep: &Arc<Sheep>, key: ObjKey) -> usize {
         Err(_) => return 0,
     };
     let bad = blocks.len();
-    if key.ec_index.is_some() {
-        tracing::error!(
-            "object {}: {bad} bad blocks in an erasure-coded strip are not repaired yet",
-            key.file_name()
-        );
-        sheep.integrity.unrepaired.fetch_add(bad as u64, Relaxed);
-        return bad;
-    }
     let view = sheep.view();
-    let holders: Vec<SdNode> = view
+    let targets: Vec<SdNode> = view
         .ring
         .targets(key.oid, sheep.copies_of(key.oid))
         .into_iter()
-        .filter(|n| n.nid != sheep.this.nid)
         .copied()
         .collect();
     for run in runs(&blocks) {
         let (start, _) = csum::block_range(run.start, size);
         let (_, end) = csum::block_range(run.end - 1, size);
         let mut fixed = false;
-        for n in &holders {
-            let mut r = SdReq::new(op::READ_PEER);
-            r.epoch = view.epoch;
-            r.data_length = (end - start) as u32;
-            r.set_obj(ObjArgs {
-                oid: key.oid,
-                offset: start as u32,
-                ..Default::default()
-            });
-            let (rsp, data) = sheep.send_peer(n.nid.io_socket_addr(), &r, &[]).await;
-            if rsp.result != SdRes::SUCCESS || data.len() as u64 != end - start {
-                continue;
-            }
+        if let Some(data) = fetch_run(sheep, view.epoch, &targets, key, start, end).await {
             let s = sheep.clone();
             match sheep
                 .on_store(move || s.store.write(&key, start, &data))
                 .await
             {
-                Ok(Ok(())) => {
-                    fixed = true;
-                    break;
-                }
+                Ok(Ok(())) => fixed = true,
                 Ok(Err(e)) => {
                     sheep.disk_failed(&e);
-                    break;
                 }
-                Err(_) => break,
+                Err(_) => {}
             }
         }
         let n = run.len() as u64;
@@ -157,6 +138,56 @@ pub async fn repair(sheep: &Arc<Sheep>, key: ObjKey) -> usize {
         }
     }
     bad
+}
+
+/// Bytes `[start, end)` of `key` as the other current holders have
+/// them: another replica's, or a strip's decoded from the same range of
+/// `d` other strips.
+async fn fetch_run(
+    sheep: &Arc<Sheep>,
+    epoch: u32,
+    targets: &[SdNode],
+    key: ObjKey,
+    start: u64,
+    end: u64,
+) -> Option<Vec<u8>> {
+    let read = |n: SdNode, ec_index: u8| {
+        let mut r = SdReq::new(op::READ_PEER);
+        r.epoch = epoch;
+        r.data_length = (end - start) as u32;
+        r.set_obj(ObjArgs {
+            oid: key.oid,
+            offset: start as u32,
+            ec_index,
+            ..Default::default()
+        });
+        async move {
+            let (rsp, data) = sheep.send_peer(n.nid.io_socket_addr(), &r, &[]).await;
+            (rsp.result == SdRes::SUCCESS && data.len() as u64 == end - start).then_some(data)
+        }
+    };
+    let Some(j) = key.ec_index else {
+        for n in targets.iter().filter(|n| n.nid != sheep.this.nid) {
+            if let Some(data) = read(*n, 0).await {
+                return Some(data);
+            }
+        }
+        return None;
+    };
+    let codec = sheep.ec_codec(key.oid, 0)?;
+    let mut present = Vec::new();
+    for (k, n) in targets.iter().enumerate().filter(|(k, _)| *k != j as usize) {
+        if let Some(data) = read(*n, k as u8).await {
+            present.push((k, data));
+        }
+        if present.len() == codec.policy().data_strips() {
+            let mut out = vec![0u8; (end - start) as usize];
+            let mut missing = [(j as usize, out.as_mut_slice())];
+            codec.reconstruct_into(&present, &mut missing).ok()?;
+            return Some(out);
+        }
+    }
+    None
 }
 
 /// Sorted block numbers as runs of consecutive blocks.
