@@ -13,7 +13,7 @@ pub const RECOVERY_STATE_SIZE: usize = 24;
 pub const WORKER_RECORD_SIZE: usize = 64;
 pub const RECOVERY_THROTTLING_SIZE: usize = 24;
 /// The reply of SCRUB.
-pub const SCRUB_STATUS_SIZE: usize = 64;
+pub const SCRUB_STATUS_SIZE: usize = 72;
 pub const VDI_ATTR_SIZE: usize = 66_320;
 pub const VDI_ATTR_VALUE_OFFSET: usize = 784;
 
@@ -353,7 +353,8 @@ pub mod scrub_cmd {
 /// whether a pass runs, the objects of the current (or last) pass checked
 /// and to check, finished passes, objects that got their first checksums,
 /// and the node's corruption counters since it started (blocks found bad,
-/// repaired from another copy, not repairable yet).
+/// repaired from another copy, not repairable yet; objects whose other
+/// replicas differ from this node's copy).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ScrubStatus {
     pub running: bool,
@@ -364,6 +365,7 @@ pub struct ScrubStatus {
     pub bad_blocks: u64,
     pub repaired: u64,
     pub unrepaired: u64,
+    pub differing: u64,
 }
 
 impl ScrubStatus {
@@ -378,6 +380,7 @@ impl ScrubStatus {
             self.bad_blocks,
             self.repaired,
             self.unrepaired,
+            self.differing,
         ]
         .into_iter()
         .enumerate()
@@ -399,6 +402,7 @@ impl ScrubStatus {
             bad_blocks: u64_at(b, 40),
             repaired: u64_at(b, 48),
             unrepaired: u64_at(b, 56),
+            differing: u64_at(b, 64),
         })
     }
 }

@@ -48,7 +48,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Node `i`'s line of `dog node scrub -r`: state, done, total, passes,
-/// bad blocks, repaired, unrepaired.
+/// bad blocks, repaired, unrepaired, differing.
 fn scrub_status(c: &Cluster, i: usize) -> (String, Vec<u64>) {
     let out = c.dog_ok(&["node", "scrub", "status", "-r"]);
     let line = out
@@ -120,6 +120,35 @@ fn the_scrub_finds_rot_nobody_read_and_repairs_it() {
     // Through node 2, whose copies were bad, the bytes are right.
     assert_eq!(c.vdi_read(2, "v", 0, 8 * MIB), data);
     assert_eq!(scrub_status(&c, 2).1[3], 2, "no new bad blocks");
+}
+
+#[test]
+fn the_scrub_finds_a_replica_that_differs_and_vdi_check_mends_it() {
+    let (c, data, objects) = cluster();
+    // A copy whose checksums vouch for different bytes (as a store of
+    // the original's, whose checksums the scrub computes, may hold).
+    let name = &objects[0];
+    flip(&c.nodes[2].obj_dir().join(name), 100);
+    std::fs::remove_file(c.nodes[2].obj_dir().join(format!(".{name}.csum"))).unwrap();
+    c.dog_ok(&["node", "scrub", "start"]);
+    let differing = || (0..3).map(|i| scrub_status(&c, i).1[6]).sum::<u64>();
+    wait_until("the difference is reported", || differing() == 1);
+    assert!(
+        (0..3).any(|i| log(&c, i).contains(&format!("object {name}: the copies on"))),
+        "logged"
+    );
+    c.dog_ok(&["vdi", "check", "v"]);
+    assert!(same_file(&c, name, 0, 2) && same_file(&c, name, 1, 2));
+    assert_eq!(c.vdi_read(2, "v", 0, 8 * MIB), data);
+    // A second pass finds the copies agree.
+    c.dog_ok(&["node", "scrub", "start"]);
+    wait_until("every scrub finished two passes", || {
+        (0..3).all(|i| {
+            let (state, n) = scrub_status(&c, i);
+            state == "idle" && n[2] == 2
+        })
+    });
+    assert_eq!(differing(), 1);
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub struct Integrity {
     pub repaired: AtomicU64,
     /// Blocks no other copy could provide (yet).
     pub unrepaired: AtomicU64,
+    /// Objects whose other replicas differ from this node's copy (found
+    /// by the scrub; see [`crate::scrub`]).
+    pub differing: AtomicU64,
     /// Objects with a repair scheduled or running.
     repairing: Mutex<HashSet<ObjKey>>,
 }

@@ -8,10 +8,17 @@
 //! are repaired from another copy (see [`crate::repair`]). While clients
 //! do I/O here, the scrub pauses nine times as long as each object took,
 //! so it takes at most a tenth of the disk from them.
+//!
+//! The first target of each replicated object also compares its copy with
+//! the other replicas' (by the SHA-1 of GET_HASH). Each copy verifies
+//! against its own checksums, so which one is right cannot be told here:
+//! a difference that holds across a settling pause (a write in flight
+//! reaches the copies one by one) is counted and logged, and `dog vdi
+//! check` makes the copies agree by majority, as the original's.
 
 use crate::daemon::Sheep;
 use crate::worker::{Progress, Worker, WorkerState};
-use sd_proto::ScrubStatus;
+use sd_proto::{op, ObjArgs, ScrubStatus, SdNode, SdReq, SdRes};
 use sd_store::{ObjKey, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -56,6 +63,7 @@ impl ScrubControl {
             bad_blocks: i.bad_blocks.load(Relaxed),
             repaired: i.repaired.load(Relaxed),
             unrepaired: i.unrepaired.load(Relaxed),
+            differing: i.differing.load(Relaxed),
             ..*self.status.lock().unwrap()
         }
     }
@@ -148,8 +156,11 @@ impl Worker for ScrubWorker {
         let started = self.sheep.clock.now();
         let s = self.sheep.clone();
         match self.sheep.on_store(move || s.store.verify(&key)).await {
-            Ok(Ok(Verdict::Good)) => {}
-            Ok(Ok(Verdict::Computed)) => self.update(|s| s.computed += 1),
+            Ok(Ok(Verdict::Good)) => compare_replicas(&self.sheep, key).await,
+            Ok(Ok(Verdict::Computed)) => {
+                self.update(|s| s.computed += 1);
+                compare_replicas(&self.sheep, key).await;
+            }
             Ok(Ok(Verdict::Bad(blocks))) => {
                 crate::repair::found(&self.sheep, &key, &blocks);
                 crate::repair::repair(&self.sheep, key).await;
@@ -169,4 +180,62 @@ impl Worker for ScrubWorker {
             WorkerState::Busy
         }
     }
+}
+
+/// How long a difference between replicas must hold to be reported.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Compares this node's copy of `key` with the other replicas' when this
+/// node is the object's first target; a difference that holds across
+/// [`SETTLE`] is counted and logged, naming the nodes.
+async fn compare_replicas(sheep: &Arc<Sheep>, key: ObjKey) {
+    let view = sheep.view();
+    let targets: Vec<SdNode> = view
+        .ring
+        .targets(key.oid, sheep.copies_of(key.oid))
+        .into_iter()
+        .copied()
+        .collect();
+    if key.ec_index.is_some() || targets.first().is_none_or(|t| t.nid != sheep.this.nid) {
+        return;
+    }
+    let differing = || async {
+        let s = sheep.clone();
+        let Ok(Ok(mine)) = sheep.on_store(move || s.store.sha1(&key, None)).await else {
+            return Vec::new();
+        };
+        let mut differ = Vec::new();
+        for t in &targets[1..] {
+            let mut r = SdReq::new(op::GET_HASH);
+            r.epoch = view.epoch;
+            // Epoch 0: a node without a working copy (still recovering
+            // it) answers NO_OBJ, not with an older copy's hash.
+            r.set_obj(ObjArgs {
+                oid: key.oid,
+                ..Default::default()
+            });
+            let (rsp, _) = sheep.send_peer(t.nid.io_socket_addr(), &r, &[]).await;
+            if rsp.result == SdRes::SUCCESS && rsp.hash_digest() != mine {
+                differ.push(t.nid.to_addr_string());
+            }
+        }
+        differ
+    };
+    if differing().await.is_empty() {
+        return;
+    }
+    sheep.clock.sleep(SETTLE).await;
+    let differ = differing().await;
+    if differ.is_empty() || sheep.view().epoch != view.epoch {
+        return;
+    }
+    sheep
+        .integrity
+        .differing
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        "object {}: the copies on {} differ from this node's; `dog vdi check` makes them agree",
+        key.file_name(),
+        differ.join(", ")
+    );
 }

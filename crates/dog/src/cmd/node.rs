@@ -310,11 +310,11 @@ pub async fn worker(ctx: &mut Ctx) -> Res<()> {
 /// `node scrub [status|start|stop]`: the scrub of every node. `start` and
 /// `stop` ask every node and print nothing; `status` prints one line per
 /// node (raw: `id host:port state done total passes bad repaired
-/// unrepaired`).
+/// unrepaired differing`).
 pub async fn scrub(ctx: &mut Ctx, cmd: u8) -> Res<()> {
     let raw = ctx.opts.raw;
     if cmd == scrub_cmd::STATUS && !raw {
-        out!("  Id   Host:Port         State       Checked      Total  Passes  Bad blocks  Repaired  Unrepaired\n");
+        out!("  Id   Host:Port         State       Checked      Total  Passes  Bad blocks  Repaired  Unrepaired  Differing\n");
     }
     for (i, n) in ctx.nodes.clone().iter().enumerate() {
         let mut req = SdReq::new(op::SCRUB);
@@ -344,19 +344,21 @@ pub async fn scrub(ctx: &mut Ctx, cmd: u8) -> Res<()> {
             st.bad_blocks,
             st.repaired,
             st.unrepaired,
+            st.differing,
         ];
         if raw {
             let n: Vec<String> = n.iter().map(u64::to_string).collect();
             out!("{i} {host} {state} {}\n", n.join(" "));
         } else {
             out!(
-                "{i:4}   {host:<18}{state:<8}{:>10}{:>11}{:>8}{:>12}{:>10}{:>12}\n",
+                "{i:4}   {host:<18}{state:<8}{:>10}{:>11}{:>8}{:>12}{:>10}{:>12}{:>11}\n",
                 n[0],
                 n[1],
                 n[2],
                 n[3],
                 n[4],
-                n[5]
+                n[5],
+                n[6]
             );
         }
     }
