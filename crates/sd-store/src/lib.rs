@@ -345,6 +345,8 @@ impl Store {
     }
 
     /// A temporary name beside `path`, unique among concurrent writers.
+    /// A temporary a crash left under the same name is overwritten (the
+    /// sequence starts again with every start), never an error.
     fn tmp_path(&self, path: &Path) -> PathBuf {
         let n = self
             .tmp_seq
@@ -373,7 +375,8 @@ impl Store {
         let sum_tmp = sums.map(|_| self.tmp_path(&csum::sidecar_path(path)));
         let f = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o640)
             .open(&tmp)?;
         let res = (|| {
@@ -396,7 +399,8 @@ impl Store {
             if let (Some(sc), Some(sum_tmp)) = (sums, &sum_tmp) {
                 let g = OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode(0o640)
                     .open(sum_tmp)?;
                 g.write_all_at(&sc.encode(), 0)?;
@@ -665,7 +669,8 @@ impl Store {
         let res = (|| {
             let g = OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o640)
                 .open(&tmp)?;
             g.write_all_at(&csum::Sidecar::of(&data).encode(), 0)?;
@@ -1357,6 +1362,24 @@ mod tests {
         assert_eq!(s.read_stale(&k, 3, 10, 5).unwrap(), b"heLLo");
         assert_eq!(s.purge_stale().unwrap(), 1);
         assert!(!s.exists(&k));
+    }
+
+    #[test]
+    fn temporaries_a_crash_left_do_not_fail_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        // A killed node left its temporaries under the names a new
+        // process takes first.
+        for n in 0..4 {
+            std::fs::write(d.path().join(format!("config.{n}.tmp")), b"junk").unwrap();
+        }
+        let s = Store::open(d.path(), true).unwrap();
+        let c = SheepdogConfig {
+            ctime: 7,
+            version: SD_FORMAT_VERSION,
+            ..Default::default()
+        };
+        s.write_config(&c).unwrap();
+        assert_eq!(s.read_config().unwrap().unwrap(), c);
     }
 
     #[test]

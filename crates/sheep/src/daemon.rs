@@ -202,6 +202,13 @@ impl Sheep {
         self.view().copies_of(oid)
     }
 
+    /// The targets of `oid` in `view`'s placement, in order (strip `i` of
+    /// an erasure-coded object at the `i`th).
+    pub fn targets(view: &ClusterView, oid: u64) -> Vec<SdNode> {
+        let targets = view.ring.targets(oid, view.copies_of(oid));
+        targets.into_iter().copied().collect()
+    }
+
     /// Broadcasts a cluster operation's main phase and waits until this
     /// node has applied it.
     pub async fn broadcast(&self, m: OpMessage) -> anyhow::Result<()> {

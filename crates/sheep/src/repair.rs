@@ -102,12 +102,7 @@ pub async fn repair(sheep: &Arc<Sheep>, key: ObjKey) -> usize {
     };
     let bad = blocks.len();
     let view = sheep.view();
-    let targets: Vec<SdNode> = view
-        .ring
-        .targets(key.oid, sheep.copies_of(key.oid))
-        .into_iter()
-        .copied()
-        .collect();
+    let targets = Sheep::targets(&view, key.oid);
     for run in runs(&blocks) {
         let (start, _) = csum::block_range(run.start, size);
         let (_, end) = csum::block_range(run.end - 1, size);
