@@ -351,6 +351,16 @@ impl SdRsp {
         put_u64(&mut self.args, 12, store_size);
         put_u64(&mut self.args, 20, store_free);
     }
+    /// This project's extension on a recovery read's reply: the CRC32C of
+    /// the payload as its sender read (and verified) it, so the receiver
+    /// checks what it is about to store. None from a sender without it.
+    pub fn payload_crc(&self) -> Option<u32> {
+        (self.args[24] == 1).then(|| u32_at(&self.args, 20))
+    }
+    pub fn set_payload_crc(&mut self, crc: u32) {
+        put_u32(&mut self.args, 20, crc);
+        self.args[24] = 1;
+    }
     pub fn hash_digest(&self) -> [u8; 20] {
         self.args[4..24].try_into().unwrap()
     }

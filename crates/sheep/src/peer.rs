@@ -239,11 +239,7 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
     }
     match res {
         None => reply(&req, SdRes::OLD_NODE_VER),
-        Some(Ok(Ok(data))) if recovery_read => {
-            let mut r = reply_data(&req, data);
-            r.0.data_length = r.1.len() as u32;
-            r
-        }
+        Some(Ok(Ok(data))) if recovery_read => recovery_reply(&req, data),
         Some(Ok(Ok(data))) if req.opcode == op::READ_PEER => reply_data(&req, data),
         Some(Ok(Ok(_))) => reply(&req, SdRes::SUCCESS),
         Some(Ok(Err(e))) => {
@@ -260,6 +256,15 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         }
         Some(Err(_)) => reply(&req, SdRes::EIO),
     }
+}
+
+/// The reply to a recovery read: the copy, with its CRC32C for the
+/// receiver to check before it stores it.
+pub fn recovery_reply(req: &SdReq, data: Vec<u8>) -> Reply {
+    let mut r = reply_data(req, data);
+    r.0.data_length = r.1.len() as u32;
+    r.0.set_payload_crc(crc32c::crc32c(&r.1));
+    r
 }
 
 /// Whether an object request is of an epoch older than this node's (and

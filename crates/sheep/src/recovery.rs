@@ -490,6 +490,19 @@ async fn read_peer(
     }
     let (rsp, data) = sheep.send_peer(node.nid.io_socket_addr(), &r, &[]).await;
     match rsp.result {
+        SdRes::SUCCESS
+            if rsp
+                .payload_crc()
+                .is_some_and(|c| c != crc32c::crc32c(&data)) =>
+        {
+            // Changed on its way here: never stored; asked again later.
+            tracing::error!(
+                "{} from {}: the copy received does not match its sender's checksum",
+                key.file_name(),
+                node.nid.to_addr_string()
+            );
+            Fetched::Unreachable
+        }
         SdRes::SUCCESS => Fetched::Data(data),
         SdRes::NO_OBJ => Fetched::Absent,
         _ => Fetched::Unreachable,
@@ -1113,6 +1126,22 @@ mod tests {
         // the node keeps reporting recovery (it must not look idle).
         assert!(!recover(&h, &mut w, oid, 30).await);
         assert!(h.sheep.recovery.state(epoch).in_recovery);
+        h.peer(1).set_mode(Mode::Serve);
+        assert!(recover(&h, &mut w, oid, 30).await);
+        let got = h.store.read(&ObjKey::replica(oid), 0, 12).unwrap();
+        assert_eq!(got, b"acknowledged");
+    }
+
+    #[tokio::test]
+    async fn a_copy_changed_on_its_way_is_not_stored() {
+        let mut h = Harness::new(2, 2, false).await;
+        let oid = held_by_peers(&h, b"acknowledged");
+        h.peer(1).set_mode(Mode::GarbledReads);
+        h.remove_peer(2).await;
+        let mut w = RecoveryWorker::new(h.sheep.clone());
+        // The only live holder's copy arrives changed: it is not stored,
+        // and the object waits for a good one.
+        assert!(!recover(&h, &mut w, oid, 30).await);
         h.peer(1).set_mode(Mode::Serve);
         assert!(recover(&h, &mut w, oid, 30).await);
         let got = h.store.read(&ObjKey::replica(oid), 0, 12).unwrap();

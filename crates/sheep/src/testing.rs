@@ -38,6 +38,9 @@ pub enum Mode {
     SilentReads,
     /// Serves, but returns reads one byte short.
     ShortReads,
+    /// Serves, but a byte of every object read's payload changes on its
+    /// way (after the sender took its checksum).
+    GarbledReads,
 }
 
 /// One fake sheep.
@@ -74,11 +77,15 @@ impl FakePeer {
             Mode::SilentReads if req.opcode == op::READ_PEER => {
                 return reply(req, SdRes::NETWORK_ERROR)
             }
-            Mode::Serve | Mode::ShortReads | Mode::SilentReads => {}
+            Mode::Serve | Mode::ShortReads | Mode::SilentReads | Mode::GarbledReads => {}
         }
         let mut r = self.serve(req, payload);
-        if mode == Mode::ShortReads && !r.1.is_empty() {
-            r.1.pop();
+        match r.1.first_mut() {
+            Some(_) if mode == Mode::ShortReads => {
+                r.1.pop();
+            }
+            Some(b) if mode == Mode::GarbledReads && req.opcode == op::READ_PEER => *b ^= 1,
+            _ => {}
         }
         r
     }
@@ -111,6 +118,7 @@ impl FakePeer {
             _ => Ok(vec![]),
         };
         match done {
+            Ok(d) if req.flags & flag::CMD_RECOVERY != 0 => crate::peer::recovery_reply(req, d),
             Ok(d) if d.is_empty() => reply(req, SdRes::SUCCESS),
             Ok(d) => reply_data(req, d),
             Err(e) => reply(req, e.res()),
