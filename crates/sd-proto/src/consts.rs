@@ -106,6 +106,10 @@ pub mod op {
     /// This project's extension: start, stop or report the node's scrub
     /// (`args[0]`: `scrub_cmd`); replies a `ScrubStatus`.
     pub const SCRUB: u8 = 0xE1;
+    /// This project's extension: the digest of a node's copy of `oid`
+    /// from its blocks' checksums (`SdRsp::obj_digest`), for the scrub
+    /// to compare replicas without reading them again.
+    pub const GET_DIGEST: u8 = 0xE2;
 
     /// Maps a gateway object opcode to the peer opcode it is forwarded as.
     pub fn gateway_to_peer(opcode: u8) -> Option<u8> {

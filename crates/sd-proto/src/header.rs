@@ -361,6 +361,13 @@ impl SdRsp {
         put_u32(&mut self.args, 20, crc);
         self.args[24] = 1;
     }
+    /// GET_DIGEST's answer.
+    pub fn obj_digest(&self) -> u32 {
+        u32_at(&self.args, 4)
+    }
+    pub fn set_obj_digest(&mut self, d: u32) {
+        put_u32(&mut self.args, 4, d);
+    }
     pub fn hash_digest(&self) -> [u8; 20] {
         self.args[4..24].try_into().unwrap()
     }

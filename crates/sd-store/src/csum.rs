@@ -80,6 +80,14 @@ impl Entry {
     }
 }
 
+/// A digest of a copy's bytes from its blocks' checksums: equal bytes give
+/// equal digests (and different bytes different ones, but for CRC32C's
+/// collisions) without reading the bytes again.
+pub fn digest(entries: &[Entry]) -> u32 {
+    let sums: Vec<u8> = entries.iter().flat_map(|e| e.cur.to_le_bytes()).collect();
+    crc32c::crc32c(&sums)
+}
+
 /// A decoded sidecar: the object's size and every block's entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sidecar {

@@ -744,6 +744,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wipe(&self) -> Result<()>;
     /// SHA-1 of the working copy, or of the stale copy of `epoch`.
     fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]>;
+    /// [`csum::digest`] of the working copy of `k`: from its checksums
+    /// where it has them, else from its bytes.
+    fn digest(&self, k: &ObjKey) -> Result<u32>;
     fn read_config(&self) -> Result<Option<SheepdogConfig>>;
     fn write_config(&self, c: &SheepdogConfig) -> Result<()>;
     /// Writes epoch `epoch`'s members (stored in node order) and time.
@@ -1042,6 +1045,21 @@ impl ObjectStore for Store {
             h.update(&buf[..n]);
         }
         Ok(h.finalize().into())
+    }
+
+    fn digest(&self, k: &ObjKey) -> Result<u32> {
+        let (d, path) = self.located(k)?;
+        let sums = self.judged(&d, self.open_sums(&path))?;
+        let entries = match sums {
+            Some(Sums::Good(g)) => {
+                let size = self
+                    .judged(&d, fs::metadata(&path).map_err(Into::into))?
+                    .len();
+                self.judged(&d, g.entries(0, csum::blocks(size)).map_err(Into::into))?
+            }
+            _ => csum::Sidecar::of(&self.read_all(k)?).entries,
+        };
+        Ok(csum::digest(&entries))
     }
 
     fn read_config(&self) -> Result<Option<SheepdogConfig>> {

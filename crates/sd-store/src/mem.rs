@@ -141,11 +141,14 @@ fn slice(data: &[u8], offset: u64, len: usize) -> Vec<u8> {
 }
 
 fn put(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {
-    let end = offset as usize + data.len();
-    if dst.len() < end {
-        dst.resize(end, 0);
+    let (offset, end) = (offset as usize, offset as usize + data.len());
+    if dst.len() < offset {
+        dst.resize(offset, 0);
     }
-    dst[offset as usize..end].copy_from_slice(data);
+    // What lies past the end is appended, not zeroed first.
+    let inside = dst.len().min(end) - offset;
+    dst[offset..offset + inside].copy_from_slice(&data[..inside]);
+    dst.extend_from_slice(&data[inside..]);
 }
 
 impl ObjectStore for MemStore {
@@ -305,6 +308,13 @@ impl ObjectStore for MemStore {
             })?,
         };
         Ok(Sha1::digest(&data).into())
+    }
+    fn digest(&self, k: &ObjKey) -> Result<u32> {
+        self.with(|c| {
+            let d = c.working.get(k).ok_or(StoreError::NoObj)?;
+            c.check(k, WORKING, 0, d.len())?;
+            Ok(crate::csum::digest(&crate::csum::Sidecar::of(d).entries))
+        })
     }
     fn read_config(&self) -> Result<Option<SheepdogConfig>> {
         Ok(self.contents.lock().unwrap().config.clone())

@@ -12,7 +12,7 @@
 //! The workload is what VM clients do, through the same client library
 //! (`sd_client::vdi`, copy-on-write included) and request handler as
 //! NBD and dog: VDIs are created, written, read, snapshotted, cloned and
-//! deleted through random gateways; every other VDI is erasure coded
+//! deleted through random gateways; every third VDI is erasure coded
 //! (2+2), the rest replicated. Meanwhile nodes crash (their disks
 //! kept; the driver notices after a while, and a block that was being
 //! written may be left torn), restart, stop cleanly, are replaced for good
@@ -525,7 +525,7 @@ struct Knobs {
     /// `CLUSTER_SIM_REPLACE=0|1`: nodes are replaced for good.
     replace: bool,
     /// `CLUSTER_SIM_EC=0`: no VDI is erasure coded (by default every
-    /// other one created is, 2 data strips + 2 parity).
+    /// third one created is, 2 data strips + 2 parity).
     ec: bool,
     /// `CLUSTER_SIM_RESEND=0`: a write that failed or was cut off is not
     /// sent again as QEMU does; the client opens the VDI afresh for its
@@ -897,7 +897,7 @@ impl Cluster {
                 }
                 2 => {
                     // "e…": erasure coded (see `run_op`).
-                    let ec = self.knobs.ec && b.volumes.len() % 2 == 1;
+                    let ec = self.knobs.ec && b.volumes.len() % 3 == 1;
                     let name = format!("{}{}", if ec { 'e' } else { 'v' }, b.volumes.len());
                     let blocks = vec![History::default(); VOL_OBJECTS as usize];
                     Op::Create {

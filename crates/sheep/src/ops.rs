@@ -240,6 +240,19 @@ pub async fn local(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
             }
             reply_data(&req, oids.iter().flat_map(|o| o.to_le_bytes()).collect())
         }
+        op::GET_DIGEST => {
+            let k = ObjKey::replica(req.obj().oid);
+            let s = sheep.clone();
+            match sheep.on_store(move || s.store.digest(&k)).await {
+                Ok(Ok(d)) => {
+                    let mut r = reply(&req, SdRes::SUCCESS);
+                    r.0.set_obj_digest(d);
+                    r
+                }
+                Ok(Err(e)) => reply(&req, e.res()),
+                Err(_) => reply(&req, SdRes::EIO),
+            }
+        }
         op::GET_HASH => {
             let o = req.obj();
             let k = ObjKey::replica(o.oid);

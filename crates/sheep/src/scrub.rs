@@ -10,7 +10,8 @@
 //! so it takes at most a tenth of the disk from them.
 //!
 //! The first target of each replicated object also compares its copy with
-//! the other replicas' (by the SHA-1 of GET_HASH). Each copy verifies
+//! the other replicas' by a digest of their block checksums (GET_DIGEST:
+//! no copy is read again for it). Each copy verifies
 //! against its own checksums, so which one is right cannot be told here:
 //! a difference that holds across a settling pause (a write in flight
 //! reaches the copies one by one) is counted and logged, and `dog vdi
@@ -189,7 +190,6 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// node is the object's first target; a difference that holds across
 /// [`SETTLE`] is counted and logged, naming the nodes.
 async fn compare_replicas(sheep: &Arc<Sheep>, key: ObjKey) {
-    if std::env::var_os("NOCMP").is_some() { return; }
     let view = sheep.view();
     let targets = Sheep::targets(&view, key.oid);
     if key.ec_index.is_some() || targets.first().is_none_or(|t| t.nid != sheep.this.nid) {
@@ -197,21 +197,19 @@ async fn compare_replicas(sheep: &Arc<Sheep>, key: ObjKey) {
     }
     let differing = || async {
         let s = sheep.clone();
-        let Ok(Ok(mine)) = sheep.on_store(move || s.store.sha1(&key, None)).await else {
+        let Ok(Ok(mine)) = sheep.on_store(move || s.store.digest(&key)).await else {
             return Vec::new();
         };
         let mut differ = Vec::new();
         for t in &targets[1..] {
-            let mut r = SdReq::new(op::GET_HASH);
+            let mut r = SdReq::new(op::GET_DIGEST);
             r.epoch = view.epoch;
-            // Epoch 0: a node without a working copy (still recovering
-            // it) answers NO_OBJ, not with an older copy's hash.
             r.set_obj(ObjArgs {
                 oid: key.oid,
                 ..Default::default()
             });
             let (rsp, _) = sheep.send_peer(t.nid.io_socket_addr(), &r, &[]).await;
-            if rsp.result == SdRes::SUCCESS && rsp.hash_digest() != mine {
+            if rsp.result == SdRes::SUCCESS && rsp.obj_digest() != mine {
                 differ.push(t.nid.to_addr_string());
             }
         }

@@ -239,6 +239,7 @@ pub fn class(opcode: u8) -> Option<Class> {
         | op::STAT_RECOVERY
         | op::GET_OBJ_LIST
         | op::GET_HASH
+        | op::GET_DIGEST
         | op::FLUSH_DEL_CACHE => Local { force: false },
         op::MAKE_FS
         | op::SHUTDOWN
