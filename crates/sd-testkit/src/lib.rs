@@ -9,6 +9,7 @@ pub mod load;
 pub mod netns;
 pub mod zk;
 use std::net::TcpListener;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,10 +34,15 @@ pub fn dog_bin() -> PathBuf {
     bin_dir().join("dog")
 }
 
-/// `n` consecutive free TCP ports (checked by binding) below `max`.
-pub fn free_ports(n: usize, min: u16, max: u16) -> u16 {
+/// Where tests put their listening ports: below Linux's ephemeral range
+/// (32768..61000 by default), so no outgoing connection of a running
+/// cluster can take a port between its pick and its node's start.
+pub const PORTS: Range<u16> = 10000..32000;
+
+/// `n` consecutive free TCP ports (checked by binding) in `ports`.
+pub fn free_ports(n: usize, ports: Range<u16>) -> u16 {
     loop {
-        let base = rand::random::<u16>() % (max - min - n as u16) + min;
+        let base = rand::random::<u16>() % (ports.end - ports.start - n as u16) + ports.start;
         if (0..n as u16).all(|i| TcpListener::bind(("0.0.0.0", base + i)).is_ok()) {
             return base;
         }
@@ -118,24 +124,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` storage nodes in zones 0..n (not formatted).
     pub fn start(n: usize) -> Cluster {
-        Self::start_with(n, 20000, 60000, &["-n"])
+        Self::start_with(n, PORTS, &["-n"])
     }
 
-    /// Starts `n` nodes on ports in `[min, max)` with extra sheep args.
-    pub fn start_with(n: usize, min: u16, max: u16, extra: &[&str]) -> Cluster {
-        Self::start_full(n, min, max, extra, None)
+    /// Starts `n` nodes on ports in `ports` with extra sheep args.
+    pub fn start_with(n: usize, ports: Range<u16>, extra: &[&str]) -> Cluster {
+        Self::start_full(n, ports, extra, None)
     }
 
-    /// Starts `n` nodes on ports in `[min, max)` with extra sheep args on
+    /// Starts `n` nodes on ports in `ports` with extra sheep args on
     /// `driver` (the cluster's private local driver if None).
     pub fn start_full(
         n: usize,
-        min: u16,
-        max: u16,
+        ports: Range<u16>,
         extra: &[&str],
         driver: Option<&str>,
     ) -> Cluster {
-        Self::start_disks(n, 0, min, max, extra, driver)
+        Self::start_disks(n, 0, ports, extra, driver)
     }
 
     /// Starts `n` storage nodes with `disks` disks each (multi-disk
@@ -143,8 +148,7 @@ impl Cluster {
     pub fn start_disks(
         n: usize,
         disks: usize,
-        min: u16,
-        max: u16,
+        ports: Range<u16>,
         extra: &[&str],
         driver: Option<&str>,
     ) -> Cluster {
@@ -153,7 +157,7 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let shm = root.path().join("shm");
-        let base = free_ports(n + 4, min, max);
+        let base = free_ports(n + 4, ports);
         let driver = driver.map_or_else(|| format!("local:{}", shm.display()), str::to_string);
         let mut c = Cluster {
             root,
@@ -176,19 +180,19 @@ impl Cluster {
     /// Starts `n` storage nodes on the cluster driver `driver` (e.g.
     /// `zookeeper:127.0.0.1:2181/test1,timeout=2000`).
     pub fn start_driver(n: usize, driver: &str) -> Cluster {
-        Self::start_full(n, 20000, 60000, &["-n"], Some(driver))
+        Self::start_full(n, PORTS, &["-n"], Some(driver))
     }
 
     /// Starts `n` storage nodes that also serve NBD (see [`Cluster::nbd_uri`]).
     pub fn start_nbd(n: usize) -> Cluster {
-        Self::start_with(n, 20000, 60000, &["-n"]).serve_nbd()
+        Self::start_with(n, PORTS, &["-n"]).serve_nbd()
     }
 
     /// Restarts every node (not formatted yet) serving NBD too (see
     /// [`Cluster::nbd_uri`]).
     pub fn serve_nbd(mut self) -> Cluster {
         let n = self.nodes.len();
-        let base = free_ports(n, 60000, 65000);
+        let base = free_ports(n, PORTS);
         for i in 0..n {
             self.nodes[i].nbd_port = Some(base + i as u16);
             self.kill(i);

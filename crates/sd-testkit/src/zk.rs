@@ -17,7 +17,7 @@
 //! its data across [`ZkServer::restart`].
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,10 +74,8 @@ impl ZkServer {
             .prefix("sdzk")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let port = TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        // Not an ephemeral port: a restart on it must find it free.
+        let port = crate::free_ports(1, crate::PORTS);
         let conf = dir.path().join("conf");
         std::fs::create_dir_all(&conf).map_err(|e| e.to_string())?;
         let cfg = format!(

@@ -25,7 +25,7 @@ fn flip(file: &Path, at: u64) {
 /// A 3-node, 3-copy cluster with an 8 MiB VDI `v` written whole; the
 /// names of its two data objects.
 fn cluster() -> (Cluster, Vec<u8>, Vec<String>) {
-    let c = Cluster::start_with(3, 20000, 60000, &["-n"]);
+    let c = Cluster::start_with(3, PORTS, &["-n"]);
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "8M"]);
     let data = pattern(7, 8 * MIB);
@@ -132,7 +132,15 @@ fn the_scrub_finds_a_replica_that_differs_and_vdi_check_mends_it() {
     std::fs::remove_file(c.nodes[2].obj_dir().join(format!(".{name}.csum"))).unwrap();
     c.dog_ok(&["node", "scrub", "start"]);
     let differing = || (0..3).map(|i| scrub_status(&c, i).1[6]).sum::<u64>();
-    wait_until("the difference is reported", || differing() == 1);
+    let passes_done = |passes: u64| {
+        (0..3).all(|i| {
+            let (state, n) = scrub_status(&c, i);
+            state == "idle" && n[2] == passes
+        })
+    };
+    // A start while a pass runs lets that pass go on: wait for all.
+    wait_until("every scrub finished a pass", || passes_done(1));
+    assert_eq!(differing(), 1, "the difference is reported once");
     assert!(
         (0..3).any(|i| log(&c, i).contains(&format!("object {name}: the copies on"))),
         "logged"
@@ -142,12 +150,7 @@ fn the_scrub_finds_a_replica_that_differs_and_vdi_check_mends_it() {
     assert_eq!(c.vdi_read(2, "v", 0, 8 * MIB), data);
     // A second pass finds the copies agree.
     c.dog_ok(&["node", "scrub", "start"]);
-    wait_until("every scrub finished two passes", || {
-        (0..3).all(|i| {
-            let (state, n) = scrub_status(&c, i);
-            state == "idle" && n[2] == 2
-        })
-    });
+    wait_until("every scrub finished two passes", || passes_done(2));
     assert_eq!(differing(), 1);
 }
 
@@ -184,7 +187,7 @@ fn a_block_rotten_on_every_copy_fails_its_read_and_is_named() {
 
 #[test]
 fn a_flipped_byte_in_an_erasure_coded_strip_is_not_served_and_is_repaired() {
-    let c = Cluster::start_with(4, 20000, 60000, &["-n"]);
+    let c = Cluster::start_with(4, PORTS, &["-n"]);
     c.format("2:1");
     c.dog_ok(&["vdi", "create", "e", "4M"]);
     let data = pattern(9, 4 * MIB);

@@ -12,7 +12,7 @@ const MIB: usize = 1 << 20;
 /// A 4-node, 3-copy cluster (sheep options `extra`) with a 16 MiB VDI
 /// `v` written through node 0.
 fn cluster_with_data(extra: &[&str]) -> (Cluster, Vec<u8>) {
-    let c = Cluster::start_with(4, 20000, 60000, extra);
+    let c = Cluster::start_with(4, PORTS, extra);
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "16M"]);
     let old = pattern(1, 16 * MIB);

@@ -105,7 +105,7 @@ impl Tgtd {
                     break p;
                 }
             };
-            let portal = free_ports(1, 3300, 7000);
+            let portal = free_ports(1, 3300..7000);
             let log = dir.join(format!("tgtd.{attempt}.log"));
             let f = std::fs::File::create(&log).unwrap();
             let child = Command::new("tgtd")
@@ -341,7 +341,7 @@ fn tgt_sheepdog_backing_store_over_iscsi() {
         text(&lib)
     );
 
-    let mut c = Cluster::start_with(3, 7100, 9999, &["-n"]);
+    let mut c = Cluster::start_with(3, 7100..9999, &["-n"]);
     assert!(c.nodes.iter().all(|n| n.port <= 9999));
     c.format("3");
     c.dog_ok(&["vdi", "create", "iv", "64M"]);
@@ -522,7 +522,7 @@ fn multipath_paths_see_each_others_allocations() {
     for t in ["tgtd", "tgtadm", "python3"] {
         assert!(have(t), "{t} is missing: run ./scripts/test.sh");
     }
-    let c = Cluster::start_with(3, 7100, 9999, &["-n"]);
+    let c = Cluster::start_with(3, 7100..9999, &["-n"]);
     c.dog_ok(&["cluster", "format", "-l", "-c", "2"]);
     c.dog_ok(&["vdi", "create", "mp", "64M"]);
     let first = pattern(31, MIB);

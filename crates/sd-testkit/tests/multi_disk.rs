@@ -35,7 +35,7 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn objects_spread_over_every_disk_and_md_info_shows_them() {
-    let c = Cluster::start_disks(6, 3, 20000, 60000, &["-n"], None).serve_nbd();
+    let c = Cluster::start_disks(6, 3, PORTS, &["-n"], None).serve_nbd();
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "256M"]);
     // Written through NBD (node 0's export), as a VM's disk is.
@@ -106,7 +106,7 @@ fn cluster_under_load(fault: Fault) -> (Cluster, Load, PathBuf) {
         Fault::Fsync => &[],
         _ => &["-n"],
     };
-    let mut c = Cluster::start_disks(4, 3, 20000, 60000, extra, None);
+    let mut c = Cluster::start_disks(4, 3, PORTS, extra, None);
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "64M"]);
     let plan = match fault {
@@ -211,7 +211,7 @@ fn a_disk_removed_under_load_is_unplugged_and_no_client_write_fails() {
 
 #[test]
 fn a_plugged_disk_takes_the_objects_that_now_belong_on_it() {
-    let c = Cluster::start_disks(3, 2, 20000, 60000, &["-n"], None);
+    let c = Cluster::start_disks(3, 2, PORTS, &["-n"], None);
     c.format("3");
     c.dog_ok(&["vdi", "create", "v", "64M"]);
     let data = pattern(8, 64 * MIB);

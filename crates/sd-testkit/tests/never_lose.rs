@@ -77,7 +77,7 @@ fn rolling_replacement(zk: Option<&ZkServer>, how: Stop) {
             .collect()
     };
     write_all(&c, 0, 1);
-    let port = free_ports(2, 20000, 60000);
+    let port = free_ports(2, PORTS);
     let (a, b) = (0, 1);
     let cn = c.nodes.len();
     c.nodes.push(node(&c, port, 2));
@@ -233,7 +233,7 @@ fn foreign_node_is_refused(zk: Option<&ZkServer>) {
     let its_files = files(&foreign);
     let history = c.dog_ok(&["cluster", "info", "-r"]);
 
-    let port = free_ports(1, 20000, 60000);
+    let port = free_ports(1, PORTS);
     let mut n = node(&c, port, 9);
     n.dir = foreign.clone();
     c.nodes.push(n);
@@ -283,7 +283,7 @@ fn returning_cluster(zk: Option<&ZkServer>) {
         // shutting-down stream instead of a new one.
         std::thread::sleep(Duration::from_secs(3));
     }
-    let port = free_ports(3, 20000, 60000);
+    let port = free_ports(3, PORTS);
     for k in 0..3u16 {
         let n = node(&c, port + k, 10 + k as u32);
         c.nodes.push(n);

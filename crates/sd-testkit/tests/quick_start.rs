@@ -70,7 +70,7 @@ fn seed_quick_start() {
         .prefix("quickstart")
         .tempdir()
         .unwrap();
-    let base = free_ports(6, 20000, 60000);
+    let base = free_ports(6, PORTS);
     let ports: Vec<u16> = (0..6).map(|i| base + i).collect();
     let d = Daemons {
         root,

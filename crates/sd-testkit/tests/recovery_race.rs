@@ -33,7 +33,7 @@ fn stop(mut child: Child) {
 
 #[test]
 fn overtaken_recovery_leaves_no_stale_or_extra_copy() {
-    let mut c = Cluster::start_with(5, 20000, 60000, &[]);
+    let mut c = Cluster::start_with(5, PORTS, &[]);
     c.format("3");
     // Preallocated: every object exists from the start (zeros read as
     // never written), so each round's copy count covers all 32, whichever

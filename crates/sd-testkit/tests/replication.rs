@@ -138,7 +138,7 @@ fn replicated_io_survives_kill_and_rejoin() {
 #[test]
 fn gateway_serves_io_and_stores_nothing() {
     let mut c = Cluster::start(3);
-    let port = free_ports(1, 20000, 60000);
+    let port = free_ports(1, PORTS);
     let g = c.add_node(port, 99, true);
     c.wait_up(g);
     c.wait_nodes(4);

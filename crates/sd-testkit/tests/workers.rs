@@ -73,7 +73,7 @@ fn node_worker_lists_the_workers_and_reclaim_survives_a_restart() {
 /// with the original's messages and exit codes.
 #[test]
 fn recovery_throttle_from_the_command_line_and_dog() {
-    let c = Cluster::start_with(1, 20000, 60000, &["-n", "-R", "max=5,interval=100"]);
+    let c = Cluster::start_with(1, PORTS, &["-n", "-R", "max=5,interval=100"]);
     c.format("1");
     let get = |c: &Cluster| {
         let out = c.dog(&["node", "recovery", "get-throttle"]);

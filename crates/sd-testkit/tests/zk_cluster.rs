@@ -69,7 +69,7 @@ fn cluster_on_zookeeper_survives_a_kill() {
 #[test]
 fn unreachable_zookeeper_and_malformed_driver() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(2, 20000, 60000);
+    let port = free_ports(2, PORTS);
     // Nothing listens on port+1: the daemonized sheep fails and says so
     // through its exit status.
     let out = Command::new(sheep_bin())
