@@ -360,6 +360,7 @@ async fn run_action(ctx: &mut Ctx, a: Action) -> Res<()> {
         Action::ClusterInfo => cmd::cluster::info(ctx).await,
         Action::ClusterFormat => cmd::cluster::format(ctx).await,
         Action::ClusterShutdown => cmd::cluster::shutdown(ctx).await,
+        Action::ClusterReweight => cmd::cluster::reweight(ctx).await,
         Action::ClusterRecoverForce => cmd::cluster::recover_force(ctx).await,
         Action::ClusterRecoverEnable => cmd::cluster::recover_switch(ctx, true).await,
         Action::ClusterRecoverDisable => cmd::cluster::recover_switch(ctx, false).await,

@@ -185,6 +185,7 @@ pub enum Action {
     ClusterInfo,
     ClusterFormat,
     ClusterShutdown,
+    ClusterReweight,
     ClusterRecoverForce,
     ClusterRecoverEnable,
     ClusterRecoverDisable,
@@ -727,7 +728,14 @@ const CLUSTER: &[Sub] = &[
         ARG,
         CLUSTER_RECOVER,
     ),
-    leaf("reweight", None, "aphT", "reweight the cluster", 0, None),
+    leaf(
+        "reweight",
+        None,
+        "aphT",
+        "reweight the cluster",
+        0,
+        Some(ClusterReweight),
+    ),
     leaf(
         "check",
         None,

@@ -265,3 +265,78 @@ fn a_multi_disk_node_killed_under_load_loses_no_acknowledged_write() {
         load::try_check_files(&disks(&c, &[]), &journal, 3).is_ok()
     });
 }
+
+/// Vnodes of each node (`node list -r`), in node order.
+fn vnodes(c: &Cluster) -> Vec<u32> {
+    let list = c.dog_ok(&["node", "list", "-r"]);
+    c.nodes
+        .iter()
+        .map(|n| {
+            let line = list
+                .lines()
+                .find(|l| l.contains(&format!(":{} ", n.port)))
+                .unwrap_or_else(|| panic!("node {} not listed: {list}", n.port));
+            line.split(' ').nth(2).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// `cluster reweight` (the original's test 063): node 0 gets a second
+/// disk, so twice the space of the others; after the reweight its vnodes
+/// are twice theirs (192 / 96 / 96), recorded as a new epoch, its objects
+/// follow, and the weight outlives a restart. A reweight where no space
+/// changed does nothing.
+#[test]
+fn reweight_gives_a_grown_node_vnodes_in_proportion_to_its_space() {
+    let mut c = Cluster::start_disks(3, 1, PORTS, &["-n"], None);
+    c.format("2");
+    c.dog_ok(&["vdi", "create", "v", "64M"]);
+    let data = pattern(12, 64 * MIB);
+    c.vdi_write(0, "v", 0, &data);
+    assert_eq!(vnodes(&c), [128, 128, 128]);
+    let epoch = c.epoch_at(0).unwrap();
+    assert_eq!(c.dog_ok(&["cluster", "reweight"]), "");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.epoch_at(0), Some(epoch), "nothing changed, no new epoch");
+
+    let new = c.root().join("new-disk");
+    c.dog_ok(&["node", "md", "plug", "-f", new.to_str().unwrap()]);
+    // (and on its command line from now on)
+    c.nodes[0].disks.push(new);
+    assert_eq!(vnodes(&c), [128, 128, 128], "a plug alone does not reweigh");
+    assert_eq!(c.dog_ok(&["cluster", "reweight"]), "");
+    let near = |got: &[u32], want: [u32; 3]| got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 2);
+    wait_until("node 0 weighs twice the others", 30, || {
+        near(&vnodes(&c), [192, 96, 96])
+    });
+    assert_eq!(c.epoch_at(0), Some(epoch + 1));
+    c.wait_recovery();
+    let info = c.dog_ok(&["cluster", "info"]);
+    let newest = info
+        .lines()
+        .find(|l| l.contains(&format!(" {} [", epoch + 1)));
+    assert!(
+        newest.is_some_and(|l| l.contains(&format!(":{}:19", c.nodes[0].port))),
+        "{info}"
+    );
+    for i in 0..3 {
+        assert_eq!(c.vdi_read(i, "v", 0, 64 * MIB), data, "through node {i}");
+    }
+    // Node 0 now holds more of the 17 objects' 34 copies than the others.
+    let held = |i: usize| -> usize { c.nodes[i].disks.iter().map(|d| object_files(d).len()).sum() };
+    assert!(
+        held(0) > held(1) && held(0) > held(2),
+        "{} {} {}",
+        held(0),
+        held(1),
+        held(2)
+    );
+
+    // Its weight is part of its config: a restart keeps it.
+    c.kill(0);
+    c.wait_nodes_at(1, 2);
+    c.restart(0);
+    c.wait_up(0);
+    c.wait_nodes(3);
+    assert!(near(&vnodes(&c), [192, 96, 96]), "{:?}", vnodes(&c));
+}

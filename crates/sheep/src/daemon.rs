@@ -280,6 +280,45 @@ impl Sheep {
         }
     }
 
+    /// `cluster reweight` on this node (the original's rule): when the
+    /// space of its disks (free + used) differs by 1 % or more from what
+    /// the cluster knows, it tells the cluster, whose vnodes (automatic
+    /// strategy) follow in a new epoch. Sent from a task of its own: the
+    /// event loop that runs this must go on to apply the update.
+    async fn reweight(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(known) = self
+            .view()
+            .nodes
+            .iter()
+            .find(|n| n.nid == self.this.nid)
+            .copied()
+        else {
+            return Ok(());
+        };
+        if self.opts.gateway || known.space == 0 {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let space = self
+            .on_store(move || store.fs_space().map(|(_, free)| free + store.used_bytes()))
+            .await??;
+        let diff = space.abs_diff(known.space) as f64 / known.space as f64;
+        if diff < 0.01 {
+            return Ok(());
+        }
+        tracing::info!(
+            "reweight: space {} -> {space} bytes, telling the cluster",
+            known.space
+        );
+        let driver = self.driver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.update_node(SdNode { space, ..known }).await {
+                tracing::error!("reweight: cannot tell the cluster: {e}");
+            }
+        });
+        Ok(())
+    }
+
     /// Schedules a clean exit (after the current response is sent).
     pub fn request_exit(&self, code: i32) {
         self.exit.send_replace(Some(code));
@@ -321,9 +360,18 @@ impl Sheep {
         true
     }
 
+    /// The config file's contents for the cluster config `config`, with
+    /// this node's space as the cluster last agreed on it (`reweight`
+    /// changes it) or, before that, as it started with.
     fn persisted_config(&self, config: &SheepdogConfig) -> SheepdogConfig {
+        let space = self
+            .view()
+            .nodes
+            .iter()
+            .find(|n| n.nid == self.this.nid)
+            .map_or(self.this.space, |n| n.space);
         SheepdogConfig {
-            space: self.this.space,
+            space,
             version: SD_FORMAT_VERSION,
             ..config.clone()
         }
@@ -446,6 +494,7 @@ impl Sheep {
                 }
             }
             Effect::RecoveryEnabled => self.recovery.wake(),
+            Effect::Reweight => self.reweight().await?,
             Effect::RedundancyChanged => self.recover_again(),
             Effect::Shutdown => {
                 let v = self.view();

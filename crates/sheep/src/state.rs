@@ -190,6 +190,9 @@ pub enum Effect {
     VdiDeleted,
     /// A node other than us joined; fetch its VDI state.
     PeerJoined(SdNode),
+    /// `cluster reweight`: a node whose space changed by 1 % or more
+    /// tells the cluster (an `UpdateNode` event, a new epoch).
+    Reweight,
 }
 
 /// `vdi_state.lock_state` values (§6.6).
@@ -580,6 +583,10 @@ impl ClusterState {
                 if let Some(m) = self.members.iter_mut().find(|m| m.node.nid == node.nid) {
                     m.node = *node;
                     self.recompute_vnodes();
+                    if node.nid == self.me {
+                        // Our space is part of the config file.
+                        fx.push(Effect::ConfigChanged);
+                    }
                     if self.status == Status::Ok {
                         self.new_epoch(d.time, &mut fx);
                     }
@@ -793,6 +800,7 @@ impl ClusterState {
                 self.config.copies = m.req.cluster().copies;
                 fx.push(Effect::ConfigChanged);
             }
+            op::REWEIGHT if self.status == Status::Ok => fx.push(Effect::Reweight),
             op::COMPLETE_RECOVERY
                 if m.req.obj().tgt_epoch == self.epoch && m.data.len() >= SD_NODE_SIZE =>
             {

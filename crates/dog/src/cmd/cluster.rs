@@ -234,6 +234,16 @@ pub async fn shutdown(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
+/// `cluster reweight`: no output; `Response's result: …` and exit 1 if
+/// the cluster refuses.
+pub async fn reweight(ctx: &mut Ctx) -> Res<()> {
+    let target = ctx.target();
+    if light(ctx, target, &SdReq::new(op::REWEIGHT)).await.is_err() {
+        return ret(1);
+    }
+    Ok(())
+}
+
 /// `cluster recover force`.
 pub async fn recover_force(ctx: &mut Ctx) -> Res<()> {
     if !ctx.opts.cluster.force {
