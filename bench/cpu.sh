@@ -3,7 +3,8 @@
 # from /proc/PID/stat (utime + stime of every sheep of the cluster) over a
 # fixed number of fio I/Os over NBD, beside the IOPS of the same points and
 # of qemu-nbd (writethrough) on a raw file on the same filesystem.
-#   * 4k random write QD16 on 3 nodes / 3 copies (summed over the 3 sheep)
+#   * 4k random write QD16 on 3 nodes / 3 copies (summed over the 3 sheep),
+#     without and with the journal (-j size=256M)
 #   * 4k random read QD16 on 1 node / 1 copy
 # Writes its section of docs/BENCHMARKS.md.
 #   bench/cpu.sh [ios_per_point] [repetitions]
@@ -35,8 +36,12 @@ PIDS_one=("${PIDS[@]:$n0}")
 n0=${#PIDS[@]}
 nbd_cluster three 3 3 $SIZE_MIB
 PIDS_three=("${PIDS[@]:$n0}")
+n0=${#PIDS[@]}
+SHEEP_ARGS="-j size=256M" nbd_cluster threej 3 3 $SIZE_MIB
+PIDS_threej=("${PIDS[@]:$n0}")
 nbdcopy "$ROOT/data" "$NBD_one"
 nbdcopy "$ROOT/data" "$NBD_three"
+nbdcopy "$ROOT/data" "$NBD_threej"
 sync
 
 ticks() { # PIDS...: utime + stime summed
@@ -71,6 +76,7 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for rep in $(seq "$REPS"); do
     echo -e "wt\trandwrite\t$(point wt randwrite "$QPID" | tr ' ' '\t')" >>"$RES"
     echo -e "three\trandwrite\t$(point three randwrite "${PIDS_three[@]}" | tr ' ' '\t')" >>"$RES"
+    echo -e "threej\trandwrite\t$(point threej randwrite "${PIDS_threej[@]}" | tr ' ' '\t')" >>"$RES"
     echo -e "wt\trandread\t$(point wt randread "$QPID" | tr ' ' '\t')" >>"$RES"
     echo -e "one\trandread\t$(point one randread "${PIDS_one[@]}" | tr ' ' '\t')" >>"$RES"
     echo "repetition $rep done" >&2
@@ -94,10 +100,12 @@ out = ["## CPU per I/O: sheep's CPU for each 4k client I/O over NBD", "",
        "/proc/PID/stat across the point, divided by the I/Os. Goals: ≤ 100 µs per replicated",
        "write (3 sheep summed), ≤ 20 µs per read; IOPS ≥ 1.0× qemu-nbd for 3-copy writes.", "",
        "| workload | target | IOPS | ratio to qemu-nbd | CPU µs per I/O |", "|---|---|---|---|---|"]
-for w, t, name in [("randwrite", "three", "3 nodes / 3 copies"), ("randread", "one", "1 node / 1 copy")]:
+for w, targets in [("randwrite", [("three", "3 nodes / 3 copies"), ("threej", "3 nodes / 3 copies, `-j size=256M`")]),
+                   ("randread", [("one", "1 node / 1 copy")])]:
     base = med("wt", w, 0)
     out.append(f"| 4k random {w[4:]} QD16 | qemu-nbd writethrough | {base:,.0f} | 1.00 | {med('wt', w, 1):.0f} |")
-    out.append(f"| 4k random {w[4:]} QD16 | sheep, {name} | {med(t, w, 0):,.0f} | {med(t, w, 0) / base:.2f} | {med(t, w, 1):.0f} |")
+    for t, name in targets:
+        out.append(f"| 4k random {w[4:]} QD16 | sheep, {name} | {med(t, w, 0):,.0f} | {med(t, w, 0) / base:.2f} | {med(t, w, 1):.0f} |")
 print("\n".join(out))
 PY
 )

@@ -23,8 +23,9 @@ wait_tcp() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 
 # nbd_cluster NAME NODES COPIES SIZE_MIB [ENV=VALUE...]: starts sheep under
 # $ROOT with binaries from $BIN (node 0 serves NBD; the ENV settings apply to
-# every sheep), formats, creates VDI "bench"; sets NBD_<NAME> to its URI and
-# PORT_<NAME> to node 0's port; appends the pids to PIDS.
+# every sheep, and so do the options in $SHEEP_ARGS, e.g. "-j size=256M"),
+# formats, creates VDI "bench"; sets NBD_<NAME> to its URI and PORT_<NAME>
+# to node 0's port; appends the pids to PIDS.
 nbd_cluster() {
     local name=$1 n=$2 copies=$3 size=$4 port nbd i
     shift 4
@@ -34,7 +35,8 @@ nbd_cluster() {
         local p=$port; [ $i -gt 0 ] && p=$(free_port)
         ports+=("$p")
         local extra=(); [ $i = 0 ] && extra=(--nbd "127.0.0.1:$nbd")
-        env "$@" "$BIN/sheep" "$ROOT/$name$i" -f -c "local:$ROOT/shm.$name" -z $i -p "$p" "${extra[@]}" \
+        # shellcheck disable=SC2086
+        env "$@" "$BIN/sheep" "$ROOT/$name$i" -f -c "local:$ROOT/shm.$name" -z $i -p "$p" "${extra[@]}" ${SHEEP_ARGS:-} \
             2>>"$ROOT/$name.log" >/dev/null &
         PIDS+=($!)
     done

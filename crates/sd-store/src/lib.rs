@@ -12,6 +12,7 @@
 pub mod csum;
 pub mod disks;
 pub mod faults;
+pub mod journal;
 #[cfg(any(test, feature = "mem"))]
 pub mod mem;
 mod ranges;
@@ -173,6 +174,9 @@ pub struct Store {
     /// Whether object checksums are kept and checked (see [`csum`]); off
     /// only to measure what they cost (`SHEEP_CHECKSUMS=off`).
     checksums: bool,
+    /// Where overwrites are made durable, when the node has a journal
+    /// (`-j`, see [`journal`]); without one each write syncs its files.
+    journal: Option<journal::Journal>,
 }
 
 /// The environment variable that turns object checksums off (`off`) for a
@@ -257,7 +261,90 @@ impl Store {
                     ))))
                 }
             },
+            journal: None,
         })
+    }
+
+    /// Gives the store the journal in `dir` (`size` bytes), replaying the
+    /// writes it holds first; how many it replayed.
+    pub fn with_journal(mut self, dir: &Path, size: u64) -> Result<(Store, usize)> {
+        let (j, records) = journal::Journal::open(dir, size, self.nosync)?;
+        let mut touched = std::collections::HashSet::new();
+        for r in &records {
+            match self.located(&r.key) {
+                Ok((d, path)) => {
+                    self.judged(&d, self.apply_replayed(&path, r.offset, &r.data))?;
+                    touched.insert(r.key);
+                }
+                // Its disk is gone: recovery brings the object back.
+                Err(StoreError::NoObj) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sync_objects(&touched)?;
+        j.checkpoint(&|_| Ok(()))?;
+        self.journal = Some(j);
+        Ok((self, records.len()))
+    }
+
+    /// Makes the object files (and checksums) of `keys` durable; objects
+    /// no longer here are skipped.
+    fn sync_objects(&self, keys: &std::collections::HashSet<ObjKey>) -> Result<()> {
+        for k in keys {
+            let (d, path) = match self.located(k) {
+                Ok(x) => x,
+                Err(StoreError::NoObj) => continue,
+                Err(e) => return Err(e),
+            };
+            self.judged(
+                &d,
+                (|| {
+                    for p in [path.clone(), csum::sidecar_path(&path)] {
+                        match File::open(&p) {
+                            Ok(f) => self.sync_file(&f, &p)?,
+                            Err(e) if e.kind() == ErrorKind::NotFound => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Ok(())
+                })(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Before the file of `k` is replaced or removed: no journaled write
+    /// may be replayed onto what takes its place.
+    fn settle_journal(&self, k: &ObjKey) -> Result<()> {
+        match &self.journal {
+            Some(j) if j.is_dirty(k) => j.checkpoint(&|keys| self.sync_objects(keys)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A journaled write applied again at start: the bytes, then the
+    /// checksums of its blocks from what the file now holds (a crash may
+    /// have left them apart).
+    fn apply_replayed(&self, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+        let f = OpenOptions::new().write(true).read(true).open(path)?;
+        f.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        match self.open_sums(path)? {
+            Some(Sums::Good(g)) if end <= g.size => {
+                let first = (offset / csum::BLOCK) as usize;
+                let last = end.div_ceil(csum::BLOCK) as usize;
+                let mut sums = Vec::with_capacity(last - first);
+                for b in first..last {
+                    let (s, e) = csum::block_range(b, g.size);
+                    let block = read_file_at(&f, s, (e - s) as usize)?;
+                    sums.push(csum::Entry::settled(crc32c::crc32c(&block)));
+                }
+                g.write_entries(first, &sums)?;
+                Ok(())
+            }
+            Some(_) => self.remove_sums(path),
+            None => Ok(()),
+        }
     }
 
     pub fn base(&self) -> &Path {
@@ -524,7 +611,11 @@ impl Store {
     /// Writes into the existing file at `path`, keeping its checksums true
     /// (see [`csum`] for the order that makes this crash-safe). The caller
     /// holds the written blocks' range lock.
-    fn write_verified(&self, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    fn write_verified(&self, path: &Path, offset: u64, data: &[u8], sync: bool) -> Result<()> {
+        let sync_file = |f: &File| match sync {
+            true => self.sync_file(f, path),
+            false => Ok(()),
+        };
         let end = offset + data.len() as u64;
         let first = (offset / csum::BLOCK) as usize;
         let last = end.div_ceil(csum::BLOCK) as usize;
@@ -545,7 +636,7 @@ impl Store {
             self.remove_sums(path)?;
             self.faults.check(faults::Op::Write, path)?;
             f.write_all_at(data, offset)?;
-            return self.sync_file(&f, path);
+            return sync_file(&f);
         };
         let size = g.size;
         let old = g.entries(first, last)?;
@@ -575,10 +666,10 @@ impl Store {
             });
         }
         g.write_entries(first, &new)?;
-        self.sync_file(g.file(), path)?;
+        sync_file(g.file())?;
         self.faults.check(faults::Op::Write, path)?;
         f.write_all_at(data, offset)?;
-        self.sync_file(&f, path)?;
+        sync_file(&f)?;
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
         let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
@@ -837,7 +928,15 @@ impl ObjectStore for Store {
         // every block.
         let _blocks = self.ranges.lock(k, first, last.max(first + 1));
         let (d, path) = self.located(k)?;
-        self.judged(&d, self.write_verified(&path, offset, data))
+        let Some(j) = &self.journal else {
+            return self.judged(&d, self.write_verified(&path, offset, data, true));
+        };
+        if !path.exists() {
+            return self.judged(&d, Err(StoreError::NoObj));
+        }
+        // Durable once in the journal; applied to the file unsynced.
+        let _applying = j.log(k, offset, data, &|keys| self.sync_objects(keys))?;
+        self.judged(&d, self.write_verified(&path, offset, data, false))
     }
 
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
@@ -847,6 +946,7 @@ impl ObjectStore for Store {
             .checksums
             .then(|| csum::Sidecar::of_sparse(size, offset, data));
         let _all = self.ranges.lock_all(k);
+        self.settle_journal(k)?;
         let (d, path) = self.placed(k)?;
         self.judged(
             &d,
@@ -864,6 +964,7 @@ impl ObjectStore for Store {
 
     fn remove(&self, k: &ObjKey) -> Result<()> {
         let _all = self.ranges.lock_all(k);
+        self.settle_journal(k)?;
         let (d, path) = self.located(k)?;
         self.judged(
             &d,
@@ -918,6 +1019,7 @@ impl ObjectStore for Store {
 
     fn move_to_stale(&self, k: &ObjKey, epoch: u32) -> Result<()> {
         let _all = self.ranges.lock_all(k);
+        self.settle_journal(k)?;
         let (d, from) = self.located(k)?;
         let to = d.stale.join(format!("{}.{}", k.file_name(), epoch));
         self.judged(
@@ -1026,7 +1128,11 @@ impl ObjectStore for Store {
         for d in ds.list() {
             self.sync_dir(&d.path)?;
         }
-        Ok(())
+        // Nothing journaled may be replayed onto objects created anew.
+        match &self.journal {
+            Some(j) => j.checkpoint(&|keys| self.sync_objects(keys)),
+            None => Ok(()),
+        }
     }
 
     fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {

@@ -991,7 +991,23 @@ fn advertised(o: &Opts, driver: &Driver) -> IpAddr {
 /// Runs the daemon; `ready` is told 0 once the node has joined the cluster
 /// (the launching command of a daemonized sheep exits with it).
 pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Result<()> {
-    let store = Store::open_with_disks(&dir, &o.disks, o.nosync).context("opening the store")?;
+    let mut store =
+        Store::open_with_disks(&dir, &o.disks, o.nosync).context("opening the store")?;
+    if let Some(j) = &o.journal {
+        if j.skip_asked {
+            tracing::warn!("journal: 'skip' ignored: the journal is always replayed (skipping it would lose acknowledged writes)");
+        }
+        let jdir = j.dir.clone().unwrap_or_else(|| dir.clone());
+        let replayed;
+        (store, replayed) = store
+            .with_journal(&jdir, j.size)
+            .with_context(|| format!("replaying the journal in {}", jdir.display()))?;
+        tracing::info!(
+            "journal {} ({} MiB): {replayed} writes replayed",
+            jdir.join(sd_store::journal::FILE_NAME).display(),
+            j.size >> 20
+        );
+    }
     let mut config = store.read_config()?.unwrap_or_default();
     if config.ctime == 0 && o.vnodes.is_none() {
         // An unformatted node advertises its vnode strategy, which dog

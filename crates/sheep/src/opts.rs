@@ -28,6 +28,19 @@ pub struct Opts {
     pub recovery_throttle: sd_proto::RecoveryThrottling,
     /// `--nbd [ADDR:]PORT`: serve every VDI over NBD.
     pub nbd: Option<std::net::SocketAddr>,
+    /// `-j dir=,size=[,skip]`: the write-ahead journal.
+    pub journal: Option<JournalOpts>,
+}
+
+/// The journal the node keeps (`-j`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalOpts {
+    /// Its directory (default: the store's meta directory).
+    pub dir: Option<std::path::PathBuf>,
+    pub size: u64,
+    /// `skip` was given: the original skipped replay; we never do (it
+    /// would lose acknowledged writes), and say so.
+    pub skip_asked: bool,
 }
 
 /// What the command line asks for.
@@ -90,7 +103,7 @@ const OPTIONS: &[(char, &str, bool, &str)] = &[
         'j',
         "journal",
         true,
-        "use journal file to log all the write operations",
+        "use journal file to log all the write operations. (default: disabled)",
     ),
     (
         'l',
@@ -196,6 +209,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         myaddr: None,
         io_addr: None,
         recovery_throttle: Default::default(),
+        journal: None,
         nbd: None,
     };
     let mut dir: Option<String> = None;
@@ -305,9 +319,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
                     })?;
                 }
                 'R' => o.recovery_throttle = parse_throttle(&v)?,
+                'j' => o.journal = Some(parse_journal(&v)?),
                 // Accepted for compatibility; our I/O model has no separate
-                // thread pools, journal, direct I/O switch or http front-end.
-                'D' | 'j' | 'r' | 'u' | 'w' | 'W' => {}
+                // thread pools, direct I/O switch or http front-end.
+                'D' | 'r' | 'u' | 'w' | 'W' => {}
                 _ => unreachable!(),
             }
         }
@@ -409,6 +424,56 @@ fn parse_throttle(v: &str) -> Result<sd_proto::RecoveryThrottling, OptError> {
         }
     }
     Ok(t)
+}
+
+/// The original's sizes: a number (fractions allowed) with an optional
+/// one-letter suffix, K, M, G, T or P (powers of 1024), or B.
+fn parse_size(v: &str) -> Option<u64> {
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, suffix) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let shift = match suffix {
+        "" | "b" | "B" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
+        "p" | "P" => 50,
+        _ => return None,
+    };
+    Some((n * (1u64 << shift) as f64) as u64)
+}
+
+/// `-j dir=PATH,size=SIZE[,skip]`, as the original.
+fn parse_journal(v: &str) -> Result<JournalOpts, OptError> {
+    let mut j = JournalOpts {
+        dir: None,
+        size: 0,
+        skip_asked: false,
+    };
+    for item in v.split(',') {
+        if let Some(d) = item.strip_prefix("dir=") {
+            j.dir = Some(d.into());
+        } else if let Some(sz) = item.strip_prefix("size=") {
+            let min = sd_store::journal::MIN_SIZE;
+            j.size = parse_size(sz).filter(|&n| n >= min).ok_or_else(|| {
+                err(format!(
+                    "invalid size {sz}, must be bigger than {}(M)",
+                    min >> 20
+                ))
+            })?;
+        } else if item == "skip" {
+            j.skip_asked = true;
+        } else {
+            return Err(err(format!("invalid option {item}")));
+        }
+    }
+    if j.size == 0 {
+        return Err(err("you must specify size for journal"));
+    }
+    Ok(j)
 }
 
 fn parse_ioaddr(v: &str) -> Result<(IpAddr, u16), OptError> {

@@ -1,8 +1,8 @@
 //! Listeners, connection handling and request dispatch (PROTOCOL.md §1, §4).
 //!
-//! A connection is read by one task that validates each header, reads the
-//! payload (bounded by [`SD_MAX_DATA_LENGTH`]) and spawns the request; a
-//! writer task sends responses in completion order. At most
+//! A connection is served by one task that reads each request (its payload
+//! bounded by [`SD_MAX_DATA_LENGTH`]), runs the requests concurrently
+//! inside itself and writes each response as it completes. At most
 //! [`MAX_INFLIGHT`] requests per connection run at once, which bounds the
 //! memory one client can pin.
 
@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, Semaphore};
 
 /// Requests one connection may have in flight.
 const MAX_INFLIGHT: usize = 64;
@@ -100,77 +99,117 @@ fn quick_ack(fd: Option<std::os::fd::RawFd>) {
     }
 }
 
+/// What the reading half of a connection produced.
+enum Incoming {
+    /// A request with its payload.
+    Request(SdReq, Vec<u8>),
+    /// A request refused unread (its payload skipped): too long.
+    Oversized(SdReq),
+    /// The client is gone (or broke the stream).
+    Closed,
+}
+
+/// Reads the next request of a connection; gives the reader back with it,
+/// so the read can live across the connection loop's turns (a read cut
+/// off halfway would lose the stream's framing).
+async fn read_request<R: AsyncRead + Unpin>(
+    mut rd: R,
+    tcp_fd: Option<std::os::fd::RawFd>,
+) -> (R, Incoming) {
+    let mut hdr = [0u8; SD_HEADER_SIZE];
+    if rd.read_exact(&mut hdr).await.is_err() {
+        return (rd, Incoming::Closed);
+    }
+    let req = SdReq::decode(&hdr);
+    if req.data_length > SD_MAX_DATA_LENGTH {
+        // Never allocate what a client claims; skip its payload in
+        // bounded chunks so the connection stays usable.
+        if req.has_payload() && drain(&mut rd, req.data_length as u64).await.is_err() {
+            return (rd, Incoming::Closed);
+        }
+        return (rd, Incoming::Oversized(req));
+    }
+    let mut payload = Vec::new();
+    if req.has_payload() {
+        quick_ack(tcp_fd);
+        payload = vec![0u8; req.data_length as usize];
+        if rd.read_exact(&mut payload).await.is_err() {
+            return (rd, Incoming::Closed);
+        }
+    }
+    (rd, Incoming::Request(req, payload))
+}
+
+/// Writes a response: header and payload in one vectored write where the
+/// socket takes it all.
+async fn write_reply<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    rsp: &SdRsp,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let hdr = rsp.encode();
+    let (mut h, mut d) = (&hdr[..], data);
+    while !h.is_empty() || !d.is_empty() {
+        let n = wr
+            .write_vectored(&[std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_h = n.min(h.len());
+        h = &h[from_h..];
+        d = &d[n - from_h..];
+    }
+    Ok(())
+}
+
+type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// Serves one connection in one task: its requests run inside it,
+/// concurrently (up to [`MAX_INFLIGHT`]), and each answer is written as it
+/// completes. No request changes tasks or threads on its way through here.
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     sheep: Arc<Sheep>,
     sock: S,
     tcp_fd: Option<std::os::fd::RawFd>,
 ) {
-    let (mut rd, mut wr) = tokio::io::split(sock);
-    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
-    let writer = {
-        let sheep = sheep.clone();
-        tokio::spawn(async move {
-            while let Some((mut rsp, data)) = rx.recv().await {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let (rd, mut wr) = tokio::io::split(sock);
+    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+    let mut reading = Box::pin(read_request(rd, tcp_fd));
+    loop {
+        tokio::select! {
+            biased;
+            Some((mut rsp, data)) = running.next(), if !running.is_empty() => {
                 rsp.epoch = sheep.epoch();
-                let mut buf = Vec::with_capacity(SD_HEADER_SIZE + data.len());
-                buf.extend_from_slice(&rsp.encode());
-                buf.extend_from_slice(&data);
-                if wr.write_all(&buf).await.is_err() {
+                if write_reply(&mut wr, &rsp, &data).await.is_err() {
                     break;
                 }
             }
-        })
-    };
-    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let mut hdr = [0u8; SD_HEADER_SIZE];
-        if rd.read_exact(&mut hdr).await.is_err() {
-            break;
-        }
-        let req = SdReq::decode(&hdr);
-        if req.data_length > SD_MAX_DATA_LENGTH {
-            // Never allocate what a client claims; skip its payload in
-            // bounded chunks so the connection stays usable.
-            if req.has_payload() && drain(&mut rd, req.data_length as u64).await.is_err() {
-                break;
-            }
-            tracing::warn!(
-                "refused request {:#x} with data_length {}",
-                req.opcode,
-                req.data_length
-            );
-            if tx.send(reply(&req, SdRes::INVALID_PARMS)).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        let mut payload = Vec::new();
-        if req.has_payload() {
-            quick_ack(tcp_fd);
-            payload = vec![0u8; req.data_length as usize];
-            if rd.read_exact(&mut payload).await.is_err() {
-                break;
+            (rd, incoming) = &mut reading, if running.len() < MAX_INFLIGHT => {
+                match incoming {
+                    Incoming::Request(req, payload) => {
+                        let sheep = sheep.clone();
+                        running.push(Box::pin(async move { handle(&sheep, req, payload).await }));
+                    }
+                    Incoming::Oversized(req) => {
+                        tracing::warn!(
+                            "refused request {:#x} with data_length {}",
+                            req.opcode,
+                            req.data_length
+                        );
+                        running.push(Box::pin(std::future::ready(reply(&req, SdRes::INVALID_PARMS))));
+                    }
+                    Incoming::Closed => break,
+                }
+                reading = Box::pin(read_request(rd, tcp_fd));
             }
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let sheep = sheep.clone();
-        let tx = tx.clone();
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
-            let r = handle(&sheep, req, payload).await;
-            let _ = tx.send(r).await;
-            drop(permit);
-        });
     }
-    // The client is gone: its unanswered requests must not go on retrying
-    // in the background, where an old write could land after newer ones
-    // the client sent again on another connection.
-    tasks.abort_all();
-    drop(tx);
-    let _ = writer.await;
+    // The client is gone: its unanswered requests are dropped with this
+    // task, so none goes on retrying in the background, where an old write
+    // could land after newer ones the client sent again on another
+    // connection.
 }
 
 async fn drain<R: AsyncRead + Unpin>(rd: &mut R, mut n: u64) -> std::io::Result<()> {

@@ -1,0 +1,537 @@
+//! The write-ahead journal (`sheep -j dir=,size=`): overwrites of existing
+//! objects are appended to one preallocated file and acknowledged after one
+//! `fdatasync` of it per batch (group commit), then applied to the object
+//! files without a sync of their own. Without it every replica write costs
+//! two flushes of the disk (checksums, then data); with it, all writes that
+//! arrive together share one.
+//!
+//! **Group commit, leader and followers.** A writer queues its record; the
+//! first writer that finds no commit running becomes the leader: it takes
+//! every queued record, writes them with one `pwrite`, syncs once and wakes
+//! the writers of the batch. No thread is dedicated to it and no record
+//! changes threads.
+//!
+//! **Generations.** The file starts with a header holding the current
+//! generation; records are appended after it, each carrying the generation
+//! and CRC32Cs of itself and its payload. When the file is full, a
+//! checkpoint syncs every object file written since the last one, writes
+//! the next generation into the header and starts again at the top, so the
+//! bytes left past the newest record are always of older generations.
+//!
+//! **Replay.** At start, the records of the header's generation are read
+//! up to the first that does not verify (a torn tail: a crash during a
+//! commit, which acknowledged none of that batch) and applied again in
+//! order. Applying a write twice gives the same bytes, so a crash during
+//! replay is harmless. Only overwrites of existing objects are journaled;
+//! anything that replaces or removes an object file first checkpoints the
+//! journal if that object has records in it ([`Journal::is_dirty`]), so a
+//! record is never replayed onto a different file than it was written for.
+
+use crate::{ObjKey, Result, StoreError};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+/// The journal's file name in its directory.
+pub const FILE_NAME: &str = "journal";
+/// The smallest journal the original accepted (64 MiB), ours too.
+pub const MIN_SIZE: u64 = 64 << 20;
+
+const FILE_MAGIC: &[u8; 8] = b"SDJRNL01";
+/// The file header occupies the first block.
+const HEADER: u64 = 4096;
+const REC_MAGIC: u32 = 0x4a52_4543;
+/// magic, header crc, generation, oid, ec index, offset, length, payload crc.
+const REC_HEAD: usize = 4 + 4 + 8 + 8 + 4 + 8 + 4 + 4;
+
+/// One journaled write: `data` at `offset` of object `key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub key: ObjKey,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Appends the record of `data` at `offset` of `key` to `out`.
+fn encode_into(key: &ObjKey, offset: u64, data: &[u8], generation: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&REC_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&key.oid.to_le_bytes());
+    out.extend_from_slice(&key.ec_index.map_or(u32::MAX, u32::from).to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    let crc = crc32c::crc32c(&out[start + 8..start + REC_HEAD]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+impl Record {
+    /// The record at the start of `b` if it is whole, verifies and belongs
+    /// to `generation`; with its encoded length.
+    pub fn decode(b: &[u8], generation: u64) -> Option<(Record, usize)> {
+        let h = b.get(..REC_HEAD)?;
+        let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
+        if u32_at(0) != REC_MAGIC || u32_at(4) != crc32c::crc32c(&h[8..]) {
+            return None;
+        }
+        if u64_at(8) != generation {
+            return None;
+        }
+        let ec = u32_at(24);
+        let len = u32_at(36) as usize;
+        let data = b.get(REC_HEAD..REC_HEAD + len)?;
+        if crc32c::crc32c(data) != u32_at(40) {
+            return None;
+        }
+        let key = ObjKey {
+            oid: u64_at(16),
+            ec_index: if ec == u32::MAX {
+                None
+            } else {
+                Some(u8::try_from(ec).ok()?)
+            },
+        };
+        let rec = Record {
+            key,
+            offset: u64_at(28),
+            data: data.to_vec(),
+        };
+        Some((rec, REC_HEAD + len))
+    }
+}
+
+/// The journal of one node: its file, the batch being gathered and the
+/// objects written since the last checkpoint.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    nosync: bool,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    generation: u64,
+    /// Where the next batch goes.
+    pos: u64,
+    /// Records waiting for a leader, and the batch number they will be in.
+    queued: Vec<u8>,
+    queued_batch: u64,
+    /// The last batch written (made durable unless `failed`).
+    done_batch: u64,
+    /// The first batch whose write or sync failed, and why: it and every
+    /// later one fail (a journal that cannot be written is a failed disk).
+    failed: Option<(u64, String)>,
+    leader: bool,
+    /// Writers whose record is durable but not yet applied to its object
+    /// file: a checkpoint waits for them.
+    applying: usize,
+    checkpointing: bool,
+    /// Objects with records in the current generation.
+    dirty: HashSet<ObjKey>,
+}
+
+/// Held by a writer from its record's commit until its write is applied
+/// to the object file.
+pub struct Applying<'a>(&'a Journal);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap();
+        s.applying -= 1;
+        if s.applying == 0 {
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+impl Journal {
+    /// Opens (creating and preallocating) the journal file in `dir`;
+    /// returns it with the records of its current generation, to replay.
+    pub fn open(dir: &Path, size: u64, nosync: bool) -> Result<(Journal, Vec<Record>)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let fresh = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if fresh || file.metadata()?.len() < size {
+            // Written, not just allocated: a sync of a record then changes
+            // no metadata (no extent to convert, no size to grow).
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = file.metadata()?.len().min(size);
+            while at < size {
+                let n = zeros.len().min((size - at) as usize);
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+        }
+        let size = file.metadata()?.len();
+        let mut h = [0u8; 24];
+        let n = crate::csum::pread_upto(&file, &mut h, 0)?;
+        let generation = if fresh || h[..8] == [0; 8] {
+            0
+        } else {
+            if n < h.len() || &h[..8] != FILE_MAGIC {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: not a journal file",
+                    path.display()
+                )));
+            }
+            let g = u64::from_le_bytes(h[8..16].try_into().unwrap());
+            let crc = u32::from_le_bytes(h[16..20].try_into().unwrap());
+            if crc != crc32c::crc32c(&h[..16]) {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: its header fails its checksum",
+                    path.display()
+                )));
+            }
+            g
+        };
+        let mut records = Vec::new();
+        let mut pos = HEADER;
+        if generation != 0 {
+            let mut buf = vec![0u8; (size - HEADER) as usize];
+            let got = crate::csum::pread_upto(&file, &mut buf, HEADER)?;
+            let mut at = 0;
+            while let Some((r, len)) = Record::decode(&buf[at..got], generation) {
+                records.push(r);
+                at += len;
+            }
+            pos += at as u64;
+        }
+        let j = Journal {
+            file,
+            path,
+            size,
+            nosync,
+            state: Mutex::new(State {
+                generation,
+                pos,
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+        };
+        if fresh || generation == 0 {
+            j.write_header(1)?;
+            j.state.lock().unwrap().generation = 1;
+        }
+        Ok((j, records))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of records in the current generation.
+    pub fn used(&self) -> u64 {
+        self.state.lock().unwrap().pos - HEADER
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state.lock().unwrap().generation
+    }
+
+    /// Whether `key` has records in the current generation (anything that
+    /// replaces or removes its file must [`Journal::checkpoint`] first).
+    pub fn is_dirty(&self, key: &ObjKey) -> bool {
+        self.state.lock().unwrap().dirty.contains(key)
+    }
+
+    fn write_header(&self, generation: u64) -> Result<()> {
+        let mut h = [0u8; 24];
+        h[..8].copy_from_slice(FILE_MAGIC);
+        h[8..16].copy_from_slice(&generation.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..16]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        self.file.write_all_at(&h, 0)?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        if !self.nosync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Makes `rec` durable in the journal, in a batch with the records of
+    /// concurrent writers. The write must then be applied to the object
+    /// file before the returned guard is dropped. `sync_objects` makes
+    /// the object files written since the last checkpoint durable (given
+    /// their keys), for a checkpoint when the journal is full.
+    pub fn log(
+        &self,
+        key: &ObjKey,
+        offset: u64,
+        data: &[u8],
+        sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>,
+    ) -> Result<Applying<'_>> {
+        let len = (REC_HEAD + data.len()) as u64;
+        if HEADER + len > self.size {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "a write of {} bytes does not fit the journal",
+                data.len()
+            ))));
+        }
+        let mut s = self.state.lock().unwrap();
+        // Queued only where this batch still fits; else the journal is
+        // checkpointed first (by whoever finds it full).
+        loop {
+            if let Some((_, e)) = &s.failed {
+                return Err(StoreError::Io(std::io::Error::other(e.clone())));
+            }
+            if s.checkpointing {
+                s = self.changed.wait(s).unwrap();
+                continue;
+            }
+            if s.pos + s.queued.len() as u64 + len <= self.size {
+                break;
+            }
+            if s.leader || !s.queued.is_empty() {
+                // A batch in flight or waiting: let it land first.
+                s = self.changed.wait(s).unwrap();
+                continue;
+            }
+            s = self.checkpoint_locked(s, sync_objects)?;
+        }
+        let generation = s.generation;
+        encode_into(key, offset, data, generation, &mut s.queued);
+        s.dirty.insert(*key);
+        let batch = s.queued_batch;
+        loop {
+            if s.done_batch > batch {
+                return match &s.failed {
+                    Some((b, e)) if *b <= batch => {
+                        Err(StoreError::Io(std::io::Error::other(e.clone())))
+                    }
+                    _ => {
+                        s.applying += 1;
+                        Ok(Applying(self))
+                    }
+                };
+            }
+            if !s.leader && s.queued_batch == batch {
+                // Lead: take the whole queue, write and sync it unlocked.
+                s.leader = true;
+                let bytes = std::mem::take(&mut s.queued);
+                s.queued_batch += 1;
+                let at = s.pos;
+                drop(s);
+                let r = self
+                    .file
+                    .write_all_at(&bytes, at)
+                    .map_err(StoreError::from)
+                    .and_then(|()| self.sync());
+                s = self.state.lock().unwrap();
+                s.leader = false;
+                s.done_batch = batch + 1;
+                match r {
+                    Ok(()) => s.pos = at + bytes.len() as u64,
+                    Err(e) => {
+                        s.failed.get_or_insert((batch, e.to_string()));
+                    }
+                }
+                self.changed.notify_all();
+                continue;
+            }
+            s = self.changed.wait(s).unwrap();
+        }
+    }
+
+    /// Makes every journaled write durable in its object file and empties
+    /// the journal (a new generation).
+    pub fn checkpoint(&self, sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        while s.checkpointing {
+            s = self.changed.wait(s).unwrap();
+        }
+        // No new records from here; the queued ones land first.
+        s.checkpointing = true;
+        while s.leader || !s.queued.is_empty() {
+            s = self.changed.wait(s).unwrap();
+        }
+        drop(self.checkpoint_locked(s, sync_objects)?);
+        Ok(())
+    }
+
+    /// The checkpoint, entered with the state locked and no batch in
+    /// flight; waits for writes being applied, then syncs unlocked.
+    fn checkpoint_locked<'a>(
+        &'a self,
+        mut s: std::sync::MutexGuard<'a, State>,
+        sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>,
+    ) -> Result<std::sync::MutexGuard<'a, State>> {
+        s.checkpointing = true;
+        while s.applying > 0 {
+            s = self.changed.wait(s).unwrap();
+        }
+        let dirty = std::mem::take(&mut s.dirty);
+        let next = s.generation + 1;
+        drop(s);
+        let r = sync_objects(&dirty).and_then(|()| self.write_header(next));
+        let mut s = self.state.lock().unwrap();
+        s.checkpointing = false;
+        match r {
+            Ok(()) => {
+                s.generation = next;
+                s.pos = HEADER;
+            }
+            // Still to be synced by the next checkpoint.
+            Err(_) => s.dirty.extend(dirty),
+        }
+        self.changed.notify_all();
+        r.map(|()| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec(oid: u64, offset: u64, len: usize) -> Record {
+        Record {
+            key: ObjKey {
+                oid,
+                ec_index: None,
+            },
+            offset,
+            data: (0..len).map(|i| (i as u64 * 7 + oid) as u8).collect(),
+        }
+    }
+
+    fn no_sync(_: &HashSet<ObjKey>) -> Result<()> {
+        Ok(())
+    }
+
+    fn log<'a>(j: &'a Journal, r: &Record) -> Result<Applying<'a>> {
+        j.log(&r.key, r.offset, &r.data, &no_sync)
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, old) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert!(old.is_empty());
+        let recs = [rec(1, 0, 4096), rec(2, 512, 512), rec(1, 4096, 100)];
+        for r in &recs {
+            drop(j.log(&r.key, r.offset, &r.data, &no_sync).unwrap());
+        }
+        assert!(j.is_dirty(&recs[0].key) && !j.is_dirty(&rec(3, 0, 1).key));
+        drop(j);
+        let (_, back) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert_eq!(back, recs);
+    }
+
+    #[test]
+    fn a_torn_tail_is_discarded_and_a_checkpoint_empties_the_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        drop(log(&j, &rec(1, 0, 4096)).unwrap());
+        let end_of_first = HEADER + j.used();
+        drop(log(&j, &rec(2, 0, 4096)).unwrap());
+        drop(j);
+        // Cut the second record short: its payload no longer verifies.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(d.path().join(FILE_NAME))
+            .unwrap();
+        f.write_all_at(&[0xff; 10], end_of_first + REC_HEAD as u64 + 100)
+            .unwrap();
+        let (j, back) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert_eq!(back, [rec(1, 0, 4096)]);
+        let synced = std::cell::RefCell::new(Vec::new());
+        j.checkpoint(&|keys| {
+            synced.borrow_mut().extend(keys.iter().map(|k| k.oid));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(j.used(), 0);
+        // The replayed records are not dirty (the caller syncs them
+        // itself); only what was logged since.
+        assert!(synced.borrow().is_empty());
+        drop(j);
+        let (_, back) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert!(back.is_empty(), "an older generation is never replayed");
+    }
+
+    #[test]
+    fn a_full_journal_checkpoints_the_objects_written_and_wraps() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        let synced = Mutex::new(Vec::new());
+        let sync = |keys: &HashSet<ObjKey>| {
+            synced.lock().unwrap().push(keys.len());
+            Ok(())
+        };
+        let big = 1 << 20;
+        let n = (MIN_SIZE / big as u64) as usize + 3;
+        for i in 0..n {
+            drop(
+                {
+                    let r = rec(i as u64 % 5, 0, big);
+                    j.log(&r.key, 0, &r.data, &sync)
+                }
+                .unwrap(),
+            );
+        }
+        assert_eq!(
+            *synced.lock().unwrap(),
+            [5],
+            "one checkpoint, of every object written"
+        );
+        assert_eq!(j.generation(), 2);
+        drop(j);
+        let (_, back) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert_eq!(back.len(), 4, "only the records since the wrap");
+    }
+
+    #[test]
+    fn concurrent_writers_share_batches_and_all_land() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let j = &j;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        drop(log(j, &rec(t, i * 512, 512)).unwrap());
+                    }
+                });
+            }
+        });
+        drop(j);
+        let (_, back) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        assert_eq!(back.len(), 400);
+        for t in 0..8u64 {
+            let mine: Vec<u64> = back
+                .iter()
+                .filter(|r| r.key.oid == t)
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(mine, (0..50).map(|i| i * 512).collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), g in 0u64..3) {
+            if let Some((r, len)) = Record::decode(&b, g) {
+                prop_assert!(len <= b.len());
+                prop_assert_eq!(len, REC_HEAD + r.data.len());
+            }
+        }
+    }
+}
