@@ -61,7 +61,8 @@ sync
 start_tgtd() { # private control port and portal; a few attempts
     local attempt
     for attempt in 1 2 3 4 5; do
-        while :; do CTL=$((10000 + RANDOM % 50000)); [ -e "/var/run/tgtd/socket.$CTL" ] || break; done
+        # tgtd refuses control ports above 32767.
+        while :; do CTL=$((10000 + RANDOM % 22000)); [ -e "/var/run/tgtd/socket.$CTL" ] || break; done
         PORTAL=$(free_port)
         tgtd -f --iscsi "portal=127.0.0.1:$PORTAL" --control-port "$CTL" >"$ROOT/tgtd.log" 2>&1 &
         TGT_PID=$!

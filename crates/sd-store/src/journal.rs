@@ -122,8 +122,12 @@ struct State {
     generation: u64,
     /// Where the next batch goes.
     pos: u64,
-    /// Records waiting for a leader, and the batch number they will be in.
+    /// Bytes of the batch being written (it lands at `pos`).
+    inflight: u64,
+    /// Records waiting for a leader (their bytes and count), and the
+    /// batch number they will be in.
     queued: Vec<u8>,
+    queued_records: usize,
     queued_batch: u64,
     /// The last batch written (made durable unless `failed`).
     done_batch: u64,
@@ -132,7 +136,9 @@ struct State {
     failed: Option<(u64, String)>,
     leader: bool,
     /// Writers whose record is durable but not yet applied to its object
-    /// file: a checkpoint waits for them.
+    /// file: a checkpoint waits for them. Counted for a whole batch when
+    /// it lands (under the same lock), not by each writer once it wakes:
+    /// a checkpoint in between would miss their writes.
     applying: usize,
     checkpointing: bool,
     /// Objects with records in the current generation.
@@ -176,6 +182,10 @@ impl Journal {
                 file.write_all_at(&zeros[..n], at)?;
                 at += n as u64;
             }
+        }
+        if fresh && !nosync {
+            file.sync_all()?;
+            File::open(dir)?.sync_all()?;
         }
         let size = file.metadata()?.len();
         let mut h = [0u8; 24];
@@ -296,7 +306,7 @@ impl Journal {
                 s = self.changed.wait(s).unwrap();
                 continue;
             }
-            if s.pos + s.queued.len() as u64 + len <= self.size {
+            if s.pos + s.inflight + s.queued.len() as u64 + len <= self.size {
                 break;
             }
             if s.leader || !s.queued.is_empty() {
@@ -308,6 +318,7 @@ impl Journal {
         }
         let generation = s.generation;
         encode_into(key, offset, data, generation, &mut s.queued);
+        s.queued_records += 1;
         s.dirty.insert(*key);
         let batch = s.queued_batch;
         loop {
@@ -316,17 +327,17 @@ impl Journal {
                     Some((b, e)) if *b <= batch => {
                         Err(StoreError::Io(std::io::Error::other(e.clone())))
                     }
-                    _ => {
-                        s.applying += 1;
-                        Ok(Applying(self))
-                    }
+                    // Counted in `applying` by the leader.
+                    _ => Ok(Applying(self)),
                 };
             }
             if !s.leader && s.queued_batch == batch {
                 // Lead: take the whole queue, write and sync it unlocked.
                 s.leader = true;
                 let bytes = std::mem::take(&mut s.queued);
+                let records = std::mem::take(&mut s.queued_records);
                 s.queued_batch += 1;
+                s.inflight = bytes.len() as u64;
                 let at = s.pos;
                 drop(s);
                 let r = self
@@ -336,9 +347,13 @@ impl Journal {
                     .and_then(|()| self.sync());
                 s = self.state.lock().unwrap();
                 s.leader = false;
+                s.inflight = 0;
                 s.done_batch = batch + 1;
                 match r {
-                    Ok(()) => s.pos = at + bytes.len() as u64,
+                    Ok(()) => {
+                        s.pos = at + bytes.len() as u64;
+                        s.applying += records;
+                    }
                     Err(e) => {
                         s.failed.get_or_insert((batch, e.to_string()));
                     }
@@ -380,17 +395,29 @@ impl Journal {
         let dirty = std::mem::take(&mut s.dirty);
         let next = s.generation + 1;
         drop(s);
-        let r = sync_objects(&dirty).and_then(|()| self.write_header(next));
+        let header = sync_objects(&dirty).map(|()| self.write_header(next));
         let mut s = self.state.lock().unwrap();
         s.checkpointing = false;
-        match r {
-            Ok(()) => {
+        let r = match header {
+            Ok(Ok(())) => {
                 s.generation = next;
                 s.pos = HEADER;
+                Ok(())
+            }
+            // The header on disk may be either generation now: nothing
+            // more may be appended (a failed disk).
+            Ok(Err(e)) => {
+                let first_failed = s.queued_batch;
+                s.failed.get_or_insert((first_failed, e.to_string()));
+                s.dirty.extend(dirty);
+                Err(e)
             }
             // Still to be synced by the next checkpoint.
-            Err(_) => s.dirty.extend(dirty),
-        }
+            Err(e) => {
+                s.dirty.extend(dirty);
+                Err(e)
+            }
+        };
         self.changed.notify_all();
         r.map(|()| s)
     }
@@ -523,6 +550,25 @@ mod tests {
                 .collect();
             assert_eq!(mine, (0..50).map(|i| i * 512).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_checkpoint_waits_until_landed_writes_are_applied() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        let applying = log(&j, &rec(1, 0, 512)).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                j.checkpoint(&no_sync).unwrap();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(!done.load(std::sync::atomic::Ordering::SeqCst));
+            drop(applying);
+        });
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(j.generation(), 2);
     }
 
     proptest! {

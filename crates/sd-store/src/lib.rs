@@ -10,6 +10,7 @@
 //! pool.
 
 pub mod csum;
+pub mod direct;
 pub mod disks;
 pub mod faults;
 pub mod journal;
@@ -177,6 +178,8 @@ pub struct Store {
     /// Where overwrites are made durable, when the node has a journal
     /// (`-j`, see [`journal`]); without one each write syncs its files.
     journal: Option<journal::Journal>,
+    /// Object data read and written with `O_DIRECT` (`-D`, see [`direct`]).
+    direct: bool,
 }
 
 /// The environment variable that turns object checksums off (`off`) for a
@@ -262,7 +265,44 @@ impl Store {
                 }
             },
             journal: None,
+            direct: false,
         })
+    }
+
+    /// Reads and writes object data with `O_DIRECT` from now on (`-D`).
+    pub fn with_direct_io(mut self) -> Store {
+        self.direct = true;
+        self
+    }
+
+    /// `n` bytes of the file at `path` from `from` (a checksum block
+    /// boundary), zeros past its end; how many it holds. Direct with `-D`.
+    fn read_blocks(&self, path: &Path, from: u64, n: usize) -> Result<(Vec<u8>, usize)> {
+        let mut buf = vec![0u8; n];
+        if self.direct && direct::aligned(from, n) {
+            if let Some(f) = direct::open(path, false)? {
+                let mut b = direct::AlignedBuf::zeroed(n);
+                let got = csum::pread_upto(&f, &mut b, from)?;
+                buf[..got].copy_from_slice(&b[..got]);
+                return Ok((buf, got));
+            }
+        }
+        let got = csum::pread_upto(&File::open(path)?, &mut buf, from)?;
+        Ok((buf, got))
+    }
+
+    /// Writes `data` at `offset` of the object file `f` (at `path`):
+    /// direct with `-D` when aligned, else through the page cache.
+    fn write_data(&self, f: &File, path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+        self.faults.check(faults::Op::Write, path)?;
+        if self.direct && direct::aligned(offset, data.len()) {
+            if let Some(df) = direct::open(path, true)? {
+                df.write_all_at(&direct::AlignedBuf::copy_of(data), offset)?;
+                return Ok(());
+            }
+        }
+        f.write_all_at(data, offset)?;
+        Ok(())
     }
 
     /// Gives the store the journal in `dir` (`size` bytes), replaying the
@@ -272,12 +312,13 @@ impl Store {
         let mut touched = std::collections::HashSet::new();
         for r in &records {
             match self.located(&r.key) {
-                Ok((d, path)) => {
+                Ok((d, path)) if path.exists() => {
                     self.judged(&d, self.apply_replayed(&path, r.offset, &r.data))?;
                     touched.insert(r.key);
                 }
-                // Its disk is gone: recovery brings the object back.
-                Err(StoreError::NoObj) => {}
+                // Gone with its disk (recovery brings it back), or removed
+                // by a format cut short.
+                Ok(_) | Err(StoreError::NoObj) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -570,9 +611,7 @@ impl Store {
             if attempt > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(attempt));
             }
-            let f = File::open(path)?;
-            let mut buf = vec![0u8; (to - from) as usize];
-            let got = csum::pread_upto(&f, &mut buf, from)?;
+            let (buf, got) = self.read_blocks(path, from, (to - from) as usize)?;
             bad.clear();
             if attempt > 0 {
                 // A handle opened before the sidecar was replaced.
@@ -634,8 +673,7 @@ impl Store {
             // Without checksums (or for a write that grows the file, which
             // drops them until the scrub computes new ones).
             self.remove_sums(path)?;
-            self.faults.check(faults::Op::Write, path)?;
-            f.write_all_at(data, offset)?;
+            self.write_data(&f, path, offset, data)?;
             return sync_file(&f);
         };
         let size = g.size;
@@ -667,8 +705,7 @@ impl Store {
         }
         g.write_entries(first, &new)?;
         sync_file(g.file())?;
-        self.faults.check(faults::Op::Write, path)?;
-        f.write_all_at(data, offset)?;
+        self.write_data(&f, path, offset, data)?;
         sync_file(&f)?;
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
@@ -934,6 +971,16 @@ impl ObjectStore for Store {
         if !path.exists() {
             return self.judged(&d, Err(StoreError::NoObj));
         }
+        // The blocks it keeps part of must verify before it is logged: a
+        // write that fails on them must not be replayed over them later
+        // (replay trusts what the file holds around a record).
+        let end = offset + data.len() as u64;
+        for edge in [offset, end] {
+            if edge % csum::BLOCK != 0 {
+                let b = edge - edge % csum::BLOCK;
+                self.judged(&d, self.read_verified(&path, b, csum::BLOCK as usize))?;
+            }
+        }
         // Durable once in the journal; applied to the file unsynced.
         let _applying = j.log(k, offset, data, &|keys| self.sync_objects(keys))?;
         self.judged(&d, self.write_verified(&path, offset, data, false))
@@ -1109,6 +1156,11 @@ impl ObjectStore for Store {
     }
 
     fn wipe(&self) -> Result<()> {
+        // Nothing journaled may be replayed onto objects created anew
+        // (what the files hold is being thrown away: no need to sync it).
+        if let Some(j) = &self.journal {
+            j.checkpoint(&|_| Ok(()))?;
+        }
         self.sums_open.clear();
         let _ = fs::create_dir_all(self.reclaim_dir());
         let ds = self.disks.load();
@@ -1128,11 +1180,7 @@ impl ObjectStore for Store {
         for d in ds.list() {
             self.sync_dir(&d.path)?;
         }
-        // Nothing journaled may be replayed onto objects created anew.
-        match &self.journal {
-            Some(j) => j.checkpoint(&|keys| self.sync_objects(keys)),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn sha1(&self, k: &ObjKey, stale_epoch: Option<u32>) -> Result<[u8; 20]> {

@@ -993,6 +993,9 @@ fn advertised(o: &Opts, driver: &Driver) -> IpAddr {
 pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Result<()> {
     let mut store =
         Store::open_with_disks(&dir, &o.disks, o.nosync).context("opening the store")?;
+    if o.direct_io {
+        store = store.with_direct_io();
+    }
     if let Some(j) = &o.journal {
         if j.skip_asked {
             tracing::warn!("journal: 'skip' ignored: the journal is always replayed (skipping it would lose acknowledged writes)");

@@ -30,6 +30,8 @@ pub struct Opts {
     pub nbd: Option<std::net::SocketAddr>,
     /// `-j dir=,size=[,skip]`: the write-ahead journal.
     pub journal: Option<JournalOpts>,
+    /// `-D`: object data with `O_DIRECT`.
+    pub direct_io: bool,
 }
 
 /// The journal the node keeps (`-j`).
@@ -210,6 +212,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         io_addr: None,
         recovery_throttle: Default::default(),
         journal: None,
+        direct_io: false,
         nbd: None,
     };
     let mut dir: Option<String> = None;
@@ -321,8 +324,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
                 'R' => o.recovery_throttle = parse_throttle(&v)?,
                 'j' => o.journal = Some(parse_journal(&v)?),
                 // Accepted for compatibility; our I/O model has no separate
-                // thread pools, direct I/O switch or http front-end.
-                'D' | 'r' | 'u' | 'w' | 'W' => {}
+                // thread pools or http front-end.
+                'D' => o.direct_io = true,
+                'r' | 'u' | 'w' | 'W' => {}
                 _ => unreachable!(),
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! A connection is served by one task that reads each request (its payload
 //! bounded by [`SD_MAX_DATA_LENGTH`]), runs the requests concurrently
-//! inside itself and writes each response as it completes. At most
+//! inside itself and queues each response for the socket as it completes. At most
 //! [`MAX_INFLIGHT`] requests per connection run at once, which bounds the
 //! memory one client can pin.
 
@@ -140,34 +140,17 @@ async fn read_request<R: AsyncRead + Unpin>(
     (rd, Incoming::Request(req, payload))
 }
 
-/// Writes a response: header and payload in one vectored write where the
-/// socket takes it all.
-async fn write_reply<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    rsp: &SdRsp,
-    data: &[u8],
-) -> std::io::Result<()> {
-    let hdr = rsp.encode();
-    let (mut h, mut d) = (&hdr[..], data);
-    while !h.is_empty() || !d.is_empty() {
-        let n = wr
-            .write_vectored(&[std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
-            .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_h = n.min(h.len());
-        h = &h[from_h..];
-        d = &d[n - from_h..];
-    }
-    Ok(())
-}
-
 type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
+/// Answers waiting to be written beyond which a connection stops taking
+/// the answers of its running requests (a client that does not read).
+const MAX_UNSENT: usize = 8 << 20;
+
 /// Serves one connection in one task: its requests run inside it,
-/// concurrently (up to [`MAX_INFLIGHT`]), and each answer is written as it
-/// completes. No request changes tasks or threads on its way through here.
+/// concurrently (up to [`MAX_INFLIGHT`]), and each answer is queued for
+/// the socket as it completes. No request changes tasks or threads on its
+/// way through here, and a client slow to read its answers does not stop
+/// its other requests (up to [`MAX_UNSENT`] bytes of answers).
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     sheep: Arc<Sheep>,
     sock: S,
@@ -177,14 +160,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (rd, mut wr) = tokio::io::split(sock);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut reading = Box::pin(read_request(rd, tcp_fd));
+    // Encoded answers not yet written, and how much of them was.
+    let mut unsent: Vec<u8> = Vec::new();
+    let mut sent = 0;
     loop {
         tokio::select! {
             biased;
-            Some((mut rsp, data)) = running.next(), if !running.is_empty() => {
-                rsp.epoch = sheep.epoch();
-                if write_reply(&mut wr, &rsp, &data).await.is_err() {
-                    break;
+            w = wr.write(&unsent[sent..]), if sent < unsent.len() => match w {
+                Ok(n) if n > 0 => {
+                    sent += n;
+                    if sent == unsent.len() {
+                        unsent.clear();
+                        sent = 0;
+                    }
                 }
+                _ => break,
+            },
+            Some((mut rsp, data)) = running.next(), if !running.is_empty() && unsent.len() < MAX_UNSENT => {
+                rsp.epoch = sheep.epoch();
+                unsent.extend_from_slice(&rsp.encode());
+                unsent.extend_from_slice(&data);
             }
             (rd, incoming) = &mut reading, if running.len() < MAX_INFLIGHT => {
                 match incoming {
@@ -207,9 +202,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     }
     // The client is gone: its unanswered requests are dropped with this
-    // task, so none goes on retrying in the background, where an old write
-    // could land after newer ones the client sent again on another
-    // connection.
+    // task, so none retries in the background, where an old write could
+    // land after newer ones the client sent again on another connection
+    // (a store call already under way finishes, holding its locks).
 }
 
 async fn drain<R: AsyncRead + Unpin>(rd: &mut R, mut n: u64) -> std::io::Result<()> {
