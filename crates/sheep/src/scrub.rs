@@ -6,8 +6,8 @@
 //! stopped. Objects that have no checksums yet (written by the original,
 //! or before checksums) get them from this first full read. Bad blocks
 //! are repaired from another copy (see [`crate::repair`]). While clients
-//! do I/O here, the scrub pauses nine times as long as each object took,
-//! so it takes at most a tenth of the disk from them.
+//! do I/O here, the scrub pauses 19 times as long as each object took,
+//! so it takes at most a twentieth of the disk (and CPU) from them.
 //!
 //! The first target of each replicated object also compares its copy with
 //! the other replicas' by a digest of their block checksums (GET_DIGEST:
@@ -176,7 +176,7 @@ impl Worker for ScrubWorker {
         self.update(|s| s.done += 1);
         let now = self.sheep.clock.now();
         if self.sheep.recovery.clients_active(now) || self.sheep.recovery.busy() {
-            WorkerState::Throttled(now.saturating_duration_since(started) * 9)
+            WorkerState::Throttled(now.saturating_duration_since(started) * 19)
         } else {
             WorkerState::Busy
         }
