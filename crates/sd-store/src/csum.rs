@@ -236,6 +236,14 @@ impl SidecarFile {
         Ok(b[..n - n % ENTRY].chunks(ENTRY).map(decode_entry).collect())
     }
 
+    /// The entries of blocks `first..end` if the page cache holds them
+    /// all (see [`pread_nowait`]).
+    pub fn entries_cached(&self, first: usize, end: usize) -> Option<Vec<Entry>> {
+        let mut b = vec![0u8; end.checked_sub(first)? * ENTRY];
+        let got = pread_nowait(&self.file, &mut b, (HEADER + first * ENTRY) as u64)?;
+        (got == b.len()).then(|| b.chunks(ENTRY).map(decode_entry).collect())
+    }
+
     /// Writes the entries of blocks `first..` in place (whole entries).
     pub fn write_entries(&self, first: usize, entries: &[Entry]) -> std::io::Result<()> {
         write_entries(&self.file, first, entries)
@@ -258,6 +266,20 @@ pub(crate) fn pread_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Resu
         done += n;
     }
     Ok(done)
+}
+
+/// A `pread` that does not wait for the disk (`RWF_NOWAIT`): how many
+/// bytes from `offset` the page cache held, up to `buf`'s length; None if
+/// none (or on any error: the caller falls back to a blocking read).
+pub(crate) fn pread_nowait(f: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; `f` is open.
+    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT) };
+    usize::try_from(n).ok()
 }
 
 /// Sidecar files kept open by path, so a verified read costs no `open`

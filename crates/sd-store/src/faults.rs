@@ -100,6 +100,11 @@ impl Faults {
 
     /// EIO if an operation of kind `op` on the file at `path` is to fail
     /// now.
+    /// Whether no failure is planned.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     pub fn check(&self, op: Op, path: &std::path::Path) -> std::io::Result<()> {
         if self.disk.as_ref().is_some_and(|d| !path.starts_with(d)) {
             return Ok(());

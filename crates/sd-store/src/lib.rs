@@ -910,6 +910,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn runs_inline(&self) -> bool {
         false
     }
+    /// [`ObjectStore::read`] if it can be answered at memory speed (from
+    /// the page cache, verified, without waiting for a disk), so an async
+    /// caller may make it on its own thread; None sends the caller to
+    /// `read` on a blocking pool (not cached, an error, a block that does
+    /// not verify at once).
+    fn read_cached(&self, _k: &ObjKey, _offset: u64, _len: usize) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl ObjectStore for Store {
@@ -944,6 +952,36 @@ impl ObjectStore for Store {
                 self.read_settled(k, &path, offset, len)
             })(),
         )
+    }
+
+    fn read_cached(&self, k: &ObjKey, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if self.direct || !self.faults.is_empty() {
+            return None;
+        }
+        let (_, path) = self.located(k).ok()?;
+        let first = (offset / csum::BLOCK) as usize;
+        let from = first as u64 * csum::BLOCK;
+        let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
+        let f = File::open(&path).ok()?;
+        let mut buf = vec![0u8; (to - from) as usize];
+        if !self.checksums {
+            let got = csum::pread_nowait(&f, &mut buf, from)?;
+            // A short read may be the end of the file or what is cached.
+            return (got == buf.len()).then(|| cut(buf, from, offset, len));
+        }
+        // Only with checksums already open, and inside the object (its
+        // end, and anything unusual, is the blocking path's).
+        let g = self.sums_open.get(&csum::sidecar_path(&path))?;
+        if to > g.size {
+            return None;
+        }
+        if csum::pread_nowait(&f, &mut buf, from)? != buf.len() {
+            return None;
+        }
+        let entries = g.entries_cached(first, first + buf.len() / csum::BLOCK as usize)?;
+        csum::bad_blocks(&entries, first, &buf)
+            .is_empty()
+            .then(|| cut(buf, from, offset, len))
     }
 
     fn read_all(&self, k: &ObjKey) -> Result<Vec<u8>> {
@@ -1492,6 +1530,17 @@ fn remove_if_present(path: &Path) -> Result<()> {
 }
 
 /// Reads `len` bytes at `offset` of `f`; past its end, zeros.
+/// `len` bytes at `offset` out of `buf`, which holds the file from `from`.
+fn cut(mut buf: Vec<u8>, from: u64, offset: u64, len: usize) -> Vec<u8> {
+    let at = (offset - from) as usize;
+    if at == 0 && buf.len() == len {
+        return buf;
+    }
+    buf.truncate(at + len);
+    buf.drain(..at);
+    buf
+}
+
 fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     csum::pread_upto(f, &mut buf, offset)?;
@@ -1692,6 +1741,40 @@ mod tests {
         let mut b = [0u8];
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    #[test]
+    fn cached_reads_serve_only_verified_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0003);
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        s.create_and_write(&k, 4 << 20, 0, &data).unwrap();
+        // The first read opens the checksums; then the page cache serves.
+        assert_eq!(s.read(&k, 0, 4096).unwrap(), &data[..4096]);
+        for (off, len) in [
+            (0, 4096),
+            (100, 5000),
+            (8192, 1 << 20),
+            ((4 << 20) - 10, 10),
+        ] {
+            let want = &data[off..off + len];
+            assert_eq!(s.read_cached(&k, off as u64, len).as_deref(), Some(want));
+        }
+        s.write(&k, 4096 * 7 + 3, b"new").unwrap();
+        assert_eq!(
+            s.read_cached(&k, 4096 * 7, 6).unwrap(),
+            [&data[4096 * 7..4096 * 7 + 3], b"new"].concat()
+        );
+        // Rot is not served from memory either: the blocking read names it.
+        flip(&s.path(&k), 3 * 4096 + 7);
+        assert_eq!(s.read_cached(&k, 3 * 4096, 1), None);
+        assert!(matches!(
+            s.read(&k, 3 * 4096, 1),
+            Err(StoreError::Checksum { .. })
+        ));
+        assert_eq!(s.read_cached(&k, 0, 4096).as_deref(), Some(&data[..4096]));
+        assert_eq!(s.read_cached(&ObjKey::replica(7), 0, 1), None);
     }
 
     #[test]

@@ -996,6 +996,9 @@ pub async fn run(o: Opts, dir: PathBuf, ready: impl FnOnce(i32)) -> anyhow::Resu
     if o.direct_io {
         store = store.with_direct_io();
     }
+    for why in &o.without_effect {
+        tracing::warn!("option {why}");
+    }
     if let Some(j) = &o.journal {
         if j.skip_asked {
             tracing::warn!("journal: 'skip' ignored: the journal is always replayed (skipping it would lose acknowledged writes)");

@@ -32,6 +32,9 @@ pub struct Opts {
     pub journal: Option<JournalOpts>,
     /// `-D`: object data with `O_DIRECT`.
     pub direct_io: bool,
+    /// Options of the original accepted for compatibility that change
+    /// nothing here, each with why (logged at start).
+    pub without_effect: Vec<String>,
 }
 
 /// The journal the node keeps (`-j`).
@@ -213,6 +216,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
         recovery_throttle: Default::default(),
         journal: None,
         direct_io: false,
+        without_effect: Vec::new(),
         nbd: None,
     };
     let mut dir: Option<String> = None;
@@ -320,13 +324,25 @@ pub fn parse(args: &[String]) -> Result<Parsed, OptError> {
                     parse_uint(&v, u32::MAX as u64).filter(|&n| n >= 1).ok_or_else(|| {
                         err(format!("Invalid number of threads '{v}': must be an integer between 1 and 4294967295"))
                     })?;
+                    o.without_effect
+                        .push("-x: there is no dynamic thread pool to bound".into());
                 }
                 'R' => o.recovery_throttle = parse_throttle(&v)?,
                 'j' => o.journal = Some(parse_journal(&v)?),
-                // Accepted for compatibility; our I/O model has no separate
-                // thread pools or http front-end.
                 'D' => o.direct_io = true,
-                'r' | 'u' | 'w' | 'W' => {}
+                // Accepted for compatibility, and said to change nothing.
+                'r' => o
+                    .without_effect
+                    .push("-r: the HTTP object service is not there yet; nothing is served over HTTP".into()),
+                'u' => o
+                    .without_effect
+                    .push("-u: the data layout is the only one there is; nothing to upgrade".into()),
+                'w' => o
+                    .without_effect
+                    .push("-w: there are no work queues to size".into()),
+                'W' => o.without_effect.push(
+                    "-W: recovery has no separate wildcard mode here; the option changes nothing".into(),
+                ),
                 _ => unreachable!(),
             }
         }

@@ -301,6 +301,13 @@ async fn store_op(
     if stale(sheep, req) {
         return None;
     }
+    if req.opcode == op::READ_PEER && !recovery_read {
+        // From the page cache, on this thread: no blocking-pool round trip.
+        let (off, len) = (o.offset as u64, req.data_length as usize);
+        if let Some(data) = sheep.store.read_cached(&key, off, len) {
+            return Some(Ok(Ok(data)));
+        }
+    }
     let s = sheep.clone();
     let (req, payload) = (*req, payload.clone());
     Some(
