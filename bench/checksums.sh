@@ -81,12 +81,14 @@ BUSY=$(fio_point "$NBD_on" randread 4k 16 | cut -d' ' -f1)
 wait $SCRUBBER
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-CMD="bench/checksums.sh $RUNTIME $REPS"
+CMD="${SHEEP_ARGS:+SHEEP_ARGS=\"$SHEEP_ARGS\" }bench/checksums.sh $RUNTIME $REPS"
+# With sheep options (e.g. the journal) the results get a section of their own.
+TITLE="Checksums: object checksums on vs off, and the scrub${SHEEP_ARGS:+ (sheep $SHEEP_ARGS)}"
 section=$(python3 - "$RES" "$CMD" "$(date -u +%Y-%m-%d)" "$(nproc)" "$RUNTIME" "$REPS" "$LOAD0" "$LOAD1" \
-    "$SCRUB_BYTES" "$SCRUB_COLD_S" "$SCRUB_WARM_S" "$COLD" "$IDLE" "$BUSY" <<'PY'
+    "$SCRUB_BYTES" "$SCRUB_COLD_S" "$SCRUB_WARM_S" "$COLD" "$IDLE" "$BUSY" "$TITLE" <<'PY'
 import sys, statistics as st
 (res, cmd, day, cores, runtime, reps, load0, load1,
- sbytes, cold_s, warm_s, cold, idle, busy) = sys.argv[1:]
+ sbytes, cold_s, warm_s, cold, idle, busy, title) = sys.argv[1:]
 rows = {}
 for line in open(res):
     t, w, iops, mbs = line.rstrip("\n").split("\t")
@@ -97,7 +99,7 @@ sys.path.insert(0, "bench")
 import fiostats
 val = lambda t, w: fiostats.val(rows, t, w)
 cell = lambda t, w: fiostats.cell(rows, t, w)
-out = ["## Checksums: object checksums on vs off, and the scrub", "",
+out = ["## " + title, "",
        f"Command: `{cmd}` ({day}, {cores} cores; load average {load0} at start, {load1} at end).",
        f"Two 1-node/1-copy clusters in the same run, sync writes, each VDI filled with the same 512 MiB",
        f"of random data first; one with checksums (default), one with `SHEEP_CHECKSUMS=off`. fio",
@@ -121,4 +123,5 @@ print("\n".join(out))
 PY
 )
 echo "$section"
-write_section "Checksums: " "$section"
+# (the whole heading line: one title may begin another)
+write_section "$TITLE"$'\n' "$section"

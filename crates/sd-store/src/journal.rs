@@ -22,7 +22,9 @@
 //! up to the first that does not verify (a torn tail: a crash during a
 //! commit, which acknowledged none of that batch) and applied again in
 //! order. Applying a write twice gives the same bytes, so a crash during
-//! replay is harmless. Only overwrites of existing objects are journaled;
+//! replay is harmless. Only overwrites of existing objects are journaled,
+//! and of those only small ones ([`LARGE_WRITE`]) where the object has no
+//! records yet;
 //! anything that replaces or removes an object file first checkpoints the
 //! journal if that object has records in it ([`Journal::is_dirty`]), so a
 //! record is never replayed onto a different file than it was written for.
@@ -38,6 +40,10 @@ use std::sync::{Condvar, Mutex};
 pub const FILE_NAME: &str = "journal";
 /// The smallest journal the original accepted (64 MiB), ours too.
 pub const MIN_SIZE: u64 = 64 << 20;
+/// Writes this large or larger are synced in place instead (where their
+/// object has no records in the journal): written twice they would cost
+/// more than their own sync.
+pub const LARGE_WRITE: usize = 256 << 10;
 
 const FILE_MAGIC: &[u8; 8] = b"SDJRNL01";
 /// The file header occupies the first block.
