@@ -33,7 +33,7 @@ use crate::{ObjKey, Result, StoreError};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
 /// The journal's file name in its directory.
@@ -116,7 +116,6 @@ impl Record {
 /// objects written since the last checkpoint.
 pub struct Journal {
     file: File,
-    path: PathBuf,
     size: u64,
     nosync: bool,
     state: Mutex<State>,
@@ -229,7 +228,6 @@ impl Journal {
         }
         let j = Journal {
             file,
-            path,
             size,
             nosync,
             state: Mutex::new(State {
@@ -246,15 +244,13 @@ impl Journal {
         Ok((j, records))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Bytes of records in the current generation.
+    #[cfg(test)]
     pub fn used(&self) -> u64 {
         self.state.lock().unwrap().pos - HEADER
     }
 
+    #[cfg(test)]
     pub fn generation(&self) -> u64 {
         self.state.lock().unwrap().generation
     }
