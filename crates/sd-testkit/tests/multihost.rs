@@ -397,21 +397,46 @@ fn zookeeper_restart_within_and_beyond_the_session_timeout() {
     let load = start_load(&c, &[0, 1], "v", &journal, "zk1");
     std::thread::sleep(Duration::from_secs(1));
 
-    // Within the timeout: nobody notices beyond a delay.
-    let t = Instant::now();
-    c.zk.stop();
-    std::thread::sleep(Duration::from_millis(1000));
-    c.zk.start_again();
-    let outage = t.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        c.alive(),
-        vec![0, 1, 2, 3],
-        "every sheep rode out a {outage:.1?} ZooKeeper outage\n{}",
-        log_tails(&c)
-    );
-    c.wait_nodes(4);
-    assert_eq!(c.epoch_at(0), epoch, "no membership change");
+    // Within the timeout: nobody notices beyond a delay. The outage lasts
+    // until the restarted ZooKeeper answers; a sheep gives its session up
+    // 3/5 of the timeout after losing the connection. On a loaded machine
+    // the JVM can take longer than that to start: such an outage was not
+    // "within", and is tried again.
+    let within = Duration::from_millis(timeout_ms as u64 * 3 / 5 - 1500);
+    let mut epoch = epoch;
+    let mut attempt = 0;
+    let outage = loop {
+        attempt += 1;
+        let t = Instant::now();
+        c.zk.stop();
+        std::thread::sleep(Duration::from_millis(1000));
+        c.zk.start_again();
+        let outage = t.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            c.alive(),
+            vec![0, 1, 2, 3],
+            "every sheep rode out a {outage:.1?} ZooKeeper outage\n{}",
+            log_tails(&c)
+        );
+        c.wait_nodes(4);
+        if outage < within {
+            assert_eq!(
+                c.epoch_at(0),
+                epoch,
+                "no membership change after a {outage:.1?} outage\n{}",
+                log_tails(&c)
+            );
+            break outage;
+        }
+        assert!(
+            attempt < 3,
+            "ZooKeeper never came back within {within:?}: {outage:.1?}"
+        );
+        eprintln!("ZooKeeper took {outage:.1?} to come back (more than {within:?}): again");
+        c.wait_recovery(60);
+        epoch = c.epoch_at(0);
+    };
     let summary = load.stop();
     eprintln!("ZooKeeper down for {outage:.1?}: {summary}");
     verify(&c, 2, "v", &journal);
