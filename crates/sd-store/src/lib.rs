@@ -634,11 +634,7 @@ impl Store {
                 }
             }
             if bad.is_empty() {
-                if from == offset && buf.len() == len {
-                    return Ok(buf);
-                }
-                let at = (offset - from) as usize;
-                return Ok(buf[at..at + len].to_vec());
+                return Ok(cut(buf, from, offset, len));
             }
         }
         Err(StoreError::Checksum {
@@ -962,10 +958,9 @@ impl ObjectStore for Store {
         let first = (offset / csum::BLOCK) as usize;
         let from = first as u64 * csum::BLOCK;
         let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
-        let f = File::open(&path).ok()?;
         let mut buf = vec![0u8; (to - from) as usize];
         if !self.checksums {
-            let got = csum::pread_nowait(&f, &mut buf, from)?;
+            let got = csum::pread_nowait(&File::open(&path).ok()?, &mut buf, from)?;
             // A short read may be the end of the file or what is cached.
             return (got == buf.len()).then(|| cut(buf, from, offset, len));
         }
@@ -975,7 +970,7 @@ impl ObjectStore for Store {
         if to > g.size {
             return None;
         }
-        if csum::pread_nowait(&f, &mut buf, from)? != buf.len() {
+        if csum::pread_nowait(&File::open(&path).ok()?, &mut buf, from)? != buf.len() {
             return None;
         }
         let entries = g.entries_cached(first, first + buf.len() / csum::BLOCK as usize)?;
@@ -1020,11 +1015,14 @@ impl ObjectStore for Store {
         // write that fails on them must not be replayed over them later
         // (replay trusts what the file holds around a record).
         let end = offset + data.len() as u64;
-        for edge in [offset, end] {
-            if edge % csum::BLOCK != 0 {
-                let b = edge - edge % csum::BLOCK;
-                self.judged(&d, self.read_verified(&path, b, csum::BLOCK as usize))?;
-            }
+        let partial =
+            |edge: u64| (!edge.is_multiple_of(csum::BLOCK)).then(|| edge - edge % csum::BLOCK);
+        let (head, tail) = (partial(offset), partial(end));
+        for b in [head, tail.filter(|&t| Some(t) != head)]
+            .into_iter()
+            .flatten()
+        {
+            self.judged(&d, self.read_verified(&path, b, csum::BLOCK as usize))?;
         }
         // Durable once in the journal; applied to the file unsynced.
         let _applying = j.log(k, offset, data, &|keys| self.sync_objects(keys))?;
@@ -1536,7 +1534,6 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
-/// Reads `len` bytes at `offset` of `f`; past its end, zeros.
 /// `len` bytes at `offset` out of `buf`, which holds the file from `from`.
 fn cut(mut buf: Vec<u8>, from: u64, offset: u64, len: usize) -> Vec<u8> {
     let at = (offset - from) as usize;
@@ -1548,6 +1545,7 @@ fn cut(mut buf: Vec<u8>, from: u64, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
+/// Reads `len` bytes at `offset` of `f`; past its end, zeros.
 fn read_file_at(f: &File, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     csum::pread_upto(f, &mut buf, offset)?;
