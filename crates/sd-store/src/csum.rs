@@ -23,11 +23,9 @@
 //! (both by rename) with `prev` taken from the old sidecar, so the old
 //! file keeps verifying until the new one is in place.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Bytes covered by one checksum.
 pub const BLOCK: u64 = 4096;
@@ -280,58 +278,6 @@ pub(crate) fn pread_nowait(f: &File, buf: &mut [u8], offset: u64) -> Option<usiz
     // SAFETY: one iovec over `buf`, which outlives the call; `f` is open.
     let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT) };
     usize::try_from(n).ok()
-}
-
-/// Sidecar files kept open by path, so a verified read costs no `open`
-/// and `close` of its sidecar. Whoever replaces or removes a sidecar
-/// forgets its handle; a reader that raced with that sees checksums that
-/// do not match, forgets the handle and reads again. Sharded by path (a
-/// shard's lock is held only for a map lookup); a full shard is emptied.
-pub struct OpenSidecars {
-    shards: Vec<std::sync::Mutex<HashMap<PathBuf, Arc<SidecarFile>>>>,
-}
-
-const SHARDS: u64 = 64;
-const PER_SHARD: usize = 8;
-
-impl Default for OpenSidecars {
-    fn default() -> Self {
-        OpenSidecars {
-            shards: (0..SHARDS).map(|_| Default::default()).collect(),
-        }
-    }
-}
-
-impl OpenSidecars {
-    fn shard(&self, p: &Path) -> &std::sync::Mutex<HashMap<PathBuf, Arc<SidecarFile>>> {
-        let h = sd_proto::sd_hash(p.as_os_str().as_encoded_bytes());
-        &self.shards[(h % SHARDS) as usize]
-    }
-
-    pub fn get(&self, p: &Path) -> Option<Arc<SidecarFile>> {
-        self.shard(p).lock().unwrap().get(p).cloned()
-    }
-
-    /// Keeps `f`, open at `p`; the handle to use.
-    pub fn put(&self, p: PathBuf, f: SidecarFile) -> Arc<SidecarFile> {
-        let f = Arc::new(f);
-        let mut m = self.shard(&p).lock().unwrap();
-        if m.len() >= PER_SHARD {
-            m.clear();
-        }
-        m.insert(p, f.clone());
-        f
-    }
-
-    pub fn forget(&self, p: &Path) {
-        self.shard(p).lock().unwrap().remove(p);
-    }
-
-    pub fn clear(&self) {
-        for s in &self.shards {
-            s.lock().unwrap().clear();
-        }
-    }
 }
 
 /// Writes the entries of blocks `first..` in place (whole entries only).

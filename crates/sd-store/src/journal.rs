@@ -5,11 +5,16 @@
 //! two flushes of the disk (checksums, then data); with it, all writes that
 //! arrive together share one.
 //!
-//! **Group commit, leader and followers.** A writer queues its record; the
-//! first writer that finds no commit running becomes the leader: it takes
-//! every queued record, writes them with one `pwrite`, syncs once and wakes
-//! the writers of the batch. No thread is dedicated to it and no record
-//! changes threads.
+//! **Group commit.** A writer appends its record to the batch being
+//! gathered and applies its write to the object file at once (unsynced);
+//! the journal's committer thread writes each batch with one `pwrite`,
+//! syncs once and tells the batch's writers, which acknowledge only then.
+//! A writer on an async task waits for that without a thread of its own
+//! ([`Pending::durable`]), so a small write changes threads only for the
+//! batch's sync. Applying before the record is durable is safe: the write
+//! is not acknowledged until it is, and a crash before that leaves the old
+//! or the new bytes, both verifying against the checksums written before
+//! them (see [`crate::csum`]).
 //!
 //! **Generations.** The file starts with a header holding the current
 //! generation; records are appended after it, each carrying the generation
@@ -34,7 +39,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// The journal's file name in its directory.
 pub const FILE_NAME: &str = "journal";
@@ -113,13 +118,25 @@ impl Record {
 }
 
 /// The journal of one node: its file, the batch being gathered and the
-/// objects written since the last checkpoint.
+/// objects written since the last checkpoint, shared with its committer
+/// thread (which stops when the journal is dropped).
 pub struct Journal {
+    shared: Arc<Shared>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
     file: File,
     size: u64,
     nosync: bool,
     state: Mutex<State>,
+    /// Signalled when a batch lands, a write is applied or a checkpoint
+    /// ends.
     changed: Condvar,
+    /// Signalled when the idle committer has records to write.
+    work: Condvar,
+    /// The batches landed so far, for async waiters.
+    landed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -129,37 +146,145 @@ struct State {
     pos: u64,
     /// Bytes of the batch being written (it lands at `pos`).
     inflight: u64,
-    /// Records waiting for a leader (their bytes and count), and the
-    /// batch number they will be in.
+    /// Records waiting for the committer (their bytes), and the batch
+    /// number they will be in.
     queued: Vec<u8>,
-    queued_records: usize,
     queued_batch: u64,
     /// The last batch written (made durable unless `failed`).
     done_batch: u64,
     /// The first batch whose write or sync failed, and why: it and every
     /// later one fail (a journal that cannot be written is a failed disk).
     failed: Option<(u64, String)>,
-    leader: bool,
-    /// Writers whose record is durable but not yet applied to its object
-    /// file: a checkpoint waits for them. Counted for a whole batch when
-    /// it lands (under the same lock), not by each writer once it wakes:
-    /// a checkpoint in between would miss their writes.
+    /// A batch is being written.
+    committing: bool,
+    /// The committer waits for work (so only then is it woken).
+    idle: bool,
+    closing: bool,
+    /// Writers whose record is appended but whose write is not yet applied
+    /// to its object file: a checkpoint waits for them.
     applying: usize,
     checkpointing: bool,
     /// Objects with records in the current generation.
     dirty: HashSet<ObjKey>,
 }
 
-/// Held by a writer from its record's commit until its write is applied
+/// Held by a writer from appending its record until its write is applied
 /// to the object file.
 pub struct Applying<'a>(&'a Journal);
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.state.lock().unwrap();
+        let sh = &self.0.shared;
+        let mut s = sh.state.lock().unwrap();
         s.applying -= 1;
-        if s.applying == 0 {
-            self.0.changed.notify_all();
+        if s.applying == 0 && s.checkpointing {
+            sh.changed.notify_all();
+        }
+    }
+}
+
+/// A record appended to the journal: its write is durable once the
+/// record's batch has landed.
+#[must_use = "a write is acknowledged only once it is durable"]
+pub struct Pending {
+    shared: Arc<Shared>,
+    batch: u64,
+}
+
+impl Pending {
+    fn outcome(&self, s: &State) -> Result<()> {
+        match &s.failed {
+            Some((b, e)) if *b <= self.batch => {
+                Err(StoreError::Io(std::io::Error::other(e.clone())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Blocks until the record is durable.
+    pub fn wait(self) -> Result<()> {
+        let mut s = self.shared.state.lock().unwrap();
+        while s.done_batch <= self.batch {
+            s = self.shared.changed.wait(s).unwrap();
+        }
+        self.outcome(&s)
+    }
+
+    /// Waits, without blocking a thread, until the record is durable.
+    pub async fn durable(self) -> Result<()> {
+        let mut landed = self.shared.landed.subscribe();
+        // The sender lives as long as `self.shared`.
+        let _ = landed.wait_for(|&done| done > self.batch).await;
+        let s = self.shared.state.lock().unwrap();
+        self.outcome(&s)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().closing = true;
+        self.shared.work.notify_all();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn write_header(&self, generation: u64) -> Result<()> {
+        let mut h = [0u8; 24];
+        h[..8].copy_from_slice(FILE_MAGIC);
+        h[8..16].copy_from_slice(&generation.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..16]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        self.file.write_all_at(&h, 0)?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        if !self.nosync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The committer: writes each batch with one `pwrite` and makes it
+    /// durable with one sync, until the journal is dropped.
+    fn commit_batches(&self) {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            while s.queued.is_empty() && !s.closing {
+                s.idle = true;
+                s = self.work.wait(s).unwrap();
+            }
+            s.idle = false;
+            if s.queued.is_empty() {
+                return;
+            }
+            let bytes = std::mem::take(&mut s.queued);
+            let batch = s.queued_batch;
+            s.queued_batch += 1;
+            s.committing = true;
+            s.inflight = bytes.len() as u64;
+            let at = s.pos;
+            drop(s);
+            let r = self
+                .file
+                .write_all_at(&bytes, at)
+                .map_err(StoreError::from)
+                .and_then(|()| self.sync());
+            s = self.state.lock().unwrap();
+            s.committing = false;
+            s.inflight = 0;
+            s.done_batch = batch + 1;
+            match r {
+                Ok(()) => s.pos = at + bytes.len() as u64,
+                Err(e) => {
+                    s.failed.get_or_insert((batch, e.to_string()));
+                }
+            }
+            self.changed.notify_all();
+            self.landed.send_replace(batch + 1);
         }
     }
 }
@@ -226,7 +351,7 @@ impl Journal {
             }
             pos += at as u64;
         }
-        let j = Journal {
+        let shared = Arc::new(Shared {
             file,
             size,
             nosync,
@@ -236,169 +361,158 @@ impl Journal {
                 ..Default::default()
             }),
             changed: Condvar::new(),
-        };
+            work: Condvar::new(),
+            landed: tokio::sync::watch::channel(0).0,
+        });
         if fresh || generation == 0 {
-            j.write_header(1)?;
-            j.state.lock().unwrap().generation = 1;
+            shared.write_header(1)?;
+            shared.state.lock().unwrap().generation = 1;
         }
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("journal".into())
+                .spawn(move || shared.commit_batches())?
+        };
+        let j = Journal {
+            shared,
+            committer: Some(committer),
+        };
         Ok((j, records))
     }
 
     /// Bytes of records in the current generation.
     #[cfg(test)]
     pub fn used(&self) -> u64 {
-        self.state.lock().unwrap().pos - HEADER
+        self.shared.state.lock().unwrap().pos - HEADER
     }
 
     #[cfg(test)]
     pub fn generation(&self) -> u64 {
-        self.state.lock().unwrap().generation
+        self.shared.state.lock().unwrap().generation
     }
 
     /// Whether `key` has records in the current generation (anything that
     /// replaces or removes its file must [`Journal::checkpoint`] first).
     pub fn is_dirty(&self, key: &ObjKey) -> bool {
-        self.state.lock().unwrap().dirty.contains(key)
+        self.shared.state.lock().unwrap().dirty.contains(key)
     }
 
-    fn write_header(&self, generation: u64) -> Result<()> {
-        let mut h = [0u8; 24];
-        h[..8].copy_from_slice(FILE_MAGIC);
-        h[8..16].copy_from_slice(&generation.to_le_bytes());
-        let crc = crc32c::crc32c(&h[..16]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all_at(&h, 0)?;
-        self.sync()
-    }
-
-    fn sync(&self) -> Result<()> {
-        if !self.nosync {
-            self.file.sync_data()?;
+    /// Appends the record of `data` at `offset` of `key` if that needs no
+    /// waiting (no checkpoint under way or needed first); None otherwise.
+    /// The write must be applied to the object file before the returned
+    /// guard is dropped; it is durable once the [`Pending`] says so.
+    pub fn try_append(
+        &self,
+        key: &ObjKey,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<(Applying<'_>, Pending)>> {
+        let len = (REC_HEAD + data.len()) as u64;
+        let mut s = self.shared.state.lock().unwrap();
+        if let Some((_, e)) = &s.failed {
+            return Err(StoreError::Io(std::io::Error::other(e.clone())));
         }
-        Ok(())
+        if s.checkpointing || s.pos + s.inflight + s.queued.len() as u64 + len > self.shared.size {
+            return Ok(None);
+        }
+        Ok(Some(self.append_locked(&mut s, key, offset, data)))
     }
 
-    /// Makes `rec` durable in the journal, in a batch with the records of
-    /// concurrent writers. The write must then be applied to the object
-    /// file before the returned guard is dropped. `sync_objects` makes
-    /// the object files written since the last checkpoint durable (given
-    /// their keys), for a checkpoint when the journal is full.
-    pub fn log(
+    fn append_locked(
+        &self,
+        s: &mut State,
+        key: &ObjKey,
+        offset: u64,
+        data: &[u8],
+    ) -> (Applying<'_>, Pending) {
+        let generation = s.generation;
+        encode_into(key, offset, data, generation, &mut s.queued);
+        s.dirty.insert(*key);
+        s.applying += 1;
+        if s.idle {
+            s.idle = false;
+            self.shared.work.notify_one();
+        }
+        let pending = Pending {
+            shared: self.shared.clone(),
+            batch: s.queued_batch,
+        };
+        (Applying(self), pending)
+    }
+
+    /// [`Journal::try_append`], waiting for a checkpoint under way or
+    /// making one when the journal is full. `sync_objects` makes the object
+    /// files written since the last checkpoint durable (given their keys).
+    pub fn append(
         &self,
         key: &ObjKey,
         offset: u64,
         data: &[u8],
         sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>,
-    ) -> Result<Applying<'_>> {
+    ) -> Result<(Applying<'_>, Pending)> {
         let len = (REC_HEAD + data.len()) as u64;
-        if HEADER + len > self.size {
+        if HEADER + len > self.shared.size {
             return Err(StoreError::Io(std::io::Error::other(format!(
                 "a write of {} bytes does not fit the journal",
                 data.len()
             ))));
         }
-        let mut s = self.state.lock().unwrap();
-        // Queued only where this batch still fits; else the journal is
+        let sh = &self.shared;
+        let mut s = sh.state.lock().unwrap();
+        // Appended only where this batch still fits; else the journal is
         // checkpointed first (by whoever finds it full).
         loop {
             if let Some((_, e)) = &s.failed {
                 return Err(StoreError::Io(std::io::Error::other(e.clone())));
             }
             if s.checkpointing {
-                s = self.changed.wait(s).unwrap();
+                s = sh.changed.wait(s).unwrap();
                 continue;
             }
-            if s.pos + s.inflight + s.queued.len() as u64 + len <= self.size {
+            if s.pos + s.inflight + s.queued.len() as u64 + len <= sh.size {
                 break;
             }
-            if s.leader || !s.queued.is_empty() {
+            if s.committing || !s.queued.is_empty() {
                 // A batch in flight or waiting: let it land first.
-                s = self.changed.wait(s).unwrap();
+                s = sh.changed.wait(s).unwrap();
                 continue;
             }
             s = self.checkpoint_locked(s, sync_objects)?;
         }
-        let generation = s.generation;
-        encode_into(key, offset, data, generation, &mut s.queued);
-        s.queued_records += 1;
-        s.dirty.insert(*key);
-        let batch = s.queued_batch;
-        loop {
-            if s.done_batch > batch {
-                return match &s.failed {
-                    Some((b, e)) if *b <= batch => {
-                        Err(StoreError::Io(std::io::Error::other(e.clone())))
-                    }
-                    // Counted in `applying` by the leader.
-                    _ => Ok(Applying(self)),
-                };
-            }
-            if !s.leader && s.queued_batch == batch {
-                // Lead: take the whole queue, write and sync it unlocked.
-                s.leader = true;
-                let bytes = std::mem::take(&mut s.queued);
-                let records = std::mem::take(&mut s.queued_records);
-                s.queued_batch += 1;
-                s.inflight = bytes.len() as u64;
-                let at = s.pos;
-                drop(s);
-                let r = self
-                    .file
-                    .write_all_at(&bytes, at)
-                    .map_err(StoreError::from)
-                    .and_then(|()| self.sync());
-                s = self.state.lock().unwrap();
-                s.leader = false;
-                s.inflight = 0;
-                s.done_batch = batch + 1;
-                match r {
-                    Ok(()) => {
-                        s.pos = at + bytes.len() as u64;
-                        s.applying += records;
-                    }
-                    Err(e) => {
-                        s.failed.get_or_insert((batch, e.to_string()));
-                    }
-                }
-                self.changed.notify_all();
-                continue;
-            }
-            s = self.changed.wait(s).unwrap();
-        }
+        Ok(self.append_locked(&mut s, key, offset, data))
     }
 
     /// Makes every journaled write durable in its object file and empties
     /// the journal (a new generation).
     pub fn checkpoint(&self, sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>) -> Result<()> {
-        let mut s = self.state.lock().unwrap();
+        let sh = &self.shared;
+        let mut s = sh.state.lock().unwrap();
         while s.checkpointing {
-            s = self.changed.wait(s).unwrap();
-        }
-        // No new records from here; the queued ones land first.
-        s.checkpointing = true;
-        while s.leader || !s.queued.is_empty() {
-            s = self.changed.wait(s).unwrap();
+            s = sh.changed.wait(s).unwrap();
         }
         drop(self.checkpoint_locked(s, sync_objects)?);
         Ok(())
     }
 
-    /// The checkpoint, entered with the state locked and no batch in
-    /// flight; waits for writes being applied, then syncs unlocked.
+    /// The checkpoint, entered with the state locked: no new records from
+    /// here; waits for the appended ones to land and be applied, then
+    /// syncs unlocked.
     fn checkpoint_locked<'a>(
         &'a self,
         mut s: std::sync::MutexGuard<'a, State>,
         sync_objects: &dyn Fn(&HashSet<ObjKey>) -> Result<()>,
     ) -> Result<std::sync::MutexGuard<'a, State>> {
+        let sh = &self.shared;
         s.checkpointing = true;
-        while s.applying > 0 {
-            s = self.changed.wait(s).unwrap();
+        while s.applying > 0 || s.committing || !s.queued.is_empty() {
+            s = sh.changed.wait(s).unwrap();
         }
         let dirty = std::mem::take(&mut s.dirty);
         let next = s.generation + 1;
         drop(s);
-        let header = sync_objects(&dirty).map(|()| self.write_header(next));
-        let mut s = self.state.lock().unwrap();
+        let header = sync_objects(&dirty).map(|()| sh.write_header(next));
+        let mut s = sh.state.lock().unwrap();
         s.checkpointing = false;
         let r = match header {
             Ok(Ok(())) => {
@@ -420,7 +534,7 @@ impl Journal {
                 Err(e)
             }
         };
-        self.changed.notify_all();
+        sh.changed.notify_all();
         r.map(|()| s)
     }
 }
@@ -445,8 +559,20 @@ mod tests {
         Ok(())
     }
 
+    /// Appends `r`, waits until it is durable; the write is then still
+    /// being applied until the guard is dropped.
+    fn log_with<'a>(
+        j: &'a Journal,
+        r: &Record,
+        sync: &dyn Fn(&HashSet<ObjKey>) -> Result<()>,
+    ) -> Result<Applying<'a>> {
+        let (applying, pending) = j.append(&r.key, r.offset, &r.data, sync)?;
+        pending.wait()?;
+        Ok(applying)
+    }
+
     fn log<'a>(j: &'a Journal, r: &Record) -> Result<Applying<'a>> {
-        j.log(&r.key, r.offset, &r.data, &no_sync)
+        log_with(j, r, &no_sync)
     }
 
     #[test]
@@ -456,7 +582,7 @@ mod tests {
         assert!(old.is_empty());
         let recs = [rec(1, 0, 4096), rec(2, 512, 512), rec(1, 4096, 100)];
         for r in &recs {
-            drop(j.log(&r.key, r.offset, &r.data, &no_sync).unwrap());
+            drop(log(&j, r).unwrap());
         }
         assert!(j.is_dirty(&recs[0].key) && !j.is_dirty(&rec(3, 0, 1).key));
         drop(j);
@@ -508,13 +634,7 @@ mod tests {
         let big = 1 << 20;
         let n = (MIN_SIZE / big as u64) as usize + 3;
         for i in 0..n {
-            drop(
-                {
-                    let r = rec(i as u64 % 5, 0, big);
-                    j.log(&r.key, 0, &r.data, &sync)
-                }
-                .unwrap(),
-            );
+            drop(log_with(&j, &rec(i as u64 % 5, 0, big), &sync).unwrap());
         }
         assert_eq!(
             *synced.lock().unwrap(),
@@ -571,6 +691,41 @@ mod tests {
         });
         assert!(done.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(j.generation(), 2);
+    }
+
+    #[test]
+    fn appending_without_waiting_gives_way_to_a_checkpoint_and_a_full_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), MIN_SIZE, false).unwrap();
+        let r = rec(1, 0, 4096);
+        let (applying, pending) = j.try_append(&r.key, 0, &r.data).unwrap().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(pending.durable()).unwrap();
+        std::thread::scope(|s| {
+            let cp = s.spawn(|| j.checkpoint(&no_sync).unwrap());
+            // The checkpoint waits for the write being applied; no record
+            // may be appended meanwhile without waiting.
+            while !j.shared.state.lock().unwrap().checkpointing {
+                std::thread::yield_now();
+            }
+            assert!(j.try_append(&r.key, 0, &r.data).unwrap().is_none());
+            drop(applying);
+            cp.join().unwrap();
+        });
+        assert_eq!(j.generation(), 2);
+        // Filled up to the last record that fits: the next one waits.
+        let big = rec(2, 0, 1 << 20);
+        while let Some((a, p)) = j.try_append(&big.key, 0, &big.data).unwrap() {
+            drop(a);
+            p.wait().unwrap();
+        }
+        assert!(j.used() + (REC_HEAD + big.data.len()) as u64 > MIN_SIZE - HEADER);
+        let (a, p) = j.append(&big.key, 0, &big.data, &no_sync).unwrap();
+        drop(a);
+        p.wait().unwrap();
+        assert_eq!(j.generation(), 3, "the blocking append checkpointed");
     }
 
     proptest! {

@@ -16,6 +16,7 @@ pub mod faults;
 pub mod journal;
 #[cfg(any(test, feature = "mem"))]
 pub mod mem;
+mod open_files;
 mod ranges;
 
 use sd_proto::*;
@@ -171,7 +172,10 @@ pub struct Store {
     /// [`ranges`]).
     ranges: ranges::RangeLocks,
     /// Open sidecar files, so a verified read costs no `open`.
-    sums_open: csum::OpenSidecars,
+    sums_open: open_files::OpenFiles<csum::SidecarFile>,
+    /// Open object files (working and stale copies), so a read or write
+    /// costs no `open`.
+    files_open: open_files::OpenFiles<File>,
     /// Whether object checksums are kept and checked (see [`csum`]); off
     /// only to measure what they cost (`SHEEP_CHECKSUMS=off`).
     checksums: bool,
@@ -255,6 +259,7 @@ impl Store {
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
             ranges: Default::default(),
             sums_open: Default::default(),
+            files_open: Default::default(),
             checksums: match std::env::var(CHECKSUMS_ENV).as_deref() {
                 Err(_) | Ok("on") => true,
                 Ok("off") => false,
@@ -287,7 +292,7 @@ impl Store {
                 return Ok((buf, got));
             }
         }
-        let got = csum::pread_upto(&File::open(path)?, &mut buf, from)?;
+        let got = csum::pread_upto(&*self.object_file(path)?, &mut buf, from)?;
         Ok((buf, got))
     }
 
@@ -536,10 +541,10 @@ impl Store {
                 self.remove_sums(path)?;
                 fs::rename(&tmp, path)?;
                 fs::rename(sum_tmp, csum::sidecar_path(path))?;
-                self.sums_open.forget(&csum::sidecar_path(path));
             } else {
                 fs::rename(&tmp, path)?;
             }
+            self.forget_open(path);
             self.sync_dir(path.parent().unwrap())
         })();
         if res.is_err() {
@@ -562,15 +567,44 @@ impl Store {
         if let Some(g) = self.sums_open.get(&scp) {
             return Ok(Some(Sums::Good(g)));
         }
+        let ticket = self.sums_open.ticket(&scp);
         let f = match OpenOptions::new().read(true).write(true).open(&scp) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         Ok(Some(match csum::SidecarFile::check(f)? {
-            Ok(g) => Sums::Good(self.sums_open.put(scp, g)),
+            Ok(g) => Sums::Good(self.sums_open.put(scp, g, ticket)),
             Err(_) => Sums::Bad(scp),
         }))
+    }
+
+    /// The object file at `path`, open for reading and writing: kept open
+    /// (see [`open_files`]) unless it was removed or renamed meanwhile
+    /// (its directory wiped, as a dead disk looks), which is found by its
+    /// link count, not served.
+    fn object_file(&self, path: &Path) -> Result<std::sync::Arc<File>> {
+        if let Some(f) = self.files_open.get(path) {
+            if linked(&f) {
+                return Ok(f);
+            }
+            self.files_open.forget(path);
+        }
+        let ticket = self.files_open.ticket(path);
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(self.files_open.put(path.to_path_buf(), f, ticket))
+    }
+
+    /// Forgets the open handles of the object file at `path` and of its
+    /// sidecar (it was replaced, renamed or removed).
+    fn forget_open(&self, path: &Path) {
+        self.files_open.forget(path);
+        self.sums_open.forget(&csum::sidecar_path(path));
+    }
+
+    fn forget_all_open(&self) {
+        self.files_open.clear();
+        self.sums_open.clear();
     }
 
     /// Removes the sidecar of the object file at `path`, if any.
@@ -647,16 +681,15 @@ impl Store {
     /// (see [`csum`] for the order that makes this crash-safe). The caller
     /// holds the written blocks' range lock.
     fn write_verified(&self, path: &Path, offset: u64, data: &[u8], sync: bool) -> Result<()> {
-        let sync_file = |f: &File| match sync {
-            true => self.sync_file(f, path),
-            false => Ok(()),
-        };
         let end = offset + data.len() as u64;
         let first = (offset / csum::BLOCK) as usize;
         let last = end.div_ceil(csum::BLOCK) as usize;
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        let f = self.object_file(path)?;
         let sums = match self.open_sums(path)? {
-            Some(Sums::Good(g)) if end <= g.size => Some(g),
+            Some(Sums::Good(g)) if end <= g.size => {
+                let old = g.entries(first, last)?;
+                Some((g, old))
+            }
             Some(Sums::Good(_)) | None => None,
             Some(Sums::Bad(file)) => {
                 return Err(StoreError::Checksum {
@@ -665,15 +698,36 @@ impl Store {
                 })
             }
         };
-        let Some(g) = sums else {
-            // Without checksums (or for a write that grows the file, which
-            // drops them until the scrub computes new ones).
+        let sums = sums.as_ref().map(|(g, old)| (&**g, &old[..]));
+        self.apply_write(&f, path, sums, offset, data, sync)
+    }
+
+    /// The write of [`Store::write_verified`] into the open file `f`,
+    /// given its sidecar and the written blocks' entries as they were (or
+    /// none: the checksums are dropped until the scrub computes new ones).
+    fn apply_write(
+        &self,
+        f: &File,
+        path: &Path,
+        sums: Option<(&csum::SidecarFile, &[csum::Entry])>,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<()> {
+        let sync_file = |f: &File| match sync {
+            true => self.sync_file(f, path),
+            false => Ok(()),
+        };
+        let end = offset + data.len() as u64;
+        let first = (offset / csum::BLOCK) as usize;
+        let last = end.div_ceil(csum::BLOCK) as usize;
+        let Some((g, old)) = sums else {
+            // Without checksums (or for a write that grows the file).
             self.remove_sums(path)?;
-            self.write_data(&f, path, offset, data)?;
-            return sync_file(&f);
+            self.write_data(f, path, offset, data)?;
+            return sync_file(f);
         };
         let size = g.size;
-        let old = g.entries(first, last)?;
         let mut new = Vec::with_capacity(last - first);
         for b in first..last {
             let (s, e) = csum::block_range(b, size);
@@ -682,7 +736,7 @@ impl Store {
             } else {
                 // Part of the block is kept: it must be good before new
                 // checksums vouch for it.
-                let mut block = read_file_at(&f, s, (e - s) as usize)?;
+                let mut block = read_file_at(f, s, (e - s) as usize)?;
                 if !csum::bad_blocks(old.get(b - first..).unwrap_or(&[]), b, &block).is_empty() {
                     return Err(StoreError::Checksum {
                         file: path.to_path_buf(),
@@ -701,13 +755,63 @@ impl Store {
         }
         g.write_entries(first, &new)?;
         sync_file(g.file())?;
-        self.write_data(&f, path, offset, data)?;
-        sync_file(&f)?;
+        self.write_data(f, path, offset, data)?;
+        sync_file(f)?;
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
         let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
         g.write_entries(first, &settled)?;
         Ok(())
+    }
+
+    /// [`ObjectStore::write_nowait`]: a small whole-block overwrite,
+    /// journaled, where everything it needs is at hand (its blocks not
+    /// being written, its files open, its checksums cached, room in the
+    /// journal).
+    fn journaled_nowait(
+        &self,
+        j: &journal::Journal,
+        k: &ObjKey,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<journal::Pending>> {
+        let end = offset + data.len() as u64;
+        let whole_blocks = offset.is_multiple_of(csum::BLOCK) && end.is_multiple_of(csum::BLOCK);
+        if self.direct
+            || !self.faults.is_empty()
+            || data.is_empty()
+            || data.len() >= journal::LARGE_WRITE
+            || !whole_blocks
+        {
+            return None;
+        }
+        let (first, last) = (
+            (offset / csum::BLOCK) as usize,
+            (end / csum::BLOCK) as usize,
+        );
+        let _blocks = self.ranges.try_lock(k, first, last)?;
+        let (d, path) = self.located(k).ok()?;
+        let f = self.files_open.get(&path).filter(|f| linked(f))?;
+        let sums = match self.checksums {
+            true => {
+                let g = self.sums_open.get(&csum::sidecar_path(&path))?;
+                if end > g.size {
+                    return None;
+                }
+                let old = g.entries_cached(first, last)?;
+                Some((g, old))
+            }
+            false => None,
+        };
+        let (applying, pending) = match j.try_append(k, offset, data) {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let sums = sums.as_ref().map(|(g, old)| (&**g, &old[..]));
+        let applied = self.apply_write(&f, &path, sums, offset, data, false);
+        drop(applying);
+        Some(self.judged(&d, applied).map(|()| pending))
     }
 
     /// Judges the result of an operation on `disk`. A missing file reads
@@ -748,7 +852,7 @@ impl Store {
 
     /// Installs a new disk set.
     fn set_disks(&self, ds: disks::Disks) {
-        self.sums_open.clear();
+        self.forget_all_open();
         self.disks.store(std::sync::Arc::new(ds));
         self.disk_generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -767,6 +871,7 @@ impl Store {
             .filter(|d| d.path != keep.path)
         {
             let p = d.path.join(k.file_name());
+            self.files_open.forget(&p);
             remove_if_present(&p)?;
             self.remove_sums(&p)?;
         }
@@ -914,6 +1019,18 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn read_cached(&self, _k: &ObjKey, _offset: u64, _len: usize) -> Option<Vec<u8>> {
         None
     }
+    /// [`ObjectStore::write`] if it can be made at memory speed, so an
+    /// async caller may make it on its own thread: applied now, durable
+    /// once the returned [`journal::Pending`] says so. None sends the
+    /// caller to `write` on a blocking pool.
+    fn write_nowait(
+        &self,
+        _k: &ObjKey,
+        _offset: u64,
+        _data: &[u8],
+    ) -> Option<Result<journal::Pending>> {
+        None
+    }
 }
 
 impl ObjectStore for Store {
@@ -960,7 +1077,7 @@ impl ObjectStore for Store {
         let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
         let mut buf = vec![0u8; (to - from) as usize];
         if !self.checksums {
-            let got = csum::pread_nowait(&File::open(&path).ok()?, &mut buf, from)?;
+            let got = csum::pread_nowait(&*self.object_file(&path).ok()?, &mut buf, from)?;
             // A short read may be the end of the file or what is cached.
             return (got == buf.len()).then(|| cut(buf, from, offset, len));
         }
@@ -970,7 +1087,7 @@ impl ObjectStore for Store {
         if to > g.size {
             return None;
         }
-        if csum::pread_nowait(&File::open(&path).ok()?, &mut buf, from)? != buf.len() {
+        if csum::pread_nowait(&*self.object_file(&path).ok()?, &mut buf, from)? != buf.len() {
             return None;
         }
         let entries = g.entries_cached(first, first + buf.len() / csum::BLOCK as usize)?;
@@ -1024,9 +1141,21 @@ impl ObjectStore for Store {
         {
             self.judged(&d, self.read_verified(&path, b, csum::BLOCK as usize))?;
         }
-        // Durable once in the journal; applied to the file unsynced.
-        let _applying = j.log(k, offset, data, &|keys| self.sync_objects(keys))?;
-        self.judged(&d, self.write_verified(&path, offset, data, false))
+        // Applied to the file unsynced, durable once in the journal.
+        let (applying, pending) = j.append(k, offset, data, &|keys| self.sync_objects(keys))?;
+        let applied = self.judged(&d, self.write_verified(&path, offset, data, false));
+        drop(applying);
+        applied?;
+        pending.wait()
+    }
+
+    fn write_nowait(
+        &self,
+        k: &ObjKey,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<journal::Pending>> {
+        self.journaled_nowait(self.journal.as_ref()?, k, offset, data)
     }
 
     fn create_and_write(&self, k: &ObjKey, size: u64, offset: u64, data: &[u8]) -> Result<()> {
@@ -1059,6 +1188,7 @@ impl ObjectStore for Store {
         self.judged(
             &d,
             (|| {
+                self.files_open.forget(&path);
                 fs::remove_file(&path)?;
                 self.remove_sums(&path)
             })(),
@@ -1116,8 +1246,8 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 fs::rename(&from, &to)?;
-                self.sums_open.forget(&csum::sidecar_path(&from));
-                self.sums_open.forget(&csum::sidecar_path(&to));
+                self.forget_open(&from);
+                self.forget_open(&to);
                 match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
                     Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
                     _ => Ok(()),
@@ -1186,7 +1316,7 @@ impl ObjectStore for Store {
     }
 
     fn purge_stale(&self) -> Result<usize> {
-        self.sums_open.clear();
+        self.forget_all_open();
         let mut n = 0;
         for d in self.disks.load().list() {
             for e in fs::read_dir(&d.stale)? {
@@ -1204,7 +1334,7 @@ impl ObjectStore for Store {
         if let Some(j) = &self.journal {
             j.checkpoint(&|_| Ok(()))?;
         }
-        self.sums_open.clear();
+        self.forget_all_open();
         let _ = fs::create_dir_all(self.reclaim_dir());
         let ds = self.disks.load();
         let dirs = ds
@@ -1527,6 +1657,13 @@ fn open_disk(path: &Path, weighed: Option<bool>) -> Result<disks::Disk> {
     Ok(disks::Disk::new(path, space))
 }
 
+/// Whether the open file `f` still has a name (was not removed or
+/// renamed over).
+fn linked(f: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().is_ok_and(|m| m.nlink() > 0)
+}
+
 fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
@@ -1748,15 +1885,19 @@ mod tests {
         f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
     }
 
+    /// The store in `d` with its journal in `jd`, and how many records
+    /// it replayed.
+    fn journaled(d: &Path, jd: &Path, nosync: bool) -> (Store, usize) {
+        Store::open(d, nosync)
+            .unwrap()
+            .with_journal(jd, journal::MIN_SIZE)
+            .unwrap()
+    }
+
     #[test]
     fn large_writes_skip_the_journal_only_where_no_record_could_overwrite_them() {
         let (d, jd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let open = || {
-            Store::open(d.path(), true)
-                .unwrap()
-                .with_journal(jd.path(), journal::MIN_SIZE)
-                .unwrap()
-        };
+        let open = || journaled(d.path(), jd.path(), true);
         let (s, _) = open();
         let used = |s: &Store| s.journal.as_ref().unwrap().used();
         let k = ObjKey::replica(0x0001_0000_0000_0004);
@@ -1777,6 +1918,73 @@ mod tests {
         let (s, n) = open();
         assert_eq!(n, 2);
         assert_eq!(s.read(&k, 0, big.len()).unwrap(), big);
+    }
+
+    #[test]
+    fn small_journaled_writes_are_made_without_blocking_and_replayed() {
+        let (d, jd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let open = || journaled(d.path(), jd.path(), false);
+        let (s, _) = open();
+        let k = ObjKey::replica(0x0001_0000_0000_0005);
+        s.create_and_write(&k, 4 << 20, 0, &[1u8; 8192]).unwrap();
+        // Nothing open yet: the blocking path opens it.
+        assert!(s.write_nowait(&k, 0, &[2u8; 4096]).is_none());
+        s.write(&k, 0, &[2u8; 4096]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let pending = s.write_nowait(&k, 4096, &[3u8; 4096]).unwrap().unwrap();
+        // Applied at once (readers see it), durable once its batch lands.
+        assert_eq!(s.read(&k, 4096, 4096).unwrap(), [3u8; 4096]);
+        rt.block_on(pending.durable()).unwrap();
+        // Only whole blocks, and not while another write holds them.
+        assert!(s.write_nowait(&k, 100, &[4u8; 4096]).is_none());
+        let held = s.ranges.lock(&k, 2, 3);
+        assert!(s.write_nowait(&k, 8192, &[5u8; 4096]).is_none());
+        drop(held);
+        let p = s.write_nowait(&k, 8192, &[5u8; 4096]).unwrap().unwrap();
+        rt.block_on(p.durable()).unwrap();
+        drop(s);
+        let (s, replayed) = open();
+        assert_eq!(replayed, 3);
+        let want = [[2u8; 4096], [3u8; 4096], [5u8; 4096]].concat();
+        assert_eq!(s.read(&k, 0, 3 * 4096).unwrap(), want);
+        assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
+    }
+
+    #[test]
+    fn open_files_follow_replacements_and_a_wiped_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0006);
+        s.create_and_write(&k, 1 << 20, 0, &[1u8; 4096]).unwrap();
+        s.write(&k, 0, &[2u8; 4096]).unwrap();
+        // Replaced: later writes and reads are of the new file.
+        s.create_and_write(&k, 1 << 20, 0, &[3u8; 4096]).unwrap();
+        s.write(&k, 4096, &[4u8; 4096]).unwrap();
+        assert_eq!(
+            s.read(&k, 0, 8192).unwrap(),
+            [[3u8; 4096], [4u8; 4096]].concat()
+        );
+        assert_eq!(
+            fs::read(s.path(&k)).unwrap()[..8192],
+            [[3u8; 4096], [4u8; 4096]].concat()
+        );
+        // Retired and created again.
+        s.move_to_stale(&k, 1).unwrap();
+        assert!(matches!(s.write(&k, 0, &[5u8; 10]), Err(StoreError::NoObj)));
+        s.create_and_write(&k, 1 << 20, 0, &[6u8; 4096]).unwrap();
+        assert_eq!(s.read(&k, 0, 4).unwrap(), [6u8; 4]);
+        assert_eq!(s.read_stale(&k, 1, 4096, 4).unwrap(), [4u8; 4]);
+        // A wiped directory (a dead disk) takes no write into a file
+        // kept open: the write fails instead of vanishing.
+        s.write(&k, 0, &[7u8; 4096]).unwrap();
+        fs::remove_dir_all(d.path().join("obj")).unwrap();
+        assert!(matches!(
+            s.write(&k, 0, &[8u8; 4096]),
+            Err(StoreError::Io(_))
+        ));
+        assert!(s.read(&k, 0, 4).is_err());
     }
 
     #[test]

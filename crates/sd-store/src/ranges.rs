@@ -45,12 +45,25 @@ impl RangeLocks {
     pub fn lock(&self, k: &ObjKey, first: usize, end: usize) -> RangeGuard<'_> {
         let (m, cv) = self.stripe(k);
         let mut held = m.lock().unwrap();
-        while held
-            .iter()
-            .any(|(hk, s, e)| hk == k && *s < end && first < *e)
-        {
+        while overlaps(&held, k, first, end) {
             held = cv.wait(held).unwrap();
         }
+        self.hold(&mut held, k, first, end)
+    }
+
+    /// Holds blocks `first..end` of `k` if no one holds any of them.
+    pub fn try_lock(&self, k: &ObjKey, first: usize, end: usize) -> Option<RangeGuard<'_>> {
+        let mut held = self.stripe(k).0.lock().unwrap();
+        (!overlaps(&held, k, first, end)).then(|| self.hold(&mut held, k, first, end))
+    }
+
+    fn hold(
+        &self,
+        held: &mut Vec<(ObjKey, usize, usize)>,
+        k: &ObjKey,
+        first: usize,
+        end: usize,
+    ) -> RangeGuard<'_> {
         held.push((*k, first, end));
         RangeGuard {
             locks: self,
@@ -62,6 +75,11 @@ impl RangeLocks {
     pub fn lock_all(&self, k: &ObjKey) -> RangeGuard<'_> {
         self.lock(k, 0, usize::MAX)
     }
+}
+
+fn overlaps(held: &[(ObjKey, usize, usize)], k: &ObjKey, first: usize, end: usize) -> bool {
+    held.iter()
+        .any(|(hk, s, e)| hk == k && *s < end && first < *e)
 }
 
 impl Drop for RangeGuard<'_> {
@@ -90,6 +108,8 @@ mod tests {
         // Disjoint blocks and other objects are free.
         drop(locks.lock(&k, 4, 8));
         drop(locks.lock(&ObjKey::replica(8), 0, 4));
+        assert!(locks.try_lock(&k, 3, 5).is_none());
+        assert!(locks.try_lock(&k, 4, 5).is_some());
         let entered = Arc::new(AtomicBool::new(false));
         let t = {
             let (locks, entered) = (locks.clone(), entered.clone());

@@ -308,6 +308,18 @@ async fn store_op(
             return Some(Ok(Ok(data)));
         }
     }
+    if req.opcode == op::WRITE_PEER {
+        // A small journaled write, on this thread: only its journal batch's
+        // sync is waited for, without a blocking-pool round trip.
+        if let Some(r) = sheep.store.write_nowait(&key, o.offset as u64, payload) {
+            let r = match r {
+                Ok(pending) => pending.durable().await,
+                Err(e) => Err(e),
+            };
+            drop(object);
+            return Some(Ok(r.map(|()| Vec::new())));
+        }
+    }
     let s = sheep.clone();
     let (req, payload) = (*req, payload.clone());
     Some(
