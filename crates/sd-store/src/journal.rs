@@ -6,15 +6,15 @@
 //! arrive together share one.
 //!
 //! **Group commit.** A writer appends its record to the batch being
-//! gathered and applies its write to the object file at once (unsynced);
-//! the journal's committer thread writes each batch with one `pwrite`,
-//! syncs once and tells the batch's writers, which acknowledge only then.
-//! A writer on an async task waits for that without a thread of its own
-//! ([`Pending::durable`]), so a small write changes threads only for the
-//! batch's sync. Applying before the record is durable is safe: the write
-//! is not acknowledged until it is, and a crash before that leaves the old
-//! or the new bytes, both verifying against the checksums written before
-//! them (see [`crate::csum`]).
+//! gathered; the journal's committer thread writes each batch with one
+//! `pwrite`, syncs once and tells the batch's writers, which then apply
+//! their writes to the object files (unsynced) and acknowledge them. A
+//! writer on an async task waits for that without a thread of its own
+//! ([`Pending::durable`]), so a small write changes threads only for its
+//! batch's sync. A write is applied only once its record is durable: a
+//! crash before that leaves its object file as it was (had its new bytes
+//! reached the disk before its checksums, with no record to replay, the
+//! block would read as rot).
 //!
 //! **Generations.** The file starts with a header holding the current
 //! generation; records are appended after it, each carrying the generation
@@ -169,7 +169,7 @@ struct State {
 }
 
 /// Held by a writer from appending its record until its write is applied
-/// to the object file.
+/// to the object file (a checkpoint waits for it).
 pub struct Applying<'a>(&'a Journal);
 
 impl Drop for Applying<'_> {
@@ -202,7 +202,7 @@ impl Pending {
     }
 
     /// Blocks until the record is durable.
-    pub fn wait(self) -> Result<()> {
+    pub fn wait(&self) -> Result<()> {
         let mut s = self.shared.state.lock().unwrap();
         while s.done_batch <= self.batch {
             s = self.shared.changed.wait(s).unwrap();
@@ -211,7 +211,7 @@ impl Pending {
     }
 
     /// Waits, without blocking a thread, until the record is durable.
-    pub async fn durable(self) -> Result<()> {
+    pub async fn durable(&self) -> Result<()> {
         let mut landed = self.shared.landed.subscribe();
         // The sender lives as long as `self.shared`.
         let _ = landed.wait_for(|&done| done > self.batch).await;

@@ -768,13 +768,13 @@ impl Store {
     /// journaled, where everything it needs is at hand (its blocks not
     /// being written, its files open, its checksums cached, room in the
     /// journal).
-    fn journaled_nowait(
-        &self,
-        j: &journal::Journal,
+    fn journaled_nowait<'a>(
+        &'a self,
+        j: &'a journal::Journal,
         k: &ObjKey,
         offset: u64,
-        data: &[u8],
-    ) -> Option<Result<journal::Pending>> {
+        data: &'a [u8],
+    ) -> Option<Result<JournaledWrite<'a>>> {
         let end = offset + data.len() as u64;
         let whole_blocks = offset.is_multiple_of(csum::BLOCK) && end.is_multiple_of(csum::BLOCK);
         if self.direct
@@ -789,9 +789,9 @@ impl Store {
             (offset / csum::BLOCK) as usize,
             (end / csum::BLOCK) as usize,
         );
-        let _blocks = self.ranges.try_lock(k, first, last)?;
-        let (d, path) = self.located(k).ok()?;
-        let f = self.files_open.get(&path).filter(|f| linked(f))?;
+        let blocks = self.ranges.try_lock(k, first, last)?;
+        let (disk, path) = self.located(k).ok()?;
+        let file = self.files_open.get(&path).filter(|f| linked(f))?;
         let sums = match self.checksums {
             true => {
                 let g = self.sums_open.get(&csum::sidecar_path(&path))?;
@@ -808,10 +808,18 @@ impl Store {
             Ok(None) => return None,
             Err(e) => return Some(Err(e)),
         };
-        let sums = sums.as_ref().map(|(g, old)| (&**g, &old[..]));
-        let applied = self.apply_write(&f, &path, sums, offset, data, false);
-        drop(applying);
-        Some(self.judged(&d, applied).map(|()| pending))
+        Some(Ok(JournaledWrite {
+            store: self,
+            disk,
+            path,
+            file,
+            sums,
+            offset,
+            data,
+            pending: Some(pending),
+            applying: Some(applying),
+            _blocks: blocks,
+        }))
     }
 
     /// Judges the result of an operation on `disk`. A missing file reads
@@ -1019,17 +1027,72 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn read_cached(&self, _k: &ObjKey, _offset: u64, _len: usize) -> Option<Vec<u8>> {
         None
     }
-    /// [`ObjectStore::write`] if it can be made at memory speed, so an
-    /// async caller may make it on its own thread: applied now, durable
-    /// once the returned [`journal::Pending`] says so. None sends the
-    /// caller to `write` on a blocking pool.
-    fn write_nowait(
-        &self,
+    /// [`ObjectStore::write`] if it can be made without waiting for a
+    /// disk but for its journal batch, so an async caller may make it on
+    /// its own thread ([`JournaledWrite::finish`]). None sends the caller
+    /// to `write` on a blocking pool.
+    fn write_nowait<'a>(
+        &'a self,
         _k: &ObjKey,
         _offset: u64,
-        _data: &[u8],
-    ) -> Option<Result<journal::Pending>> {
+        _data: &'a [u8],
+    ) -> Option<Result<JournaledWrite<'a>>> {
         None
+    }
+}
+
+/// A small overwrite whose journal record is appended: it is applied to
+/// its object file once the record is durable (as every journaled write:
+/// a crash before that must leave the file as it was, since nothing could
+/// replay the write's checksums over it), holding its blocks until then.
+/// Made by [`ObjectStore::write_nowait`].
+#[must_use = "a write is made by finish()"]
+pub struct JournaledWrite<'a> {
+    store: &'a Store,
+    disk: std::sync::Arc<disks::Disk>,
+    path: PathBuf,
+    file: std::sync::Arc<File>,
+    /// The sidecar and the written blocks' entries as they were.
+    sums: Option<(std::sync::Arc<csum::SidecarFile>, Vec<csum::Entry>)>,
+    offset: u64,
+    data: &'a [u8],
+    pending: Option<journal::Pending>,
+    applying: Option<journal::Applying<'a>>,
+    _blocks: ranges::RangeGuard<'a>,
+}
+
+impl JournaledWrite<'_> {
+    /// Waits, without blocking a thread, until the record is durable, then
+    /// applies the write to the object file (unsynced).
+    pub async fn finish(mut self) -> Result<()> {
+        if let Some(p) = &self.pending {
+            // Kept until durable: if this future is dropped meanwhile, the
+            // drop applies the write.
+            p.durable().await?;
+            self.pending = None;
+        }
+        self.apply()
+    }
+
+    fn apply(&mut self) -> Result<()> {
+        let st = self.store;
+        let sums = self.sums.as_ref().map(|(g, old)| (&**g, &old[..]));
+        let r = st.apply_write(&self.file, &self.path, sums, self.offset, self.data, false);
+        self.applying = None;
+        st.judged(&self.disk, r)
+    }
+}
+
+impl Drop for JournaledWrite<'_> {
+    /// A write whose waiter went away (its request was dropped) is still
+    /// applied once durable: its record would be replayed at the next
+    /// start anyway, and a checkpoint waits for it.
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if p.wait().is_ok() {
+                let _ = self.apply();
+            }
+        }
     }
 }
 
@@ -1141,20 +1204,18 @@ impl ObjectStore for Store {
         {
             self.judged(&d, self.read_verified(&path, b, csum::BLOCK as usize))?;
         }
-        // Applied to the file unsynced, durable once in the journal.
-        let (applying, pending) = j.append(k, offset, data, &|keys| self.sync_objects(keys))?;
-        let applied = self.judged(&d, self.write_verified(&path, offset, data, false));
-        drop(applying);
-        applied?;
-        pending.wait()
+        // Durable once in the journal; then applied to the file unsynced.
+        let (_applying, pending) = j.append(k, offset, data, &|keys| self.sync_objects(keys))?;
+        pending.wait()?;
+        self.judged(&d, self.write_verified(&path, offset, data, false))
     }
 
-    fn write_nowait(
-        &self,
+    fn write_nowait<'a>(
+        &'a self,
         k: &ObjKey,
         offset: u64,
-        data: &[u8],
-    ) -> Option<Result<journal::Pending>> {
+        data: &'a [u8],
+    ) -> Option<Result<JournaledWrite<'a>>> {
         self.journaled_nowait(self.journal.as_ref()?, k, offset, data)
     }
 
@@ -1933,22 +1994,33 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let pending = s.write_nowait(&k, 4096, &[3u8; 4096]).unwrap().unwrap();
-        // Applied at once (readers see it), durable once its batch lands.
+        let three = [3u8; 4096];
+        let w = s.write_nowait(&k, 4096, &three).unwrap().unwrap();
+        rt.block_on(w.finish()).unwrap();
         assert_eq!(s.read(&k, 4096, 4096).unwrap(), [3u8; 4096]);
-        rt.block_on(pending.durable()).unwrap();
+        // One whose waiter goes away is applied all the same.
+        let w = s.write_nowait(&k, 3 * 4096, &three).unwrap().unwrap();
+        drop(w);
+        assert_eq!(s.read(&k, 3 * 4096, 4096).unwrap(), [3u8; 4096]);
         // Only whole blocks, and not while another write holds them.
         assert!(s.write_nowait(&k, 100, &[4u8; 4096]).is_none());
         let held = s.ranges.lock(&k, 2, 3);
         assert!(s.write_nowait(&k, 8192, &[5u8; 4096]).is_none());
         drop(held);
-        let p = s.write_nowait(&k, 8192, &[5u8; 4096]).unwrap().unwrap();
-        rt.block_on(p.durable()).unwrap();
+        // A write waiting for its batch holds its blocks.
+        let w = s.write_nowait(&k, 8192, &[6u8; 4096]).unwrap().unwrap();
+        assert!(s.write_nowait(&k, 8192, &[5u8; 4096]).is_none());
+        rt.block_on(w.finish()).unwrap();
+        let held = s.ranges.lock(&k, 2, 3);
+        drop(held);
+        let five = [5u8; 4096];
+        let w = s.write_nowait(&k, 8192, &five).unwrap().unwrap();
+        rt.block_on(w.finish()).unwrap();
         drop(s);
         let (s, replayed) = open();
-        assert_eq!(replayed, 3);
-        let want = [[2u8; 4096], [3u8; 4096], [5u8; 4096]].concat();
-        assert_eq!(s.read(&k, 0, 3 * 4096).unwrap(), want);
+        assert_eq!(replayed, 5);
+        let want = [[2u8; 4096], [3u8; 4096], [5u8; 4096], [3u8; 4096]].concat();
+        assert_eq!(s.read(&k, 0, 4 * 4096).unwrap(), want);
         assert_eq!(s.verify(&k).unwrap(), Verdict::Good);
     }
 

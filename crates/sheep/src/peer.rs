@@ -313,7 +313,7 @@ async fn store_op(
         // sync is waited for, without a blocking-pool round trip.
         if let Some(r) = sheep.store.write_nowait(&key, o.offset as u64, payload) {
             let r = match r {
-                Ok(pending) => pending.durable().await,
+                Ok(w) => w.finish().await,
                 Err(e) => Err(e),
             };
             drop(object);
