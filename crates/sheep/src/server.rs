@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 
 /// Requests one connection may have in flight.
@@ -109,13 +109,17 @@ enum Incoming {
     Closed,
 }
 
+/// What a connection reads at most in one go: a small write's header and
+/// payload, and the next request's header, usually come in one `recv`.
+const READ_BUFFER: usize = 64 << 10;
+
 /// Reads the next request of a connection; gives the reader back with it,
 /// so the read can live across the connection loop's turns (a read cut
 /// off halfway would lose the stream's framing).
 async fn read_request<R: AsyncRead + Unpin>(
-    mut rd: R,
+    mut rd: BufReader<R>,
     tcp_fd: Option<std::os::fd::RawFd>,
-) -> (R, Incoming) {
+) -> (BufReader<R>, Incoming) {
     let mut hdr = [0u8; SD_HEADER_SIZE];
     if rd.read_exact(&mut hdr).await.is_err() {
         return (rd, Incoming::Closed);
@@ -131,7 +135,10 @@ async fn read_request<R: AsyncRead + Unpin>(
     }
     let mut payload = Vec::new();
     if req.has_payload() {
-        quick_ack(tcp_fd);
+        if rd.buffer().len() < req.data_length as usize {
+            // Part of the payload is still to come.
+            quick_ack(tcp_fd);
+        }
         payload = vec![0u8; req.data_length as usize];
         if rd.read_exact(&mut payload).await.is_err() {
             return (rd, Incoming::Closed);
@@ -159,7 +166,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     use futures::stream::{FuturesUnordered, StreamExt};
     let (rd, mut wr) = tokio::io::split(sock);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-    let mut reading = Box::pin(read_request(rd, tcp_fd));
+    let mut reading = Box::pin(read_request(
+        BufReader::with_capacity(READ_BUFFER, rd),
+        tcp_fd,
+    ));
     // Encoded answers not yet written, and how much of them was.
     let mut unsent: Vec<u8> = Vec::new();
     let mut sent = 0;
