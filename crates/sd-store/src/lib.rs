@@ -574,7 +574,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         Ok(Some(match csum::SidecarFile::check(f)? {
-            Ok(g) => Sums::Good(self.sums_open.put(scp, g, ticket)),
+            Ok(g) => Sums::Good(self.sums_open.put(&scp, g, ticket)),
             Err(_) => Sums::Bad(scp),
         }))
     }
@@ -592,7 +592,7 @@ impl Store {
         }
         let ticket = self.files_open.ticket(path);
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(self.files_open.put(path.to_path_buf(), f, ticket))
+        Ok(self.files_open.put(path, f, ticket))
     }
 
     /// Forgets the open handles of the object file at `path` and of its

@@ -11,14 +11,22 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 64;
 const PER_SHARD: usize = 16;
 
+/// A path's bytes: hashed and compared as they are (a `Path` hashes its
+/// components one by one).
+type Key = Box<[u8]>;
+
+fn key(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
+}
+
 struct Shard<V> {
-    open: HashMap<PathBuf, Arc<V>>,
+    open: HashMap<Key, Arc<V>>,
     /// How many times a handle of this shard was forgotten.
     forgets: u64,
 }
@@ -51,11 +59,11 @@ impl<V> Default for OpenFiles<V> {
 
 impl<V> OpenFiles<V> {
     fn shard(&self, p: &Path) -> &Mutex<Shard<V>> {
-        &self.shards[self.hasher.hash_one(p) as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(key(p)) as usize % SHARDS]
     }
 
     pub fn get(&self, p: &Path) -> Option<Arc<V>> {
-        self.shard(p).lock().unwrap().open.get(p).cloned()
+        self.shard(p).lock().unwrap().open.get(key(p)).cloned()
     }
 
     /// Taken before opening what [`OpenFiles::put`] will keep.
@@ -66,23 +74,23 @@ impl<V> OpenFiles<V> {
     /// Keeps `v`, open at `p`, unless a handle of its shard was forgotten
     /// since `t` was taken (it may be of a file replaced meanwhile); the
     /// handle to use for the operation at hand either way.
-    pub fn put(&self, p: PathBuf, v: V, t: Ticket) -> Arc<V> {
+    pub fn put(&self, p: &Path, v: V, t: Ticket) -> Arc<V> {
         let v = Arc::new(v);
-        let mut s = self.shard(&p).lock().unwrap();
+        let mut s = self.shard(p).lock().unwrap();
         if s.forgets == t.0 {
             if s.open.len() >= PER_SHARD {
                 if let Some(old) = s.open.keys().next().cloned() {
                     s.open.remove(&old);
                 }
             }
-            s.open.insert(p, v.clone());
+            s.open.insert(key(p).into(), v.clone());
         }
         v
     }
 
     pub fn forget(&self, p: &Path) {
         let mut s = self.shard(p).lock().unwrap();
-        s.open.remove(p);
+        s.open.remove(key(p));
         s.forgets += 1;
     }
 
@@ -98,6 +106,7 @@ impl<V> OpenFiles<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn a_handle_opened_before_a_forget_is_not_kept() {
@@ -107,10 +116,10 @@ mod tests {
         // The file is replaced (and its handle forgotten) while the
         // handle of the old one was being opened.
         c.forget(p);
-        assert_eq!(*c.put(p.into(), 1, t), 1, "used once");
+        assert_eq!(*c.put(p, 1, t), 1, "used once");
         assert!(c.get(p).is_none(), "but not kept");
         let t = c.ticket(p);
-        c.put(p.into(), 2, t);
+        c.put(p, 2, t);
         assert_eq!(c.get(p).as_deref(), Some(&2));
         c.clear();
         assert!(c.get(p).is_none());
@@ -124,7 +133,7 @@ mod tests {
             .collect();
         for (i, p) in paths.iter().enumerate() {
             let t = c.ticket(p);
-            c.put(p.clone(), i, t);
+            c.put(p, i, t);
         }
         let kept = paths.iter().filter(|p| c.get(p).is_some()).count();
         assert_eq!(kept, SHARDS * PER_SHARD);
