@@ -211,40 +211,74 @@ fn decode_header(b: &[u8]) -> Result<u64, Bad> {
     Ok(u64::from_le_bytes(b[8..16].try_into().unwrap()))
 }
 
-/// An open sidecar whose header was checked, and the size of its object.
+/// An open sidecar whose header was checked, the size of its object, and
+/// a copy in memory of the entries its file holds, so a verified read or
+/// a write reads no checksums from the file. The file is written first
+/// and the copy after ([`SidecarFile::write_file`], then
+/// [`SidecarFile::set_entries`]); the store updates every copy it keeps of
+/// one file (see `Store::write_sums`), so a handle opened while a write
+/// was under way never keeps older entries than the file.
 pub struct SidecarFile {
     file: File,
     pub size: u64,
+    /// Which file this is (device, inode), so copies of one file are known.
+    id: (u64, u64),
+    /// The entries the file holds (fewer than the object's blocks if it
+    /// was cut short).
+    entries: std::sync::Mutex<Vec<Entry>>,
 }
 
 impl SidecarFile {
-    /// Checks the header of the open sidecar `file`.
+    /// Checks the header of the open sidecar `file` and reads its entries.
     pub fn check(file: File) -> std::io::Result<Result<SidecarFile, Bad>> {
+        use std::os::unix::fs::MetadataExt;
         let mut h = [0u8; HEADER];
         let n = pread_upto(&file, &mut h, 0)?;
-        Ok(decode_header(&h[..n]).map(|size| SidecarFile { file, size }))
+        let size = match decode_header(&h[..n]) {
+            Ok(size) => size,
+            Err(bad) => return Ok(Err(bad)),
+        };
+        let mut b = vec![0u8; blocks(size) * ENTRY];
+        let n = pread_upto(&file, &mut b, HEADER as u64)?;
+        let entries = b[..n - n % ENTRY].chunks(ENTRY).map(decode_entry).collect();
+        let m = file.metadata()?;
+        Ok(Ok(SidecarFile {
+            file,
+            size,
+            id: (m.dev(), m.ino()),
+            entries: std::sync::Mutex::new(entries),
+        }))
     }
 
     /// The entries of blocks `first..end` (fewer if the object has fewer
     /// blocks or the file was cut short).
-    pub fn entries(&self, first: usize, end: usize) -> std::io::Result<Vec<Entry>> {
-        let end = end.min(blocks(self.size));
-        let mut b = vec![0u8; end.saturating_sub(first) * ENTRY];
-        let n = pread_upto(&self.file, &mut b, (HEADER + first * ENTRY) as u64)?;
-        Ok(b[..n - n % ENTRY].chunks(ENTRY).map(decode_entry).collect())
+    pub fn entries(&self, first: usize, end: usize) -> Vec<Entry> {
+        let held = self.entries.lock().unwrap();
+        let end = end.min(blocks(self.size)).min(held.len());
+        held.get(first..end).unwrap_or_default().to_vec()
     }
 
-    /// The entries of blocks `first..end` if the page cache holds them
-    /// all (see [`pread_nowait`]).
-    pub fn entries_cached(&self, first: usize, end: usize) -> Option<Vec<Entry>> {
-        let mut b = vec![0u8; end.checked_sub(first)? * ENTRY];
-        let got = pread_nowait(&self.file, &mut b, (HEADER + first * ENTRY) as u64)?;
-        (got == b.len()).then(|| b.chunks(ENTRY).map(decode_entry).collect())
-    }
-
-    /// Writes the entries of blocks `first..` in place (whole entries).
-    pub fn write_entries(&self, first: usize, entries: &[Entry]) -> std::io::Result<()> {
+    /// Writes the entries of blocks `first..` into the file (whole
+    /// entries); [`SidecarFile::set_entries`] follows.
+    pub fn write_file(&self, first: usize, entries: &[Entry]) -> std::io::Result<()> {
         write_entries(&self.file, first, entries)
+    }
+
+    /// Sets the entries of blocks `first..` in memory, as written to the
+    /// file.
+    pub fn set_entries(&self, first: usize, entries: &[Entry]) {
+        let mut held = self.entries.lock().unwrap();
+        let end = first + entries.len();
+        if held.len() < end {
+            // What the file now reads as: zeros up to `first`.
+            held.resize(end, Entry { cur: 0, prev: 0 });
+        }
+        held[first..end].copy_from_slice(entries);
+    }
+
+    /// Whether `other` is a handle of the same file.
+    pub fn same_file(&self, other: &SidecarFile) -> bool {
+        self.id == other.id
     }
 
     pub fn file(&self) -> &File {

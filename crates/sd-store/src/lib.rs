@@ -385,8 +385,7 @@ impl Store {
                     let block = read_file_at(&f, s, (e - s) as usize)?;
                     sums.push(csum::Entry::settled(crc32c::crc32c(&block)));
                 }
-                g.write_entries(first, &sums)?;
-                Ok(())
+                self.write_sums(path, &g, first, &sums)
             }
             Some(_) => self.remove_sums(path),
             None => Ok(()),
@@ -567,16 +566,53 @@ impl Store {
         if let Some(g) = self.sums_open.get(&scp) {
             return Ok(Some(Sums::Good(g)));
         }
-        let ticket = self.sums_open.ticket(&scp);
-        let f = match OpenOptions::new().read(true).write(true).open(&scp) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(match csum::SidecarFile::check(f)? {
-            Ok(g) => Sums::Good(self.sums_open.put(&scp, g, ticket)),
-            Err(_) => Sums::Bad(scp),
-        }))
+        /// Why a sidecar is not kept open.
+        enum NotKept {
+            Missing,
+            Bad,
+            Failed(std::io::Error),
+        }
+        let opened = self.sums_open.get_or_open(&scp, || {
+            let f = match OpenOptions::new().read(true).write(true).open(&scp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(NotKept::Missing),
+                Err(e) => return Err(NotKept::Failed(e)),
+            };
+            match csum::SidecarFile::check(f) {
+                Ok(Ok(g)) => Ok(g),
+                Ok(Err(_)) => Err(NotKept::Bad),
+                Err(e) => Err(NotKept::Failed(e)),
+            }
+        });
+        match opened {
+            Ok(g) => Ok(Some(Sums::Good(g))),
+            Err(NotKept::Missing) => Ok(None),
+            Err(NotKept::Bad) => Ok(Some(Sums::Bad(scp))),
+            Err(NotKept::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    /// Writes the entries of blocks `first..` of `g`, the sidecar of the
+    /// object file at `path`: its file, then its copy in memory and that of
+    /// any other handle of the same file kept open (one opened after `g`
+    /// was dropped from the cache, which may have read the file before
+    /// this write). Done holding the handle's shard, so no handle of the
+    /// file is opened meanwhile.
+    fn write_sums(
+        &self,
+        path: &Path,
+        g: &csum::SidecarFile,
+        first: usize,
+        entries: &[csum::Entry],
+    ) -> Result<()> {
+        g.write_file(first, entries)?;
+        self.sums_open.with_kept(&csum::sidecar_path(path), |kept| {
+            g.set_entries(first, entries);
+            if let Some(k) = kept.filter(|k| !std::ptr::eq(*k, g) && k.same_file(g)) {
+                k.set_entries(first, entries);
+            }
+        });
+        Ok(())
     }
 
     /// The object file at `path`, open for reading and writing: kept open
@@ -590,9 +626,9 @@ impl Store {
             }
             self.files_open.forget(path);
         }
-        let ticket = self.files_open.ticket(path);
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(self.files_open.put(path, f, ticket))
+        Ok(self.files_open.get_or_open(path, || {
+            OpenOptions::new().read(true).write(true).open(path)
+        })?)
     }
 
     /// Forgets the open handles of the object file at `path` and of its
@@ -661,7 +697,7 @@ impl Store {
                 };
                 match g {
                     Sums::Good(g) if ends_right(g.size) => {
-                        let entries = g.entries(first, first + blocks)?;
+                        let entries = g.entries(first, first + blocks);
                         bad = csum::bad_blocks(&entries, first, &buf[..got]);
                     }
                     _ => bad.extend(first..first + blocks.max(1)),
@@ -687,7 +723,7 @@ impl Store {
         let f = self.object_file(path)?;
         let sums = match self.open_sums(path)? {
             Some(Sums::Good(g)) if end <= g.size => {
-                let old = g.entries(first, last)?;
+                let old = g.entries(first, last);
                 Some((g, old))
             }
             Some(Sums::Good(_)) | None => None,
@@ -754,7 +790,7 @@ impl Store {
             });
         }
         if sync {
-            g.write_entries(first, &new)?;
+            self.write_sums(path, g, first, &new)?;
             sync_file(g.file())?;
         }
         // A journaled write (not synced) skips that step: its record is
@@ -767,7 +803,7 @@ impl Store {
         // The old bytes no longer verify (a disk that drops this write is
         // caught); no sync needed: until this lands, both verify.
         let settled: Vec<_> = new.iter().map(|e| csum::Entry::settled(e.cur)).collect();
-        g.write_entries(first, &settled)?;
+        self.write_sums(path, g, first, &settled)?;
         Ok(())
     }
 
@@ -798,14 +834,17 @@ impl Store {
         );
         let blocks = self.ranges.try_lock(k, first, last)?;
         let (disk, path) = self.located(k).ok()?;
-        let file = self.files_open.get(&path).filter(|f| linked(f))?;
+        let file = self.files_open.try_get(&path).filter(|f| linked(f))?;
         let sums = match self.checksums {
             true => {
-                let g = self.sums_open.get(&csum::sidecar_path(&path))?;
+                let g = self.sums_open.try_get(&csum::sidecar_path(&path))?;
                 if end > g.size {
                     return None;
                 }
-                let old = g.entries_cached(first, last)?;
+                let old = g.entries(first, last);
+                if old.len() != last - first {
+                    return None;
+                }
                 Some((g, old))
             }
             false => None,
@@ -1146,21 +1185,22 @@ impl ObjectStore for Store {
         let from = first as u64 * csum::BLOCK;
         let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
         let mut buf = vec![0u8; (to - from) as usize];
+        let file = self.files_open.try_get(&path).filter(|f| linked(f))?;
         if !self.checksums {
-            let got = csum::pread_nowait(&*self.object_file(&path).ok()?, &mut buf, from)?;
+            let got = csum::pread_nowait(&file, &mut buf, from)?;
             // A short read may be the end of the file or what is cached.
             return (got == buf.len()).then(|| cut(buf, from, offset, len));
         }
         // Only with checksums already open, and inside the object (its
         // end, and anything unusual, is the blocking path's).
-        let g = self.sums_open.get(&csum::sidecar_path(&path))?;
+        let g = self.sums_open.try_get(&csum::sidecar_path(&path))?;
         if to > g.size {
             return None;
         }
-        if csum::pread_nowait(&*self.object_file(&path).ok()?, &mut buf, from)? != buf.len() {
+        if csum::pread_nowait(&file, &mut buf, from)? != buf.len() {
             return None;
         }
-        let entries = g.entries_cached(first, first + buf.len() / csum::BLOCK as usize)?;
+        let entries = g.entries(first, first + buf.len() / csum::BLOCK as usize);
         csum::bad_blocks(&entries, first, &buf)
             .is_empty()
             .then(|| cut(buf, from, offset, len))
@@ -1450,7 +1490,7 @@ impl ObjectStore for Store {
                 let size = self
                     .judged(&d, fs::metadata(&path).map_err(Into::into))?
                     .len();
-                self.judged(&d, g.entries(0, csum::blocks(size)).map_err(Into::into))?
+                g.entries(0, csum::blocks(size))
             }
             _ => csum::Sidecar::of(&self.read_all(k)?).entries,
         };
@@ -2064,6 +2104,37 @@ mod tests {
             Err(StoreError::Io(_))
         ));
         assert!(s.read(&k, 0, 4).is_err());
+    }
+
+    #[test]
+    fn checksums_written_through_a_dropped_handle_reach_the_kept_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let k = ObjKey::replica(0x0001_0000_0000_0009);
+        s.create_and_write(&k, 1 << 20, 0, &[1u8; 8192]).unwrap();
+        let path = s.path(&k);
+        let sums = |s: &Store| match s.open_sums(&path).unwrap() {
+            Some(Sums::Good(g)) => g,
+            _ => panic!("no checksums"),
+        };
+        // A writer holds a handle that the cache drops (a disk change
+        // empties it), and a reader opens the file again meanwhile.
+        let held = sums(&s);
+        s.forget_all_open();
+        let kept = sums(&s);
+        assert!(!std::sync::Arc::ptr_eq(&held, &kept));
+        let e = [csum::Entry::settled(crc32c::crc32c(&[2u8; 4096]))];
+        s.write_sums(&path, &held, 1, &e).unwrap();
+        assert_eq!(kept.entries(1, 2), e, "the kept copy follows the file");
+        assert_eq!(held.entries(1, 2), e);
+        // A handle of another file (the object replaced) is left alone.
+        s.create_and_write(&k, 1 << 20, 0, &[3u8; 8192]).unwrap();
+        let new = sums(&s);
+        s.write_sums(&path, &held, 0, &e).unwrap();
+        assert_eq!(
+            new.entries(0, 1),
+            [csum::Entry::settled(crc32c::crc32c(&[3u8; 4096]))]
+        );
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //!
 //! Whoever replaces, renames or removes a file forgets its handle while it
 //! holds the object's lock (a handle to a replaced file would take writes
-//! no one can read back). A handle opened before such a change must not be
-//! kept after it either: [`OpenFiles::ticket`] is taken before opening and
-//! [`OpenFiles::put`] keeps the handle only if nothing of its shard was
-//! forgotten since. Sharded by path (a shard's lock is held only for a map
-//! lookup); a full shard gives up one handle.
+//! no one can read back). A handle is opened holding its shard's lock
+//! ([`OpenFiles::get_or_open`]), so it is never kept after its file was
+//! forgotten, nor opened twice at once for one path. Sharded by path (a
+//! shard's lock is held for a map lookup, or the open of one file); a full
+//! shard gives up one handle.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -27,8 +27,6 @@ fn key(p: &Path) -> &[u8] {
 
 struct Shard<V> {
     open: HashMap<Key, Arc<V>>,
-    /// How many times a handle of this shard was forgotten.
-    forgets: u64,
 }
 
 /// See the module documentation.
@@ -37,10 +35,6 @@ pub struct OpenFiles<V> {
     hasher: std::collections::hash_map::RandomState,
 }
 
-/// What [`OpenFiles::put`] needs to know that nothing was forgotten
-/// since the handle was opened.
-pub struct Ticket(u64);
-
 impl<V> Default for OpenFiles<V> {
     fn default() -> Self {
         OpenFiles {
@@ -48,7 +42,6 @@ impl<V> Default for OpenFiles<V> {
                 .map(|_| {
                     Mutex::new(Shard {
                         open: HashMap::new(),
-                        forgets: 0,
                     })
                 })
                 .collect(),
@@ -66,39 +59,48 @@ impl<V> OpenFiles<V> {
         self.shard(p).lock().unwrap().open.get(key(p)).cloned()
     }
 
-    /// Taken before opening what [`OpenFiles::put`] will keep.
-    pub fn ticket(&self, p: &Path) -> Ticket {
-        Ticket(self.shard(p).lock().unwrap().forgets)
+    /// [`OpenFiles::get`] if that needs no waiting for the shard (an
+    /// async caller's): None if another thread holds it.
+    pub fn try_get(&self, p: &Path) -> Option<Arc<V>> {
+        self.shard(p).try_lock().ok()?.open.get(key(p)).cloned()
     }
 
-    /// Keeps `v`, open at `p`, unless a handle of its shard was forgotten
-    /// since `t` was taken (it may be of a file replaced meanwhile); the
-    /// handle to use for the operation at hand either way.
-    pub fn put(&self, p: &Path, v: V, t: Ticket) -> Arc<V> {
-        let v = Arc::new(v);
+    /// The handle kept for `p`, else the one `open` opens (holding the
+    /// shard's lock), kept; what `open` fails with is returned and nothing
+    /// is kept.
+    pub fn get_or_open<X>(
+        &self,
+        p: &Path,
+        open: impl FnOnce() -> Result<V, X>,
+    ) -> Result<Arc<V>, X> {
         let mut s = self.shard(p).lock().unwrap();
-        if s.forgets == t.0 {
-            if s.open.len() >= PER_SHARD {
-                if let Some(old) = s.open.keys().next().cloned() {
-                    s.open.remove(&old);
-                }
-            }
-            s.open.insert(key(p).into(), v.clone());
+        if let Some(v) = s.open.get(key(p)) {
+            return Ok(v.clone());
         }
-        v
+        let v = Arc::new(open()?);
+        if s.open.len() >= PER_SHARD {
+            if let Some(old) = s.open.keys().next().cloned() {
+                s.open.remove(&old);
+            }
+        }
+        s.open.insert(key(p).into(), v.clone());
+        Ok(v)
+    }
+
+    /// Runs `f` with the handle kept for `p`, if any, holding the shard's
+    /// lock (no handle of `p` is opened meanwhile).
+    pub fn with_kept<R>(&self, p: &Path, f: impl FnOnce(Option<&V>) -> R) -> R {
+        let s = self.shard(p).lock().unwrap();
+        f(s.open.get(key(p)).map(|v| &**v))
     }
 
     pub fn forget(&self, p: &Path) {
-        let mut s = self.shard(p).lock().unwrap();
-        s.open.remove(key(p));
-        s.forgets += 1;
+        self.shard(p).lock().unwrap().open.remove(key(p));
     }
 
     pub fn clear(&self) {
         for s in &self.shards {
-            let mut s = s.lock().unwrap();
-            s.open.clear();
-            s.forgets += 1;
+            s.lock().unwrap().open.clear();
         }
     }
 }
@@ -109,18 +111,23 @@ mod tests {
     use std::path::PathBuf;
 
     #[test]
-    fn a_handle_opened_before_a_forget_is_not_kept() {
+    fn a_handle_is_opened_once_and_forgotten_with_its_file() {
         let c = OpenFiles::<u32>::default();
         let p = Path::new("/x/obj");
-        let t = c.ticket(p);
-        // The file is replaced (and its handle forgotten) while the
-        // handle of the old one was being opened.
+        assert_eq!(*c.get_or_open(p, || Ok::<_, ()>(1)).unwrap(), 1);
+        // Kept: not opened again.
+        assert_eq!(*c.get_or_open(p, || Ok::<_, ()>(2)).unwrap(), 1);
+        assert_eq!(c.try_get(p).as_deref(), Some(&1));
+        assert_eq!(c.with_kept(p, |v| v.copied()), Some(1));
         c.forget(p);
-        assert_eq!(*c.put(p, 1, t), 1, "used once");
-        assert!(c.get(p).is_none(), "but not kept");
-        let t = c.ticket(p);
-        c.put(p, 2, t);
-        assert_eq!(c.get(p).as_deref(), Some(&2));
+        assert!(c.get(p).is_none());
+        // A failed open keeps nothing.
+        assert_eq!(
+            c.get_or_open(p, || Err::<u32, _>("gone")).unwrap_err(),
+            "gone"
+        );
+        assert!(c.get(p).is_none());
+        assert_eq!(*c.get_or_open(p, || Ok::<_, ()>(3)).unwrap(), 3);
         c.clear();
         assert!(c.get(p).is_none());
     }
@@ -132,8 +139,7 @@ mod tests {
             .map(|i| PathBuf::from(format!("/o/{i}")))
             .collect();
         for (i, p) in paths.iter().enumerate() {
-            let t = c.ticket(p);
-            c.put(p, i, t);
+            c.get_or_open(p, || Ok::<_, ()>(i)).unwrap();
         }
         let kept = paths.iter().filter(|p| c.get(p).is_some()).count();
         assert_eq!(kept, SHARDS * PER_SHARD);
