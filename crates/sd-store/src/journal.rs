@@ -267,12 +267,18 @@ impl Shared {
             s.committing = true;
             s.inflight = bytes.len() as u64;
             let at = s.pos;
+            let failed_before = s.failed.is_some();
             drop(s);
-            let r = self
-                .file
-                .write_all_at(&bytes, at)
-                .map_err(StoreError::from)
-                .and_then(|()| self.sync());
+            // After a failed batch nothing more is written: it would land
+            // over the failed one, whose tail replay could then apply.
+            let r = match failed_before {
+                true => Err(StoreError::Io(std::io::Error::other("the journal failed"))),
+                false => self
+                    .file
+                    .write_all_at(&bytes, at)
+                    .map_err(StoreError::from)
+                    .and_then(|()| self.sync()),
+            };
             s = self.state.lock().unwrap();
             s.committing = false;
             s.inflight = 0;

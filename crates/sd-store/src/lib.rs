@@ -646,8 +646,10 @@ impl Store {
     /// Removes the sidecar of the object file at `path`, if any.
     fn remove_sums(&self, path: &Path) -> Result<()> {
         let scp = csum::sidecar_path(path);
+        // Forgotten once gone: a handle opened before is not kept.
+        let r = remove_if_present(&scp);
         self.sums_open.forget(&scp);
-        remove_if_present(&scp)
+        r
     }
 
     /// [`Store::read_verified`] of object `k`, settled: blocks that still
@@ -925,8 +927,9 @@ impl Store {
             .filter(|d| d.path != keep.path)
         {
             let p = d.path.join(k.file_name());
+            let r = remove_if_present(&p);
             self.files_open.forget(&p);
-            remove_if_present(&p)?;
+            r?;
             self.remove_sums(&p)?;
         }
         Ok(())
@@ -1296,8 +1299,9 @@ impl ObjectStore for Store {
         self.judged(
             &d,
             (|| {
+                let r = fs::remove_file(&path);
                 self.files_open.forget(&path);
-                fs::remove_file(&path)?;
+                r?;
                 self.remove_sums(&path)
             })(),
         )
@@ -1354,12 +1358,13 @@ impl ObjectStore for Store {
             &d,
             (|| {
                 fs::rename(&from, &to)?;
-                self.forget_open(&from);
-                self.forget_open(&to);
-                match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
+                let r = match fs::rename(csum::sidecar_path(&from), csum::sidecar_path(&to)) {
                     Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
                     _ => Ok(()),
-                }
+                };
+                self.forget_open(&from);
+                self.forget_open(&to);
+                r
             })(),
         )
     }
@@ -1424,16 +1429,20 @@ impl ObjectStore for Store {
     }
 
     fn purge_stale(&self) -> Result<usize> {
-        self.forget_all_open();
         let mut n = 0;
-        for d in self.disks.load().list() {
-            for e in fs::read_dir(&d.stale)? {
-                let e = e?;
-                fs::remove_file(e.path())?;
-                n += usize::from(!csum::is_sidecar(&e.file_name().to_string_lossy()));
+        let removed = (|| {
+            for d in self.disks.load().list() {
+                for e in fs::read_dir(&d.stale)? {
+                    let e = e?;
+                    fs::remove_file(e.path())?;
+                    n += usize::from(!csum::is_sidecar(&e.file_name().to_string_lossy()));
+                }
             }
-        }
-        Ok(n)
+            Ok(())
+        })();
+        // Once gone: a handle opened before is not kept.
+        self.forget_all_open();
+        removed.map(|()| n)
     }
 
     fn wipe(&self) -> Result<()> {
@@ -1442,7 +1451,6 @@ impl ObjectStore for Store {
         if let Some(j) = &self.journal {
             j.checkpoint(&|_| Ok(()))?;
         }
-        self.forget_all_open();
         let _ = fs::create_dir_all(self.reclaim_dir());
         let ds = self.disks.load();
         let dirs = ds
@@ -1450,14 +1458,20 @@ impl ObjectStore for Store {
             .iter()
             .flat_map(|d| [d.path.clone(), d.stale.clone()])
             .chain([self.epoch_dir.clone(), self.reclaim_dir()]);
-        for d in dirs {
-            for e in fs::read_dir(&d)? {
-                let e = e?;
-                if e.file_type()?.is_file() {
-                    fs::remove_file(e.path())?;
+        let removed = (|| {
+            for d in dirs {
+                for e in fs::read_dir(&d)? {
+                    let e = e?;
+                    if e.file_type()?.is_file() {
+                        fs::remove_file(e.path())?;
+                    }
                 }
             }
-        }
+            Ok::<_, StoreError>(())
+        })();
+        // Once gone: a handle opened before is not kept.
+        self.forget_all_open();
+        removed?;
         for d in ds.list() {
             self.sync_dir(&d.path)?;
         }

@@ -149,15 +149,20 @@ async fn read_request<R: AsyncRead + Unpin>(
 
 type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
-/// Answers waiting to be written beyond which a connection stops taking
-/// the answers of its running requests (a client that does not read).
+/// Answers waiting to be written beyond which a connection stops reading
+/// new requests (a client that does not read its answers). Its running
+/// requests still run to their end: a request must never stall half done
+/// (a journaled write holds its blocks and the journal's checkpoint until
+/// it is applied), so the answers of those (at most [`MAX_INFLIGHT`]) may
+/// go past this.
 const MAX_UNSENT: usize = 8 << 20;
 
 /// Serves one connection in one task: its requests run inside it,
 /// concurrently (up to [`MAX_INFLIGHT`]), and each answer is queued for
 /// the socket as it completes. No request changes tasks or threads on its
 /// way through here, and a client slow to read its answers does not stop
-/// its other requests (up to [`MAX_UNSENT`] bytes of answers).
+/// its other requests; past [`MAX_UNSENT`] bytes of answers it is sent no
+/// more until it reads.
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     sheep: Arc<Sheep>,
     sock: S,
@@ -186,12 +191,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                 }
                 _ => break,
             },
-            Some((mut rsp, data)) = running.next(), if !running.is_empty() && unsent.len() < MAX_UNSENT => {
+            Some((mut rsp, data)) = running.next(), if !running.is_empty() => {
                 rsp.epoch = sheep.epoch();
                 unsent.extend_from_slice(&rsp.encode());
                 unsent.extend_from_slice(&data);
             }
-            (rd, incoming) = &mut reading, if running.len() < MAX_INFLIGHT => {
+            (rd, incoming) = &mut reading, if running.len() < MAX_INFLIGHT && unsent.len() < MAX_UNSENT => {
                 match incoming {
                     Incoming::Request(req, payload) => {
                         let sheep = sheep.clone();
