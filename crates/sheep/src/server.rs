@@ -438,3 +438,79 @@ async fn execute(sheep: &Arc<Sheep>, req: SdReq, payload: Vec<u8>) -> Reply {
         Class::Cluster { .. } => crate::ops::cluster(sheep, req, payload).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Harness;
+    use sd_store::{ObjKey, ObjectStore};
+    use tokio::io::AsyncWriteExt;
+
+    const OID: u64 = 0x00ab_cd00_0000_0005;
+
+    const OTHER: u64 = 0x00ab_cd00_0000_0006;
+
+    fn obj_req(opcode: u8, oid: u64, len: usize) -> SdReq {
+        let mut r = SdReq::new(opcode);
+        r.data_length = len as u32;
+        if opcode == op::WRITE_OBJ {
+            r.flags = flag::CMD_WRITE;
+        }
+        r.set_obj(ObjArgs {
+            oid,
+            ..Default::default()
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_still_has_its_running_requests_finished() {
+        // A gateway whose 2 copies are on two fake nodes; one of them
+        // holds the write back.
+        let h = Harness::new(2, 2, true).await;
+        let size = 4 << 20;
+        for oid in [OID, OTHER] {
+            crate::gateway::create(&h.sheep, oid, 0, vec![1u8; size], 0)
+                .await
+                .unwrap();
+        }
+        let gate = h.peer(1).hold_writes();
+        let (mut client, conn) = tokio::io::duplex(64 << 10);
+        let served = tokio::spawn(serve(h.sheep.clone(), conn, None));
+        // A write, then reads whose answers (8 MiB and their headers) the
+        // client never takes: more than the connection queues.
+        let mut sent = obj_req(op::WRITE_OBJ, OID, 4096).encode().to_vec();
+        sent.extend_from_slice(&[2u8; 4096]);
+        for _ in 0..2 {
+            sent.extend_from_slice(&obj_req(op::READ_OBJ, OTHER, size).encode());
+        }
+        client.write_all(&sent).await.unwrap();
+        let reads_done = || {
+            (1..=2)
+                .flat_map(|i| h.peer(i).calls())
+                .filter(|r| r.opcode == op::READ_PEER)
+                .count()
+        };
+        while reads_done() < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        // The write, held until now, still completes on both copies.
+        gate.notify_one();
+        let key = ObjKey::replica(OID);
+        for _ in 0..100_000 {
+            if h.peer(1).store.read(&key, 0, 1).unwrap() == [2u8] {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for i in 1..=2 {
+            let held = h.peer(i).store.read(&key, 0, 4096).unwrap();
+            assert!(held == [2u8; 4096], "node {i} holds the write");
+        }
+        drop(client);
+        served.await.unwrap();
+    }
+}

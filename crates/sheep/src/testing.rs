@@ -50,6 +50,8 @@ pub struct FakePeer {
     mode: Mutex<Mode>,
     /// Every request it was sent, in order.
     calls: Mutex<Vec<SdReq>>,
+    /// While set, object writes wait for it before they are served.
+    write_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl FakePeer {
@@ -59,6 +61,14 @@ impl FakePeer {
 
     pub fn calls(&self) -> Vec<SdReq> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Holds object writes sent from now on until the returned gate is
+    /// notified (once per write).
+    pub fn hold_writes(&self) -> Arc<tokio::sync::Notify> {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *self.write_gate.lock().unwrap() = Some(gate.clone());
+        gate
     }
 
     fn answer(&self, req: &SdReq, payload: &[u8]) -> Reply {
@@ -139,6 +149,7 @@ impl FakePeers {
             store: MemStore::default(),
             mode: Mutex::new(Mode::Serve),
             calls: Mutex::default(),
+            write_gate: Mutex::default(),
         });
         self.peers.lock().unwrap().push(p.clone());
         p
@@ -162,6 +173,13 @@ impl PeerTransport for FakePeers {
         Box::pin(async move {
             // A request takes a scheduling round, as a network hop does.
             tokio::task::yield_now().await;
+            let gate = match &peer {
+                Some(p) if req.opcode == op::WRITE_PEER => p.write_gate.lock().unwrap().clone(),
+                _ => None,
+            };
+            if let Some(g) = gate {
+                g.notified().await;
+            }
             match peer {
                 Some(p) => p.answer(req, payload),
                 None => reply(req, SdRes::NETWORK_ERROR),
