@@ -631,6 +631,12 @@ impl Store {
         })?)
     }
 
+    /// [`Store::object_file`] if it is open already and its shard free:
+    /// what an async caller may use without waiting.
+    fn object_file_nowait(&self, path: &Path) -> Option<std::sync::Arc<File>> {
+        self.files_open.try_get(path).filter(|f| linked(f))
+    }
+
     /// Forgets the open handles of the object file at `path` and of its
     /// sidecar (it was replaced, renamed or removed).
     fn forget_open(&self, path: &Path) {
@@ -836,7 +842,7 @@ impl Store {
         );
         let blocks = self.ranges.try_lock(k, first, last)?;
         let (disk, path) = self.located(k).ok()?;
-        let file = self.files_open.try_get(&path).filter(|f| linked(f))?;
+        let file = self.object_file_nowait(&path)?;
         let sums = match self.checksums {
             true => {
                 let g = self.sums_open.try_get(&csum::sidecar_path(&path))?;
@@ -1188,7 +1194,7 @@ impl ObjectStore for Store {
         let from = first as u64 * csum::BLOCK;
         let to = (offset + len as u64).div_ceil(csum::BLOCK) * csum::BLOCK;
         let mut buf = vec![0u8; (to - from) as usize];
-        let file = self.files_open.try_get(&path).filter(|f| linked(f))?;
+        let file = self.object_file_nowait(&path)?;
         if !self.checksums {
             let got = csum::pread_nowait(&file, &mut buf, from)?;
             // A short read may be the end of the file or what is cached.
